@@ -1,0 +1,110 @@
+"""Training curves from one or more runs' log.txt: train/val loss, lr, val top-1/top-5 and clips/s per epoch.
+
+    python plots.py OUTPUT_DIR [OUTPUT_DIR ...] [--out PNG] [--labels NAME ...]
+
+log.txt holds one JSON object per line (the engine writes one per epoch). Lines without an "epoch" key (VideoMAE's
+closing {"Final top-1": ...} line) are skipped, missing keys leave gaps, and a repeated epoch (a run resumed from an
+earlier checkpoint) keeps its last entry.
+"""
+import argparse
+import json
+import os
+
+PANELS = (  # (title, [(key, line style, legend suffix)], y label)
+    ("loss", [("train_loss", "-", "train"), ("val_loss", "--", "val")], "loss"),
+    ("learning rate", [("train_lr", "-", "")], "lr"),
+    ("validation accuracy", [("val_acc1", "-", "top-1"), ("val_acc5", "--", "top-5")], "%"),
+    ("training throughput", [("train_clips_per_s", "-", "")], "clips/s"),
+)
+
+
+def read_log(path: str) -> list[dict]:
+    """Epoch records of one log.txt sorted by epoch; the last record wins for a repeated epoch."""
+    by_epoch = {}
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not a JSON line ({e.msg}): {line.strip()[:80]!r}") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            if "epoch" in record:
+                by_epoch[record["epoch"]] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _log_path(run: str) -> str:
+    path = os.path.join(run, "log.txt") if os.path.isdir(run) else run
+    if not os.path.exists(run):
+        raise FileNotFoundError(f"{run}: no such folder or file (expected a run's output_dir or its log.txt)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not found (has the run finished an epoch?)")
+    return path
+
+
+def _run_names(run_dirs: list[str]) -> list[str]:
+    names = [os.path.basename(os.path.normpath(r if os.path.isdir(r) else os.path.dirname(r) or ".")) for r in run_dirs]
+    return names if len(set(names)) == len(names) else [os.path.normpath(r) for r in run_dirs]
+
+
+def plot_logs(run_dirs: list[str], out_path: str, labels: list[str] | None = None) -> str:
+    """Draw the curves of every run (a folder with log.txt, or a log.txt path) on one 2 x 2 figure; return out_path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+    names = labels or _run_names(run_dirs)
+    logs = [read_log(_log_path(r)) for r in run_dirs]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (title, series, ylabel) in zip(axes.flat, PANELS):
+        drawn = 0
+        for i, (name, records) in enumerate(zip(names, logs)):
+            for key, style, suffix in series:
+                points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, style, color=colors[i % len(colors)], marker=".",
+                            label=f"{name} {suffix}".strip())
+                    drawn += 1
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no data in log", ha="center", va="center", transform=ax.transAxes, color="gray")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0, 1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    fig.savefig(out_path)
+    plt.close(fig)
+    return out_path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Plot training curves from log.txt of one or more runs.")
+    parser.add_argument("runs", nargs="+", help="output_dir of a run (holding log.txt), or a log.txt path")
+    parser.add_argument("--out", default=None,
+                        help="PNG to write (default: OUTPUT_DIR/curves.png for one run, ./curves.png for several)")
+    parser.add_argument("--labels", nargs="+", default=None, help="legend names, one per run (default: folder names)")
+    args = parser.parse_args()
+    out = args.out
+    if out is None:
+        run = args.runs[0]
+        out = os.path.join(run if os.path.isdir(run) else os.path.dirname(run) or ".", "curves.png") \
+            if len(args.runs) == 1 else "curves.png"
+    try:
+        print(f"curves written to {plot_logs(args.runs, out, args.labels)}")
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"plots.py: {e}")
+
+
+if __name__ == "__main__":
+    main()

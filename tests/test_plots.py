@@ -1,0 +1,82 @@
+"""plots.py: reading log.txt (tolerant of VideoMAE's lines, strict on malformed ones) and writing valid PNGs."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import pytest
+
+import plots
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_log(run_dir, epochs=5, drop=(), extra_lines=()):
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "log.txt"), "w") as f:
+        for e in range(epochs):
+            record = {"epoch": e, "train_loss": 2.0 * math.exp(-e / 3), "train_lr": 1e-3 * min(1, (e + 1) / 2),
+                      "train_clips_per_s": 40.0 + e, "val_acc1": 10.0 * e, "val_acc5": 15.0 * e + 20,
+                      "val_loss": 2.1 * math.exp(-e / 4), "n_parameters": 1234}
+            f.write(json.dumps({k: v for k, v in record.items() if k not in drop}) + "\n")
+        for line in extra_lines:
+            f.write(line + "\n")
+    return str(run_dir)
+
+
+def check_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(path) > 20000
+    image = mpimg.imread(path)
+    assert image.shape[0] >= 600 and image.shape[1] >= 900 and image.shape[2] in (3, 4)
+
+
+def test_read_log_skips_final_line_and_keeps_last_repeated_epoch(tmp_path):
+    run = write_log(tmp_path / "run", epochs=3, extra_lines=[
+        "", json.dumps({"epoch": 1, "train_loss": 9.0}), json.dumps({"Final top-1": 55.0, "Final Top-5": 80.0})])
+    records = plots.read_log(os.path.join(run, "log.txt"))
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert records[1] == {"epoch": 1, "train_loss": 9.0}
+
+
+def test_two_runs_with_missing_keys_and_labels(tmp_path):
+    a = write_log(tmp_path / "vitb", epochs=6)
+    b = write_log(tmp_path / "vitb_llama", epochs=4, drop=("train_clips_per_s", "val_loss"))
+    out = plots.plot_logs([a, b], str(tmp_path / "cmp" / "curves.png"), labels=["ViT-B", "ViT-B-LLaMA"])
+    check_png(out)
+    with pytest.raises(ValueError, match="1 labels for 2 runs"):
+        plots.plot_logs([a, b], str(tmp_path / "x.png"), labels=["only one"])
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    run = write_log(tmp_path / "bad", epochs=2, extra_lines=['{"epoch": 2, "train_loss": '])
+    with pytest.raises(ValueError, match=r"bad[/\\]log\.txt:3: not a JSON line"):
+        plots.plot_logs([run], str(tmp_path / "x.png"))
+    write_log(tmp_path / "list", epochs=1, extra_lines=["[1, 2]"])
+    with pytest.raises(ValueError, match=r"log\.txt:2: expected a JSON object"):
+        plots.read_log(str(tmp_path / "list" / "log.txt"))
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "plots.py"), *args], cwd=cwd,
+                          capture_output=True, text=True)
+
+
+def test_cli_default_outputs_and_errors(tmp_path):
+    one = write_log(tmp_path / "one", epochs=3)
+    two = write_log(tmp_path / "two", epochs=3)
+    proc = run_cli(one, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    check_png(os.path.join(one, "curves.png"))
+    proc = run_cli(one, two, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "curves written to curves.png" in proc.stdout
+    check_png(tmp_path / "curves.png")
+    proc = run_cli(str(tmp_path / "missing"), cwd=tmp_path)
+    assert proc.returncode != 0 and "missing: no such folder or file" in proc.stderr
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match=r"empty[/\\]log\.txt: not found"):
+        plots.plot_logs([str(tmp_path / "empty")], str(tmp_path / "x.png"))
