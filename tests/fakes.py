@@ -1,0 +1,153 @@
+"""Writers of small fake checkpoint files with the exact key layouts and formats of the real ones.
+
+- ``write_meta_llama``: a Meta LLaMA folder (params.json + consolidated.00.pth).
+- ``write_hf_llama``: a Hugging Face LLaMA folder (config.json + sharded model-*.safetensors with
+  model.safetensors.index.json, or pytorch_model-*.bin with pytorch_model.bin.index.json), wq/wk rows permuted for
+  rotary as Hugging Face's conversion script does.
+- ``write_videomae_pretrain``: a VideoMAE self-supervised checkpoint (encoder.*, decoder.*, encoder_to_decoder.*,
+  mask_token under 'model').
+- ``write_zoo_checkpoint``: a model-zoo fine-tuned checkpoint {'model', 'optimizer', 'epoch', 'scaler', 'args'}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+import torch.nn as nn
+
+from llama import HF_LAYER_KEYS, LAYER_KEYS, LLaMAConfig, _permute_hf
+
+
+def make_meta_llama_state(cfg: LLaMAConfig, vocab_size: int = 32, seed: int = 0,
+                          dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """A full LLaMA state dict in Meta's naming (tok_embeddings, layers.*, norm, output, rope.freqs)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = cfg.layer_shapes()
+    sd = {"tok_embeddings.weight": torch.randn(vocab_size, cfg.dim, generator=g)}
+    for i in range(cfg.n_layers):
+        for k in LAYER_KEYS:
+            scale = 0.1 if k.endswith("norm.weight") else cfg.dim ** -0.5
+            base = 1.0 if k.endswith("norm.weight") else 0.0
+            sd[f"layers.{i}.{k}"] = base + scale * torch.randn(shapes[k], generator=g)
+    sd["norm.weight"] = 1 + 0.1 * torch.randn(cfg.dim, generator=g)
+    sd["output.weight"] = torch.randn(vocab_size, cfg.dim, generator=g) * cfg.dim ** -0.5
+    sd = {k: v.to(dtype) for k, v in sd.items()}
+    head_dim = cfg.dim // cfg.n_heads
+    sd["rope.freqs"] = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))  # LLaMA-1 holds it
+    return sd
+
+
+def write_meta_llama(folder: str, cfg: LLaMAConfig, seed: int = 0,
+                     dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """Write params.json + consolidated.00.pth; returns the state dict written."""
+    os.makedirs(folder, exist_ok=True)
+    params = {"dim": cfg.dim, "multiple_of": cfg.multiple_of, "n_heads": cfg.n_heads, "n_layers": cfg.n_layers,
+              "norm_eps": cfg.norm_eps, "vocab_size": -1}
+    with open(os.path.join(folder, "params.json"), "w") as f:
+        json.dump(params, f)
+    sd = make_meta_llama_state(cfg, seed=seed, dtype=dtype)
+    torch.save(sd, os.path.join(folder, "consolidated.00.pth"))
+    return sd
+
+
+def meta_to_hf(sd: dict[str, torch.Tensor], cfg: LLaMAConfig) -> dict[str, torch.Tensor]:
+    """Rename a Meta state dict to Hugging Face's keys, permuting wq/wk rows for HF's rotary layout."""
+    out = {"model.embed_tokens.weight": sd["tok_embeddings.weight"], "model.norm.weight": sd["norm.weight"],
+           "lm_head.weight": sd["output.weight"]}
+    for i in range(cfg.n_layers):
+        for k in LAYER_KEYS:
+            t = sd[f"layers.{i}.{k}"]
+            if k in ("attention.wq.weight", "attention.wk.weight"):
+                t = _permute_hf(t, cfg.n_heads)
+            out[f"model.layers.{i}.{HF_LAYER_KEYS[k]}"] = t.contiguous()
+    return out
+
+
+def write_hf_llama(folder: str, meta_sd: dict[str, torch.Tensor], cfg: LLaMAConfig, fmt: str = "safetensors",
+                   num_shards: int = 2) -> dict[str, torch.Tensor]:
+    """Write config.json + weights sharded by layer like ``save_pretrained``; fmt 'safetensors' or 'bin'.
+    num_shards=1 writes a single model.safetensors / pytorch_model.bin without index. Returns the HF state dict."""
+    os.makedirs(folder, exist_ok=True)
+    hf = meta_to_hf(meta_sd, cfg)
+    vocab = hf["model.embed_tokens.weight"].shape[0]
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": cfg.dim,
+              "intermediate_size": cfg.ffn_hidden_dim, "num_attention_heads": cfg.n_heads,
+              "num_hidden_layers": cfg.n_layers, "num_key_value_heads": cfg.n_heads, "rms_norm_eps": cfg.norm_eps,
+              "vocab_size": vocab, "hidden_act": "silu", "max_position_embeddings": 2048,
+              "torch_dtype": str(meta_sd["norm.weight"].dtype).replace("torch.", "")}
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    keys = list(hf)
+    chunks = [keys[i::num_shards] for i in range(num_shards)] if num_shards > 1 else [keys]
+    ext, stem = ("safetensors", "model") if fmt == "safetensors" else ("bin", "pytorch_model")
+    weight_map = {}
+    for s, chunk in enumerate(chunks):
+        name = f"{stem}-{s + 1:05d}-of-{num_shards:05d}.{ext}" if num_shards > 1 else f"{stem}.{ext}"
+        part = {k: hf[k] for k in chunk}
+        if fmt == "safetensors":
+            from safetensors.torch import save_file
+            save_file(part, os.path.join(folder, name), metadata={"format": "pt"})
+        else:
+            torch.save(part, os.path.join(folder, name))
+        weight_map.update({k: name for k in chunk})
+    if num_shards > 1:
+        total = sum(t.numel() * t.element_size() for t in hf.values())
+        with open(os.path.join(folder, f"{stem}.{ext}.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    return hf
+
+
+def write_videomae_pretrain(path: str, encoder: nn.Module, decoder_dim: int = 96, decoder_depth: int = 1,
+                            seed: int = 0) -> dict[str, torch.Tensor]:
+    """Save a VideoMAE self-supervised checkpoint whose encoder is ``encoder``'s ViT (fc_norm/head removed, an
+    encoder ``norm`` added), with a decoder, encoder_to_decoder and mask_token. Returns the encoder tensors written
+    (without the 'encoder.' prefix)."""
+    g = torch.Generator().manual_seed(seed)
+    enc = {k: v.clone() for k, v in encoder.state_dict().items()
+           if not k.startswith(("fc_norm.", "head.", "llama"))}
+    d = encoder.embed_dim
+    enc["norm.weight"], enc["norm.bias"] = 1 + torch.randn(d, generator=g) * 0.1, torch.randn(d, generator=g) * 0.1
+    sd = {f"encoder.{k}": v for k, v in enc.items()}
+    patch = encoder.patch_embed
+    out_dim = 3 * patch.tubelet_size * patch.patch_size[0] * patch.patch_size[1]
+    for i in range(decoder_depth):
+        p = f"decoder.blocks.{i}."
+        for name, shape in [("norm1.weight", (decoder_dim,)), ("norm1.bias", (decoder_dim,)),
+                            ("attn.q_bias", (decoder_dim,)), ("attn.v_bias", (decoder_dim,)),
+                            ("attn.qkv.weight", (3 * decoder_dim, decoder_dim)),
+                            ("attn.proj.weight", (decoder_dim, decoder_dim)), ("attn.proj.bias", (decoder_dim,)),
+                            ("norm2.weight", (decoder_dim,)), ("norm2.bias", (decoder_dim,)),
+                            ("mlp.fc1.weight", (4 * decoder_dim, decoder_dim)), ("mlp.fc1.bias", (4 * decoder_dim,)),
+                            ("mlp.fc2.weight", (decoder_dim, 4 * decoder_dim)), ("mlp.fc2.bias", (decoder_dim,))]:
+            sd[p + name] = torch.randn(shape, generator=g) * 0.02
+    sd["decoder.norm.weight"], sd["decoder.norm.bias"] = torch.ones(decoder_dim), torch.zeros(decoder_dim)
+    sd["decoder.head.weight"] = torch.randn(out_dim, decoder_dim, generator=g) * 0.02
+    sd["decoder.head.bias"] = torch.zeros(out_dim)
+    sd["encoder_to_decoder.weight"] = torch.randn(decoder_dim, d, generator=g) * 0.02
+    sd["mask_token"] = torch.zeros(1, 1, decoder_dim)
+    args = argparse.Namespace(model="pretrain_videomae_small_patch16_224", mask_ratio=0.9, num_frames=16,
+                              input_size=224, tubelet_size=2, epochs=2400)
+    torch.save({"model": sd, "optimizer": {"state": {}, "param_groups": []}, "epoch": 2399,
+                "scaler": {"scale": 65536.0}, "args": args}, path)
+    return enc
+
+
+def write_zoo_checkpoint(path: str, model: nn.Module, epoch: int = 39, **args) -> dict:
+    """Save ``model`` as a model-zoo fine-tuned checkpoint: {'model', 'optimizer', 'epoch', 'scaler',
+    'args': argparse.Namespace}, the optimizer state from one AdamW step on the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)  # zero grads: weights unchanged
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for p in params:
+        p.grad = None
+    ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+            "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                       "_growth_tracker": 0},
+            "args": argparse.Namespace(**{"model": "vit_small_patch16_224", "nb_classes": 174, "num_frames": 16,
+                                          "input_size": 224, "tubelet_size": 2, **args})}
+    torch.save(ckpt, path)
+    return ckpt
