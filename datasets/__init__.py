@@ -1,0 +1,48 @@
+"""Data for video classification: SSv2 lists, decoding, frame sampling, views and augmentation.
+
+`build_dataset(is_train, test_mode, args)` reads VideoMAE's argument names; missing optional attributes get the
+published defaults.
+"""
+import os
+
+import torch
+
+from datasets.ssv2 import (SSv2Dataset, load_class_names, multiple_samples_collate, read_video_list, test_views,
+                           train_indices, test_indices, val_indices, video_id)
+
+__all__ = ["build_dataset", "read_test_views", "load_class_names", "multiple_samples_collate", "SSv2Dataset",
+           "read_video_list", "train_indices", "test_indices", "val_indices", "video_id"]
+
+LABELS_FILE = "something-something-v2-labels.json"
+
+
+def _common(args) -> dict:
+    return dict(num_frames=getattr(args, "num_frames", 16), input_size=getattr(args, "input_size", 224),
+                short_side_size=getattr(args, "short_side_size", 224), decoder=getattr(args, "decoder", "auto"),
+                decode_threads=getattr(args, "decode_threads", 1))
+
+
+def build_dataset(is_train: bool, test_mode: bool, args) -> tuple[SSv2Dataset, int]:
+    """train.csv (is_train), test.csv (test_mode) or val.csv from args.data_path -> (dataset, nb_classes)."""
+    data_set = getattr(args, "data_set", "SSV2")
+    if data_set != "SSV2":
+        raise ValueError(f"data_set {data_set!r} is not supported (only 'SSV2'; other SSv2-format lists work as SSV2)")
+    mode = "train" if is_train else ("test" if test_mode else "validation")
+    csv = os.path.join(args.data_path, {"train": "train.csv", "test": "test.csv", "validation": "val.csv"}[mode])
+    nb_classes = getattr(args, "nb_classes", 174)
+    dataset = SSv2Dataset(
+        csv, mode, data_root=getattr(args, "data_root", None), nb_classes=nb_classes,
+        num_sample=getattr(args, "num_sample", 1), auto_augment=getattr(args, "aa", "rand-m7-n4-mstd0.5-inc1"),
+        train_interpolation=getattr(args, "train_interpolation", "bicubic"), reprob=getattr(args, "reprob", 0.25),
+        remode=getattr(args, "remode", "pixel"), recount=getattr(args, "recount", 1),
+        test_num_segment=getattr(args, "test_num_segment", 2), test_num_crop=getattr(args, "test_num_crop", 3),
+        max_bad_videos=getattr(args, "max_bad_videos", 10), **_common(args))
+    return dataset, nb_classes
+
+
+def read_test_views(path: str, args) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test pipeline for one video file (predict.py): (views V x C x T x H x W, view_ids V x 2)."""
+    c = _common(args)
+    return test_views(path, c["num_frames"], c["input_size"], c["short_side_size"],
+                      getattr(args, "test_num_segment", 2), getattr(args, "test_num_crop", 3), c["decoder"],
+                      c["decode_threads"])

@@ -1,0 +1,202 @@
+"""Something-Something-v2 lists, frame sampling and the train / validation / test datasets.
+
+CSV lists are VideoMAE's: one `<path> <label>` per line, a single space, no header. Relative paths resolve against
+`data_root` (default: the CSV's folder).
+
+Frame sampling (T = num_frames segments over a video of n frames):
+  train  TSN: segment length n // T, one random frame in each; n < T spreads the n frames evenly (int(i * n / T)),
+         where VideoMAE's code collapsed short videos to frame 0.
+  val    one deterministic view: segment midpoints int(tick / 2 + tick * i), tick = n / T; short side to
+         short_side_size (OpenCV-style bilinear), centre crop of input_size.
+  test   K x J views: temporal view k takes int(tick * k / K + tick * i) (K=2: segment starts and midpoints, the
+         published code), spatial view j slides an input_size window along the long side after the short side is
+         resized to short_side_size. The video is decoded once for all views.
+"""
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datasets.decoding import VideoDecodeError, read_frames, resolve_decoder
+from video_transforms import (TrainTransform, center_crop, normalize, resize_short_side, sliding_crops, to_tchw)
+
+MODES = ("train", "validation", "test")
+
+
+def read_video_list(csv_path: str, data_root: str | None = None, nb_classes: int | None = None) -> list[tuple[str, int]]:
+    """Parses a `<path> <label>` list; errors name file:line and the expected form."""
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"video list not found: {csv_path}")
+    root = data_root if data_root is not None else os.path.dirname(os.path.abspath(csv_path))
+    samples = []
+    with open(csv_path) as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2 or not parts[0] or not parts[1].lstrip("-").isdigit():
+                raise ValueError(f"{csv_path}:{lineno}: expected '<video path> <integer label>' separated by one "
+                                 f"space, got {line!r}")
+            path, label = parts[0], int(parts[1])
+            if nb_classes is not None and not 0 <= label < nb_classes:
+                raise ValueError(f"{csv_path}:{lineno}: label {label} outside [0, {nb_classes}) (nb_classes)")
+            samples.append((path if os.path.isabs(path) else os.path.join(root, path), label))
+    if not samples:
+        raise ValueError(f"{csv_path}: no videos listed")
+    return samples
+
+
+def load_class_names(labels_json: str) -> list[str]:
+    """Official SSv2 labels json {template without brackets: "id"} -> names indexed by class id."""
+    with open(labels_json) as f:
+        mapping = json.load(f)
+    ids = {}
+    for name, idx in mapping.items():
+        try:
+            ids[int(idx)] = name
+        except (TypeError, ValueError):
+            raise ValueError(f"{labels_json}: class {name!r} has id {idx!r}, expected an integer string") from None
+    if sorted(ids) != list(range(len(mapping))):
+        raise ValueError(f"{labels_json}: class ids must be 0..{len(mapping) - 1} without gaps or repeats")
+    return [ids[i] for i in range(len(ids))]
+
+
+def video_id(path: str) -> str:
+    """The file name without its extension."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def train_indices(n: int, num_segments: int, rng: random.Random | None = None) -> list[int]:
+    """TSN: one random frame in each of `num_segments` equal segments; short videos spread their frames evenly."""
+    if n < num_segments:
+        return [i * n // num_segments for i in range(num_segments)]
+    rng = rng or random
+    seg = n // num_segments
+    return [i * seg + rng.randrange(seg) for i in range(num_segments)]
+
+
+def test_indices(n: int, num_segments: int, k: int = 1, num_views: int = 2) -> list[int]:
+    """Temporal view k of K: offset k/K inside each of `num_segments` segments of length n / num_segments."""
+    tick = n / num_segments
+    return [min(int(tick * k / num_views + tick * i), n - 1) for i in range(num_segments)]
+
+
+def val_indices(n: int, num_segments: int) -> list[int]:
+    """Segment midpoints (= test view 1 of 2)."""
+    return test_indices(n, num_segments, 1, 2)
+
+
+def multiple_samples_collate(batch):
+    """Flattens num_sample: [(clips S x C x T x H x W, label, index)] -> (B*S x C x T x H x W, labels, indices)."""
+    clips = torch.cat([item[0] for item in batch])
+    repeats = [item[0].shape[0] for item in batch]
+    labels = torch.tensor([item[1] for item, r in zip(batch, repeats) for _ in range(r)], dtype=torch.int64)
+    indices = torch.tensor([item[2] for item, r in zip(batch, repeats) for _ in range(r)], dtype=torch.int64)
+    return clips, labels, indices
+
+
+class SSv2Dataset(Dataset):
+    """One dataset for the three modes; see the module docstring for sampling and views.
+
+    train       item (clips num_sample x C x T x H x W, label, index); bad videos are logged, counted across
+                DataLoader workers and replaced by another random video, with a RuntimeError past max_bad_videos.
+    validation  item (clip C x T x H x W, label, video_id)
+    test        item (views V x C x T x H x W, label, video_id, view_ids V x 2 int64 (temporal, spatial))
+    Validation/test never substitute: a missing or unreadable video raises with its path and the decoder's error.
+    """
+
+    def __init__(self, csv_path: str, mode: str = "train", data_root: str | None = None, nb_classes: int | None = None,
+                 num_frames: int = 16, input_size: int = 224, short_side_size: int = 224, num_sample: int = 1,
+                 auto_augment: str | None = "rand-m7-n4-mstd0.5-inc1", train_interpolation: str = "bicubic",
+                 reprob: float = 0.25, remode: str = "pixel", recount: int = 1, test_num_segment: int = 2,
+                 test_num_crop: int = 3, decoder: str = "auto", decode_threads: int = 1, max_bad_videos: int = 10):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode != "train" and short_side_size < input_size:
+            raise ValueError(f"short_side_size {short_side_size} must be >= input_size {input_size} for evaluation")
+        self.samples = read_video_list(csv_path, data_root, nb_classes)
+        self.mode, self.num_frames, self.input_size = mode, num_frames, input_size
+        self.short_side_size, self.num_sample = short_side_size, num_sample
+        self.test_num_segment, self.test_num_crop = test_num_segment, test_num_crop
+        self.decoder, self.decode_threads = resolve_decoder(decoder), decode_threads
+        self.max_bad_videos = max_bad_videos
+        self.transform = TrainTransform(input_size, auto_augment, train_interpolation, reprob=reprob, remode=remode,
+                                        recount=recount) if mode == "train" else None
+        # Shared memory: forked (and spawned) DataLoader workers inherit it, so the count is global to the run.
+        self._bad = mp.Value("i", 0)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def bad_video_count(self) -> int:
+        return self._bad.value
+
+    def reset_bad_video_count(self) -> None:
+        with self._bad.get_lock():
+            self._bad.value = 0
+
+    def _read(self, path: str, sample_indices: Callable[[int], list[int]]) -> tuple[np.ndarray, list[int]]:
+        return read_frames(path, sample_indices, self.decoder, self.decode_threads)
+
+    def __getitem__(self, index: int):
+        if self.mode == "train":
+            return self._train_item(index)
+        path, label = self.samples[index]
+        if self.mode == "validation":
+            frames, _ = self._read(path, lambda n: val_indices(n, self.num_frames))
+            clip = resize_short_side(to_tchw(frames), self.short_side_size)
+            return normalize(center_crop(clip, self.input_size)), label, video_id(path)
+        views, view_ids = test_views(path, self.num_frames, self.input_size, self.short_side_size,
+                                     self.test_num_segment, self.test_num_crop, self.decoder, self.decode_threads)
+        return views, label, video_id(path), view_ids
+
+    def _train_item(self, index: int):
+        tried = index
+        while True:
+            path, label = self.samples[tried]
+            try:
+                frames, _ = self._read(path, lambda n: train_indices(n, self.num_frames))
+                break
+            except VideoDecodeError as e:
+                with self._bad.get_lock():
+                    self._bad.value += 1
+                    count = self._bad.value
+                print(f"[ssv2] bad training video {count}/{self.max_bad_videos}: {e}", file=sys.stderr, flush=True)
+                if count > self.max_bad_videos:
+                    raise RuntimeError(f"{count} unreadable training videos this epoch (more than max_bad_videos="
+                                       f"{self.max_bad_videos}); last: {e}. Run `python -m datasets.verify` on the "
+                                       f"list to find them all.") from e
+                if len(self.samples) < 2:
+                    raise RuntimeError(f"the only training video is unreadable: {e}") from e
+                other = random.randrange(len(self.samples) - 1)  # a different video, uniformly
+                tried = other if other < tried else other + 1
+        clips = torch.stack([self.transform(frames) for _ in range(self.num_sample)])
+        return clips, label, tried
+
+
+def test_views(path: str, num_frames: int, input_size: int, short_side_size: int, test_num_segment: int,
+               test_num_crop: int, decoder: str = "auto", decode_threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """All K x J views of one video from a single decode: (V x C x T x H x W float32, V x 2 int64), view order
+    temporal-major (k, j)."""
+    K, J = test_num_segment, test_num_crop
+    frames, indices = read_frames(
+        path, lambda n: [i for k in range(K) for i in test_indices(n, num_frames, k, K)], decoder, decode_threads)
+    # Resize each distinct frame once; views that share a frame index reuse it.
+    unique = sorted(set(indices))
+    first = {f: indices.index(f) for f in unique}
+    resized = resize_short_side(to_tchw(frames[[first[f] for f in unique]]), short_side_size)
+    pos = {f: i for i, f in enumerate(unique)}
+    views, ids = [], []
+    for k in range(K):
+        clip = resized[[pos[f] for f in indices[k * num_frames:(k + 1) * num_frames]]]
+        for j, crop in enumerate(sliding_crops(clip, input_size, J)):
+            views.append(normalize(crop))
+            ids.append((k, j))
+    return torch.stack(views), torch.tensor(ids, dtype=torch.int64)

@@ -1,0 +1,168 @@
+"""Clip-level transforms: every random choice is drawn once per clip and applied to all of its frames.
+
+Frames come from the decoder as uint8 T x H x W x 3 numpy arrays; clips leave as float32 C x T x H x W, normalised
+with the ImageNet mean/std. The train recipe follows VideoMAE's SSv2 fine-tuning, in the same order:
+RandAugment on the full decoded frames (PIL, timm semantics) -> RandomResizedCrop (one box, bilinear) -> normalise ->
+random erasing (one box). No horizontal flip: SSv2 labels say left and right.
+
+Why RandAugment runs on the full frames and not on the (smaller) crop: its geometric ops rotate/shear/translate about
+the frame centre with a fill colour, and AutoContrast/Equalize/Contrast use whole-frame statistics, so cropping first
+would change the augmentation distribution that the published numbers were trained with. benchmarks/bench_data.py
+measures what this costs next to decoding.
+"""
+import math
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timm.data.auto_augment import rand_augment_transform
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.random_erasing import RandomErasing
+
+_PIL_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+class ClipRandAugment:
+    """timm RandAugment with the same ops and magnitudes on every frame of a clip.
+
+    timm draws the op choice from numpy's global RNG and each op's apply-probability and magnitude noise from python's
+    `random`. Both states are snapshot before the first frame and restored before every other frame, so all frames
+    replay the first frame's draws; afterwards the RNGs have advanced once, so the next clip gets new ops.
+    """
+
+    def __init__(self, config_str: str = "rand-m7-n4-mstd0.5-inc1", input_size: int = 224,
+                 interpolation: str = "bicubic"):
+        if interpolation not in _PIL_INTERP:
+            raise ValueError(f"train_interpolation must be one of {sorted(_PIL_INTERP)}, got {interpolation!r}")
+        hparams = dict(translate_const=int(input_size * 0.45),
+                       img_mean=tuple(round(255 * m) for m in IMAGENET_DEFAULT_MEAN),
+                       interpolation=_PIL_INTERP[interpolation])
+        self.config_str = config_str
+        self.augment = rand_augment_transform(config_str, hparams)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 T x H x W x 3 -> uint8 T x H x W x 3."""
+        py_state, np_state = random.getstate(), np.random.get_state()
+        out = []
+        for t, frame in enumerate(frames):
+            if t > 0:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+            out.append(np.asarray(self.augment(Image.fromarray(frame))))
+        return np.stack(out)
+
+
+def random_resized_crop_box(height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """Inception-style box (top, left, h, w): area fraction in `scale`, log-uniform aspect in `ratio`, 10 tries,
+    then a centre crop clamped to `ratio` (same rule as torchvision's RandomResizedCrop.get_params; python RNG)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * random.uniform(*scale)
+        aspect = math.exp(random.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return random.randint(0, height - h), random.randint(0, width - w), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resize_bilinear(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """T x C x H x W -> T x C x size, bilinear with half-pixel centres and no antialiasing (OpenCV INTER_LINEAR).
+
+    uint8 in -> uint8 out (rounded, as cv2.resize does; equal to OpenCV up to +-1 from its fixed-point weights);
+    float in -> float out.
+    """
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    out = F.interpolate(frames.float(), size=size, mode="bilinear", align_corners=False, antialias=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8) if frames.dtype == torch.uint8 else out
+
+
+def short_side_size_hw(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """Output (h, w) with the short side at `short_side` and the long side at int(short_side * long / short)."""
+    if width <= height:
+        return int(short_side * height / width), short_side
+    return short_side, int(short_side * width / height)
+
+
+def resize_short_side(frames: torch.Tensor, short_side: int) -> torch.Tensor:
+    """T x C x H x W: short side to `short_side`, long side truncated as VideoMAE's test resize does."""
+    return resize_bilinear(frames, short_side_size_hw(*frames.shape[-2:], short_side))
+
+
+def normalize(frames: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
+    """T x C x H x W uint8 (or float in [0, 255]) -> float32 C x T x H x W, (x/255 - mean) / std."""
+    mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
+    std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+    return ((frames.float() - mean) / std).permute(1, 0, 2, 3).contiguous()
+
+
+def to_tchw(frames: np.ndarray) -> torch.Tensor:
+    """uint8 T x H x W x C numpy -> uint8 T x C x H x W tensor (no copy of the pixel data until needed)."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+
+
+def sliding_crops(frames: torch.Tensor, crop: int, num_crops: int) -> list[torch.Tensor]:
+    """`num_crops` crop x crop windows sliding along the long side in equal steps, start = int(j * (L - crop) / (J-1));
+    centred on the short side. J = 1 gives the centre crop."""
+    h, w = frames.shape[-2:]
+    if min(h, w) < crop:
+        raise ValueError(f"frames {h}x{w} are smaller than the crop size {crop}")
+    long_is_w = w >= h
+    L, S = (w, h) if long_is_w else (h, w)
+    short_start = int(round((S - crop) / 2))
+    out = []
+    for j in range(num_crops):
+        start = int(j * (L - crop) / (num_crops - 1)) if num_crops > 1 else int(round((L - crop) / 2))
+        if long_is_w:
+            out.append(frames[..., short_start:short_start + crop, start:start + crop])
+        else:
+            out.append(frames[..., start:start + crop, short_start:short_start + crop])
+    return out
+
+
+def center_crop(frames: torch.Tensor, crop: int) -> torch.Tensor:
+    """T x C x H x W centre crop, offsets round((H - crop) / 2) as VideoMAE's CenterCrop."""
+    h, w = frames.shape[-2:]
+    if min(h, w) < crop:
+        raise ValueError(f"frames {h}x{w} are smaller than the crop size {crop}")
+    top, left = int(round((h - crop) / 2)), int(round((w - crop) / 2))
+    return frames[..., top:top + crop, left:left + crop]
+
+
+class TrainTransform:
+    """The SSv2 train recipe for one clip: uint8 T x H x W x 3 numpy -> float32 C x T x size x size."""
+
+    def __init__(self, input_size: int = 224, auto_augment: str | None = "rand-m7-n4-mstd0.5-inc1",
+                 interpolation: str = "bicubic", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), reprob: float = 0.25,
+                 remode: str = "pixel", recount: int = 1):
+        self.input_size = input_size
+        use_aa = bool(auto_augment) and auto_augment.lower() != "none"
+        self.rand_augment = ClipRandAugment(auto_augment, input_size, interpolation) if use_aa else None
+        self.scale, self.ratio = scale, ratio
+        # Applied to the clip viewed as (T*C) x H x W: one box for all frames, per-pixel noise ('pixel' mode).
+        self.erase = RandomErasing(reprob, mode=remode, max_count=recount, device="cpu") if reprob > 0 else None
+
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        if self.rand_augment is not None:
+            frames = self.rand_augment(frames)
+        clip = to_tchw(frames)
+        top, left, h, w = random_resized_crop_box(*clip.shape[-2:], self.scale, self.ratio)
+        # Bilinear resize commutes with the per-channel affine normalisation, so crop+resize first (VideoMAE
+        # normalises first) and normalise only the input_size pixels.
+        clip = resize_bilinear(clip[..., top:top + h, left:left + w].float(), (self.input_size, self.input_size))
+        clip = normalize(clip)  # C x T x H x W
+        if self.erase is not None:
+            c, t, hh, ww = clip.shape
+            clip = self.erase(clip.view(c * t, hh, ww)).view(c, t, hh, ww)
+        return clip
