@@ -1,0 +1,178 @@
+"""The VideoMAE ViT and ViT-LLaMA: keys, parameter counts, math, gradients, checkpointing, dtypes."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from fakes import write_meta_llama
+from llama import LLaMAConfig
+from modeling_finetune import Attention, create_model, get_sinusoid_encoding_table, list_models
+
+TINY = dict(all_frames=4, img_size=32, num_classes=7)
+
+
+def tiny_llama(**kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return create_model("vit_llama_tiny_patch16", **TINY, **kw)
+
+
+def n_params(m, trainable=False):
+    return sum(p.numel() for p in m.parameters() if p.requires_grad or not trainable)
+
+
+@pytest.mark.parametrize("name,total,trainable", [
+    ("vit_small_patch16_224", 21_946_926, 21_946_926),
+    ("vit_base_patch16_224", 86_361_006, 86_361_006),
+    ("vit_llama_small_patch16_224", 227_480_110, 25_092_654),
+    ("vit_llama_base_patch16_224", 295_039_918, 92_652_462),
+])
+def test_parameter_counts_and_keys(name, total, trainable):
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = create_model(name)
+    assert (n_params(m), n_params(m, trainable=True)) == (total, trainable)
+    keys = set(m.state_dict())
+    vit = {"patch_embed.proj.weight", "patch_embed.proj.bias", "fc_norm.weight", "fc_norm.bias", "head.weight",
+           "head.bias"}
+    for i in range(12):
+        vit |= {f"blocks.{i}.{k}" for k in ["norm1.weight", "norm1.bias", "attn.q_bias", "attn.v_bias",
+                                            "attn.qkv.weight", "attn.proj.weight", "attn.proj.bias", "norm2.weight",
+                                            "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
+                                            "mlp.fc2.bias"]}
+    assert len(vit) == 162
+    if "llama" in name:
+        vit |= {f"llama.layers.0.attention.w{c}.weight" for c in "qkvo"}
+        vit |= {f"llama.layers.0.feed_forward.w{c}.weight" for c in "123"}
+        vit |= {"llama.layers.0.attention_norm.weight", "llama.layers.0.ffn_norm.weight", "llama.norm.weight",
+                "llama_dim_mapper1.weight", "llama_dim_mapper2.weight"}
+    assert keys == vit
+
+
+def test_registry():
+    names = list_models()
+    for n in ["vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224", "vit_huge_patch16_224",
+              "vit_tiny_patch16", "vit_llama_small_patch16_224", "vit_llama_base_patch16_224",
+              "vit_llama_tiny_patch16"]:
+        assert n in names
+    with pytest.raises(ValueError, match="unknown model 'vit_nope'.*vit_small_patch16_224"):
+        create_model("vit_nope")
+    import timm
+    assert "vit_tiny_patch16" not in timm.list_models("vit_tiny_patch16")  # timm's registry untouched
+
+
+def test_sinusoid_table_matches_formula_and_is_a_nonpersistent_buffer():
+    n, d = 50, 12
+    expect = np.zeros((n, d))
+    for p in range(n):
+        for j in range(d):
+            angle = p / 10000 ** (2 * (j // 2) / d)
+            expect[p, j] = math.sin(angle) if j % 2 == 0 else math.cos(angle)
+    np.testing.assert_allclose(get_sinusoid_encoding_table(n, d)[0].numpy(), expect, rtol=0, atol=1e-6)
+    m = create_model("vit_tiny_patch16", **TINY)
+    assert "pos_embed" in dict(m.named_buffers()) and "pos_embed" not in m.state_dict()
+    assert m.pos_embed.shape == (1, 2 * 2 * 2, 192)
+    assert m.to(torch.float64).pos_embed.dtype == torch.float64  # moves with the module
+    learn = create_model("vit_tiny_patch16", use_learnable_pos_emb=True, **TINY)
+    assert learn.state_dict()["pos_embed"].shape == (1, 8, 192)
+
+
+def test_forward_shapes_tokens_and_init():
+    m = create_model("vit_tiny_patch16", all_frames=4, img_size=48, num_classes=5, init_scale=0.001)
+    assert m.patch_embed.patch_size == (16, 16) and m.patch_embed.tubelet_size == 2 and m.get_num_layers() == 4
+    assert m.patch_embed.num_patches == 2 * 3 * 3
+    assert "pos_embed" in m.no_weight_decay()
+    x = torch.randn(2, 3, 4, 48, 48)
+    assert m.forward_tokens(x).shape == (2, 18, 192)
+    assert m(x).shape == (2, 5) and m(x).dtype == torch.float32
+    assert m.head.weight.std() < 0.02 * 0.01 and m.blocks[0].attn.q_bias.abs().sum() == 0
+    with pytest.raises(ValueError, match="input gives 8 tokens, the model expects 18.*3 x 4 x 48 x 48"):
+        m(torch.randn(1, 3, 4, 32, 32))
+
+
+def test_attention_equals_explicit_softmax_and_k_bias_stays_zero():
+    torch.manual_seed(0)
+    a = Attention(24, num_heads=3)
+    with torch.no_grad():
+        a.q_bias.normal_()
+        a.v_bias.normal_()
+    x = torch.randn(2, 7, 24)
+    w = a.qkv.weight
+    q = x @ w[:24].T + a.q_bias
+    k = x @ w[24:48].T  # no k bias
+    v = x @ w[48:].T + a.v_bias
+    split = lambda t: t.view(2, 7, 3, 8).transpose(1, 2)  # noqa: E731
+    attn = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(8), dim=-1)
+    expect = a.proj((attn @ split(v)).transpose(1, 2).reshape(2, 7, 24))
+    out = a(x)
+    torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert a.q_bias.grad is not None and a.v_bias.grad is not None
+
+
+def test_mean_pooling_off_uses_norm_and_first_token():
+    m = create_model("vit_tiny_patch16", use_mean_pooling=False, **TINY).eval()
+    assert "norm.weight" in m.state_dict() and m.fc_norm is None
+    x = torch.randn(1, 3, 4, 32, 32)
+    torch.testing.assert_close(m(x), m.head(m.norm(m.forward_tokens(x))[:, 0]))
+
+
+def test_gradients_reach_vit_and_mappers_never_llama():
+    m = tiny_llama()
+    m(torch.randn(2, 3, 4, 32, 32)).logsumexp(-1).sum().backward()
+    for name, p in m.named_parameters():
+        if name.startswith("llama."):
+            assert not p.requires_grad and p.grad is None, name
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_gradient_checkpointing_gives_equal_outputs_and_grads():
+    torch.manual_seed(0)
+    a = tiny_llama(drop_path_rate=0.0)
+    b = tiny_llama(use_checkpoint=True)
+    b.load_state_dict(a.state_dict())
+    assert b.llama.use_checkpoint
+    x = torch.randn(2, 3, 4, 32, 32)
+    ya, yb = a(x), b(x)
+    torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        if pa.requires_grad:
+            torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-6, atol=1e-7, msg=n)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_llama_keeps_fp32_io_and_grads(dtype):
+    torch.manual_seed(0)
+    ref = tiny_llama()
+    m = tiny_llama(llama_dtype=dtype)
+    m.load_state_dict(ref.state_dict())
+    assert all(p.dtype == getattr(torch, dtype) for p in m.llama.parameters())
+    assert m.llama_dim_mapper1.weight.dtype == torch.float32 and m.blocks[0].attn.qkv.weight.dtype == torch.float32
+    x = torch.randn(2, 3, 4, 32, 32)
+    y = m(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, ref(x), rtol=0.05, atol=0.05 * ref(x).abs().max().item())
+    y.sum().backward()
+    assert m.llama_dim_mapper1.weight.grad is not None and m.patch_embed.proj.weight.grad is not None
+    assert all(p.grad is None for p in m.llama.parameters())
+
+
+def test_llama_folder_sets_config_and_mapper_dims(tmp_path):
+    cfg = LLaMAConfig(dim=64, n_heads=4, n_layers=2, multiple_of=32, norm_eps=1e-5)
+    sd = write_meta_llama(str(tmp_path), cfg, seed=3)
+    m = create_model("vit_llama_tiny_patch16", llama_path=str(tmp_path), llama_layer=1, **TINY)
+    assert m.llama_dim_mapper1.weight.shape == (64, 192) and m.llama_dim_mapper2.weight.shape == (192, 64)
+    assert m.llama.config.norm_eps == 1e-5
+    assert torch.equal(m.llama.layers[0].feed_forward.w2.weight, sd["layers.1.feed_forward.w2.weight"].float())
+    assert m(torch.randn(1, 3, 4, 32, 32)).shape == (1, 7)
+
+
+def test_random_llama_warns():
+    with pytest.warns(UserWarning, match="RANDOM frozen weights"):
+        create_model("vit_llama_tiny_patch16", **TINY)
+
