@@ -1,0 +1,332 @@
+"""Fine-tune and evaluate video ViTs (VideoMAE recipe, optionally with a frozen LLaMA block) on SSv2.
+
+Flags keep VideoMAE's names and defaults (SSv2 ones where they differ). Launch with torchrun, srun, or plainly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from functools import partial
+
+import torch
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+import checkpoint
+import engine_for_finetuning as engine
+import optim_factory
+import utils
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("Video ViT (+LLaMA block) fine-tuning and evaluation on SSv2")
+    a = p.add_argument
+    a("--batch_size", default=64, type=int, help="videos per GPU per micro-step")
+    a("--epochs", default=30, type=int)
+    a("--update_freq", default=1, type=int, help="gradient accumulation micro-steps per optimizer step")
+    a("--save_ckpt_freq", default=100, type=int)
+    # model
+    a("--model", default="vit_base_patch16_224", type=str)
+    a("--tubelet_size", default=2, type=int)
+    a("--input_size", default=224, type=int)
+    a("--fc_drop_rate", default=0.0, type=float)
+    a("--drop", default=0.0, type=float)
+    a("--attn_drop_rate", default=0.0, type=float)
+    a("--drop_path", default=0.1, type=float)
+    a("--disable_eval_during_finetuning", action="store_true")
+    a("--model_ema", action="store_true")
+    a("--model_ema_decay", default=0.9999, type=float)
+    a("--model_ema_force_cpu", action="store_true")
+    a("--llama_path", default=None, help="LLaMA folder (Meta params.json + consolidated.00.pth, or Hugging Face)")
+    a("--llama_layer", default=15, type=int)
+    a("--llama_dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    # optimizer and schedule
+    a("--opt", default="adamw", type=str)
+    a("--opt_eps", default=1e-8, type=float)
+    a("--opt_betas", default=None, type=float, nargs="+")
+    a("--clip_grad", default=None, type=float)
+    a("--momentum", default=0.9, type=float)
+    a("--weight_decay", default=0.05, type=float)
+    a("--weight_decay_end", default=None, type=float)
+    a("--lr", default=1e-3, type=float, help="for 256 videos per step; scaled by the real batch")
+    a("--layer_decay", default=0.75, type=float)
+    a("--warmup_lr", default=1e-6, type=float)
+    a("--min_lr", default=1e-6, type=float)
+    a("--warmup_epochs", default=5, type=int)
+    a("--warmup_steps", default=-1, type=int, help="overrides --warmup_epochs when > 0")
+    # augmentation
+    a("--color_jitter", default=0.4, type=float, help="unused by the video pipeline (as in VideoMAE); only 0.4")
+    a("--num_sample", default=2, type=int, help="augmented clips per video (repeated augmentation)")
+    a("--aa", default="rand-m7-n4-mstd0.5-inc1", type=str, help="RandAugment policy; '' or 'none' turns it off")
+    a("--smoothing", default=0.1, type=float)
+    a("--train_interpolation", default="bicubic", type=str)
+    a("--crop_pct", default=None, type=float, help="image-only flag of VideoMAE; not supported")
+    a("--short_side_size", default=224, type=int)
+    a("--test_num_segment", default=5, type=int)
+    a("--test_num_crop", default=3, type=int)
+    a("--reprob", default=0.25, type=float)
+    a("--remode", default="pixel", type=str)
+    a("--recount", default=1, type=int)
+    a("--resplit", action="store_true", help="image-only flag of VideoMAE; not supported")
+    a("--mixup", default=0.8, type=float)
+    a("--cutmix", default=1.0, type=float)
+    a("--cutmix_minmax", default=None, type=float, nargs="+")
+    a("--mixup_prob", default=1.0, type=float)
+    a("--mixup_switch_prob", default=0.5, type=float)
+    a("--mixup_mode", default="batch", type=str, choices=["batch", "pair", "elem"])
+    # fine-tuning weights
+    a("--finetune", default="", help="initial weights (VideoMAE self-supervised or any compatible checkpoint)")
+    a("--model_key", default="model|module", type=str)
+    a("--model_prefix", default="", type=str)
+    a("--init_scale", default=0.001, type=float)
+    a("--use_checkpoint", action="store_true", help="activation checkpointing")
+    a("--use_mean_pooling", action="store_true", default=True)
+    a("--use_cls", action="store_false", dest="use_mean_pooling")
+    # data
+    a("--data_path", default="data/ssv2", type=str, help="folder with train.csv, val.csv, test.csv")
+    a("--eval_data_path", default=None, type=str, help="folder with val.csv/test.csv if not --data_path")
+    a("--data_root", default=None, help="prefix for relative video paths (default: the CSV's folder)")
+    a("--nb_classes", default=174, type=int)
+    a("--imagenet_default_mean_and_std", action="store_true", default=True, help="always on (ImageNet mean/std)")
+    a("--num_segments", default=1, type=int, help="only 1 (VideoMAE's SSv2 setting)")
+    a("--num_frames", default=16, type=int)
+    a("--sampling_rate", default=4, type=int, help="Kinetics-only in VideoMAE; SSv2 samples by segments")
+    a("--data_set", default="SSV2", choices=["SSV2"], type=str)
+    a("--decoder", default="auto", choices=["auto", "decord", "pyav"])
+    a("--decode_threads", default=1, type=int)
+    a("--max_bad_videos", default=10, type=int, help="unreadable training videos tolerated per epoch")
+    a("--labels", default=None, help="labels json (default <data_path>/something-something-v2-labels.json)")
+    # run
+    a("--output_dir", default="", help="checkpoints, logs and test results; empty: save nothing")
+    a("--log_dir", default=None, help="TensorBoard folder (default: output_dir)")
+    a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a("--amp", default=None, choices=["bf16", "fp16", "none"], help="default bf16 on CUDA, none on CPU")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--print_freq", default=20, type=int)
+    a("--seed", default=0, type=int)
+    a("--resume", default="", help="checkpoint to resume (or, with --eval, to evaluate)")
+    a("--auto_resume", action="store_true", default=True)
+    a("--no_auto_resume", action="store_false", dest="auto_resume")
+    a("--save_ckpt", action="store_true", default=True)
+    a("--no_save_ckpt", action="store_false", dest="save_ckpt")
+    a("--start_epoch", default=0, type=int)
+    a("--eval", action="store_true", help="multi-view test of --resume (or the newest checkpoint) and exit")
+    a("--dist_eval", action="store_true", help="shard validation and test over the processes")
+    a("--num_workers", default=10, type=int)
+    a("--pin_mem", action="store_true", default=True)
+    a("--no_pin_mem", action="store_false", dest="pin_mem")
+    # distributed
+    a("--world_size", default=1, type=int, help="processes, for a manual launch with --dist_url tcp://")
+    a("--local_rank", "--local-rank", default=-1, type=int)
+    a("--dist_on_itp", action="store_true", help="read ranks from OpenMPI's environment")
+    a("--dist_url", default="env://")
+    a("--enable_deepspeed", action="store_true", help="not supported: native AMP (--amp) and DDP are used")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Reject flags that cannot act here, with what to use instead; fill derived defaults."""
+    errors = {
+        "enable_deepspeed": (args.enable_deepspeed, "DeepSpeed is not supported; drop --enable_deepspeed: this code "
+                             "uses native mixed precision (--amp bf16|fp16) and DistributedDataParallel"),
+        "crop_pct": (args.crop_pct is not None, "--crop_pct is image-only; use --short_side_size/--input_size"),
+        "resplit": (args.resplit, "--resplit is image-only (random erasing applies to every clip)"),
+        "num_segments": (args.num_segments != 1, "--num_segments must be 1 (VideoMAE's SSv2 setting)"),
+        "sampling_rate": (args.sampling_rate != 4, "--sampling_rate does not apply to SSv2 (segment sampling)"),
+        "color_jitter": (args.color_jitter != 0.4, "--color_jitter is unused for video (as in VideoMAE); "
+                         "colour augmentation comes from --aa"),
+        "opt_betas": (args.opt_betas is not None and len(args.opt_betas) != 2, "--opt_betas takes two numbers"),
+        "cutmix_minmax": (args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2,
+                          "--cutmix_minmax takes two numbers"),
+    }
+    bad = [msg for cond, msg in errors.values() if cond]
+    if bad:
+        raise SystemExit("error: " + "; ".join(bad))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available; pass --device cpu")
+    if args.amp is None:
+        args.amp = "bf16" if args.device.startswith("cuda") else "none"
+    if args.log_dir is None and args.output_dir:
+        args.log_dir = args.output_dir
+    if args.labels is None:
+        default = os.path.join(args.eval_data_path or args.data_path, "something-something-v2-labels.json")
+        args.labels = default if os.path.isfile(default) else None
+    return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return check_args(get_args_parser().parse_args(argv))
+
+
+def build_model(args) -> torch.nn.Module:
+    from modeling_finetune import create_model
+    kw = dict(num_classes=args.nb_classes, all_frames=args.num_frames * args.num_segments, img_size=args.input_size,
+              tubelet_size=args.tubelet_size, drop_rate=args.drop, attn_drop_rate=args.attn_drop_rate,
+              drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
+              use_checkpoint=args.use_checkpoint, use_mean_pooling=args.use_mean_pooling)
+    if "llama" in args.model:
+        kw.update(llama_path=args.llama_path, llama_layer=args.llama_layer, llama_dtype=args.llama_dtype)
+    elif args.llama_path:
+        raise SystemExit(f"error: --llama_path given but --model {args.model} has no LLaMA block")
+    model = create_model(args.model, **kw)
+    if args.finetune:
+        checkpoint.load_finetune_weights(model, args.finetune, args.model_key, args.model_prefix)
+    return model
+
+
+def build_loaders(args, eval_only: bool) -> dict:
+    """Datasets and loaders. Train: DistributedSampler (any world size); val/test: disjoint shards when dist_eval."""
+    from datasets import build_dataset, multiple_samples_collate
+    world, rank = utils.get_world_size(), utils.get_rank()
+    eval_args = argparse.Namespace(**{**vars(args), "data_path": args.eval_data_path or args.data_path})
+    shard = dict(num_replicas=world, rank=rank) if args.dist_eval else dict(num_replicas=1, rank=0)
+    common = dict(num_workers=args.num_workers, pin_memory=args.pin_mem and torch.device(args.device).type == "cuda", worker_init_fn=utils.seed_worker)
+    out = {}
+    test_set, _ = build_dataset(is_train=False, test_mode=True, args=eval_args)
+    out["test"] = torch.utils.data.DataLoader(test_set, batch_size=args.batch_size, generator=torch.Generator(),
+                                              sampler=engine.ShardSampler(test_set, **shard), **common)
+    if eval_only:
+        return out
+    train_set, _ = build_dataset(is_train=True, test_mode=False, args=args)
+    out["generator"] = torch.Generator()
+    out["train"] = torch.utils.data.DataLoader(
+        train_set, batch_size=args.batch_size, drop_last=True, collate_fn=multiple_samples_collate,
+        sampler=torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed),
+        generator=out["generator"], **common)
+    if not args.disable_eval_during_finetuning:
+        val_set, _ = build_dataset(is_train=False, test_mode=False, args=eval_args)
+        out["val"] = torch.utils.data.DataLoader(val_set, batch_size=int(1.5 * args.batch_size),
+                                                 sampler=engine.ShardSampler(val_set, **shard),
+                                                 generator=torch.Generator(), **common)
+    return out
+
+
+def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
+    """Optimizer, schedules (lr scaled by the real batch / 256), criterion, mixup, scaler, EMA."""
+    scale = args.batch_size * args.update_freq * utils.get_world_size() / 256
+    args.scaled_lr, args.scaled_min_lr, args.scaled_warmup_lr = args.lr * scale, args.min_lr * scale, args.warmup_lr * scale
+    optimizer = optim_factory.create_optimizer(argparse.Namespace(**{**vars(args), "lr": args.scaled_lr}), model)
+    lr_schedule = utils.cosine_scheduler(args.scaled_lr, args.scaled_min_lr, args.epochs, steps_per_epoch,
+                                         args.warmup_epochs, args.scaled_warmup_lr, args.warmup_steps)
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+    mixup_fn = None
+    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+        from timm.data import Mixup
+        if (args.batch_size * args.num_sample) % 2:
+            raise SystemExit(f"error: mixup/cutmix needs an even number of clips per batch; batch_size "
+                             f"{args.batch_size} x num_sample {args.num_sample} is odd (or pass --mixup 0 --cutmix 0)")
+        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                         label_smoothing=args.smoothing, num_classes=args.nb_classes)
+        criterion = SoftTargetCrossEntropy()
+    elif args.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler(torch.device(args.device).type) if args.amp == "fp16" else None
+    model_ema = None
+    if args.model_ema:
+        from timm.utils import ModelEmaV3
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
+                               device=torch.device("cpu") if args.model_ema_force_cpu else None)
+    return dict(optimizer=optimizer, lr_schedule=lr_schedule, wd_schedule=wd_schedule, mixup_fn=mixup_fn,
+                criterion=criterion, scaler=scaler, model_ema=model_ema)
+
+
+def main(args: argparse.Namespace) -> dict | None:
+    """Train (or with --eval only test); returns the multi-view test summary on rank 0."""
+    utils.init_distributed(args)
+    try:
+        return _main(args)
+    finally:
+        utils.cleanup_distributed()
+
+
+def _main(args) -> dict | None:
+    rank, world = utils.get_rank(), utils.get_world_size()
+    device = torch.device(args.device, args.gpu) if args.device == "cuda" else torch.device(args.device)
+    utils.seed_everything(args.seed + rank)
+    torch.backends.cudnn.benchmark = True
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
+    if args.output_dir and rank == 0:
+        os.makedirs(args.output_dir, exist_ok=True)
+    print("Command:", " ".join(sys.argv), "\nArgs:", json.dumps(utils.to_jsonable(vars(args))), flush=True)
+    loaders = build_loaders(args, eval_only=args.eval)
+    model = build_model(args).to(device)
+    raw_model = model
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"Model {args.model}: {n_parameters / 1e6:.2f}M trainable parameters", flush=True)
+    class_names = None
+    if args.labels:
+        from datasets import load_class_names
+        class_names = load_class_names(args.labels)
+    run_model = torch.compile(model) if args.compile else model
+    if args.distributed:
+        run_model = torch.nn.parallel.DistributedDataParallel(
+            run_model, device_ids=[args.gpu] if device.type == "cuda" else None, find_unused_parameters=False)
+    test = partial(engine.final_test, run_model, loaders["test"], device, amp_dtype=amp_dtype,
+                   gather=args.dist_eval, output_dir=args.output_dir if rank == 0 else "", class_names=class_names)
+    if args.eval:
+        path = utils.load_for_eval(args, raw_model, checkpoint.safe_load)
+        return test(summary={"checkpoint": path, "model": args.model})
+
+    steps_per_epoch = len(loaders["train"]) // args.update_freq
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: {len(loaders['train'].dataset)} training videos give no optimizer step of "
+                         f"batch_size {args.batch_size} x update_freq {args.update_freq} x {world} processes")
+    t = build_training(args, raw_model, steps_per_epoch)
+    start_epoch, max_acc = utils.resume_training(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"],
+                                                 checkpoint.safe_load)
+    print(f"lr {args.scaled_lr:.3e} for {args.batch_size * args.update_freq * world} videos per step, "
+          f"{steps_per_epoch} steps per epoch, criterion {type(t['criterion']).__name__}", flush=True)
+    if rank == 0 and args.output_dir:
+        utils.write_json(os.path.join(args.output_dir, "args.json"), vars(args))
+    log_writer = utils.TensorboardLogger(args.log_dir) if rank == 0 and args.log_dir else None
+    last_ckpt, t0 = None, time.time()
+    for epoch in range(start_epoch, args.epochs):
+        loaders["train"].sampler.set_epoch(epoch)
+        loaders["generator"].manual_seed(args.seed + 1000 * epoch + rank)
+        train_stats = engine.train_one_epoch(
+            run_model, t["criterion"], loaders["train"], t["optimizer"], device, epoch,
+            lr_schedule=t["lr_schedule"], wd_schedule=t["wd_schedule"], start_step=epoch * steps_per_epoch,
+            steps_per_epoch=steps_per_epoch, update_freq=args.update_freq, scaler=t["scaler"], amp_dtype=amp_dtype,
+            clip_grad=args.clip_grad, model_ema=t["model_ema"], mixup_fn=t["mixup_fn"], log_writer=log_writer,
+            print_freq=args.print_freq)
+        record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()}}
+        if "val" in loaders:
+            val = engine.validate(run_model, loaders["val"], device, amp_dtype, reduce=args.dist_eval)
+            record.update({f"val_{k}": v for k, v in val.items()})
+            if t["model_ema"] is not None:
+                ema = engine.validate(t["model_ema"].module, loaders["val"], device, amp_dtype, args.dist_eval)
+                record.update({f"val_ema_{k}": v for k, v in ema.items()})
+            print(f"Epoch {epoch}: val top-1 {val['acc1']:.2f}% top-5 {val['acc5']:.2f}% "
+                  f"(best {max(max_acc, val['acc1']):.2f}%)", flush=True)
+        is_best = "val_acc1" in record and record["val_acc1"] > max_acc
+        max_acc = max(max_acc, record.get("val_acc1", max_acc))
+        if args.output_dir and args.save_ckpt:
+            state = lambda: utils.training_state(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"],  # noqa
+                                                 epoch, max_acc)
+            if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
+                last_ckpt = utils.save_training_checkpoint(args.output_dir, f"checkpoint-{epoch}.pth", state())
+            if is_best:
+                utils.save_training_checkpoint(args.output_dir, "checkpoint-best.pth", state())
+        if rank == 0 and args.output_dir:
+            utils.append_json_line(os.path.join(args.output_dir, "log.txt"), {**record, "n_parameters": n_parameters})
+        if log_writer is not None:
+            log_writer.log({k[4:]: v for k, v in record.items() if k.startswith("val_")}, step=epoch, head="perf")
+            log_writer.log({k[6:]: v for k, v in record.items() if k.startswith("train_")}, step=epoch, head="epoch")
+            log_writer.flush()
+    print(f"Training time {time.time() - t0:.0f}s", flush=True)
+    result = test(summary={"checkpoint": last_ckpt, "model": args.model, "epochs": args.epochs})
+    if log_writer is not None:
+        if result is not None:
+            log_writer.log({"top1": result["top1"], "top5": result["top5"]}, step=args.epochs, head="test")
+        log_writer.close()
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())

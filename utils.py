@@ -1,0 +1,417 @@
+"""Training utilities: distributed setup, seeding, schedules, logging and checkpoint I/O.
+
+Nothing here knows a model's internals; checkpoints hold whatever state dicts the caller passes.
+"""
+from __future__ import annotations
+
+import builtins
+import datetime
+import glob
+import json
+import os
+import random
+import re
+import subprocess
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Distributed
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_dist_env(environ: Mapping[str, str], dist_on_itp: bool = False, world_size: int = 1,
+                     local_rank: int = -1) -> dict:
+    """Work out (rank, world_size, local_rank, master_addr) from a launcher's environment.
+
+    Order: OpenMPI (--dist_on_itp), torchrun/torch.distributed.launch (RANK, WORLD_SIZE, LOCAL_RANK), SLURM srun
+    (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), a manual launch (--world_size N --local_rank R with a tcp:// url),
+    else a single process. Returned master_addr is None when the environment already provides it.
+    """
+    if dist_on_itp:
+        rank, world, local = (int(environ[k]) for k in
+                              ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"))
+        return dict(rank=rank, world_size=world, local_rank=local, master_addr=None)
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return dict(rank=int(environ["RANK"]), world_size=int(environ["WORLD_SIZE"]),
+                    local_rank=int(environ.get("LOCAL_RANK", 0)), master_addr=None)
+    if int(environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in environ:
+        master = environ.get("MASTER_ADDR") or _slurm_first_host(environ.get("SLURM_JOB_NODELIST", ""))
+        return dict(rank=int(environ["SLURM_PROCID"]), world_size=int(environ["SLURM_NTASKS"]),
+                    local_rank=int(environ.get("SLURM_LOCALID", 0)), master_addr=master)
+    if world_size > 1:
+        if local_rank < 0:
+            raise ValueError(f"--world_size {world_size} without a launcher needs --local_rank for each process")
+        return dict(rank=local_rank, world_size=world_size, local_rank=local_rank, master_addr=None)
+    return dict(rank=0, world_size=1, local_rank=0, master_addr=None)
+
+
+def _slurm_first_host(nodelist: str) -> str:
+    """First host name of a SLURM node list (via scontrol when available, else a simple parse)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             check=True, timeout=30).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    m = re.match(r"([^\[,]+)(?:\[(\d+))?", nodelist)
+    if not m:
+        raise RuntimeError(f"cannot find the master host in SLURM_JOB_NODELIST={nodelist!r}; set MASTER_ADDR")
+    return m.group(1) + (m.group(2) or "")
+
+
+def init_distributed(args) -> None:
+    """Initialise torch.distributed from the environment (see resolve_dist_env) and set args.rank/world_size/gpu.
+
+    NCCL on CUDA, gloo on CPU. Non-zero ranks print only with print(..., force=True).
+    """
+    info = resolve_dist_env(os.environ, getattr(args, "dist_on_itp", False), getattr(args, "world_size", 1),
+                            getattr(args, "local_rank", -1))
+    args.rank, args.world_size, args.gpu = info["rank"], info["world_size"], info["local_rank"]
+    args.distributed = args.world_size > 1
+    if not args.distributed:
+        return
+    if info["master_addr"] is not None:
+        os.environ.setdefault("MASTER_ADDR", info["master_addr"])
+    os.environ.setdefault("MASTER_PORT", "29500")
+    if args.dist_url == "env://":
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    cuda = str(args.device).startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(args.gpu)
+    backend = "nccl" if cuda else "gloo"
+    print(f"| distributed init rank {args.rank}/{args.world_size} (local {args.gpu}, {backend}): {args.dist_url}",
+          flush=True)
+    dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank,
+                            timeout=datetime.timedelta(minutes=30),
+                            device_id=torch.device("cuda", args.gpu) if cuda else None)
+    dist.barrier()
+    _quiet_non_master(args.rank == 0)
+
+
+def _quiet_non_master(is_master: bool) -> None:
+    builtin_print = builtins.print
+
+    def print_(*a, **kw):
+        if is_master or kw.pop("force", False):
+            kw.pop("force", None)
+            builtin_print(*a, **kw)
+    builtins.print = print_
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (no-op in a single process)."""
+    if is_dist():
+        dist.all_reduce(t)
+    return t
+
+
+def cleanup_distributed() -> None:
+    if is_dist():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Seeding and RNG state
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: numpy and python seeds follow the worker's torch seed (set from the generator)."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def capture_rng_state() -> dict:
+    """This process's RNG states, as tensors and plain python types (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of capture_rng_state."""
+    torch.set_rng_state(state["torch"])
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states() -> list[dict] | None:
+    """Every rank's RNG state on rank 0 (None on the other ranks); a one-element list in a single process."""
+    state = capture_rng_state()
+    if not is_dist():
+        return [state]
+    out = [None] * get_world_size() if get_rank() == 0 else None
+    dist.gather_object(state, out, dst=0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Schedules
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
+                     warmup_epochs: int = 0, start_warmup_value: float = 0.0, warmup_steps: int = -1) -> np.ndarray:
+    """One value per iteration: linear warmup from start_warmup_value to base_value, then cosine to final_value.
+
+    warmup_steps > 0 overrides warmup_epochs. Warmup longer than the run is cut at the run's length.
+    """
+    total = epochs * niter_per_ep
+    warmup = warmup_steps if warmup_steps > 0 else warmup_epochs * niter_per_ep
+    warmup = min(warmup, total)
+    warm = np.linspace(start_warmup_value, base_value, warmup, endpoint=False) if warmup else np.zeros(0)
+    n = total - warmup
+    cos = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * np.arange(n) / max(n, 1)))
+    sched = np.concatenate([warm, cos])
+    assert len(sched) == total
+    return sched
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class TensorboardLogger:
+    """Thin SummaryWriter wrapper; created on rank 0 only."""
+
+    def __init__(self, log_dir: str):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(log_dir=log_dir)
+
+    def log(self, scalars: Mapping[str, float], step: int, head: str) -> None:
+        for k, v in scalars.items():
+            if v is not None:
+                self.writer.add_scalar(f"{head}/{k}", float(v), step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain python types for JSON and weights_only checkpoints (tuples -> lists, tensors/arrays -> lists)."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def append_json_line(path: str, record: Mapping) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(to_jsonable(record)) + "\n")
+
+
+def write_json(path: str, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(to_jsonable(obj), indent=2) + "\n").encode())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoint I/O
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename: readers see the old or the new file."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """torch.save `state` atomically (temporary file in the same folder, flush + fsync, os.replace)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _fsync_dir(d: str) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def list_epoch_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """(epoch, path) of output_dir/checkpoint-N.pth, newest first."""
+    found = []
+    for p in glob.glob(os.path.join(output_dir, "checkpoint-*.pth")):
+        m = re.fullmatch(r"checkpoint-(\d+)\.pth", os.path.basename(p))
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def find_resume_checkpoint(output_dir: str, loader) -> tuple[str, dict] | tuple[None, None]:
+    """Newest checkpoint-N.pth in output_dir that `loader(path)` reads; damaged ones are skipped with a warning."""
+    for _, path in list_epoch_checkpoints(output_dir):
+        try:
+            ckpt = loader(path)
+            if not isinstance(ckpt, dict) or "model" not in ckpt:
+                raise RuntimeError("no 'model' entry")
+            return path, ckpt
+        except Exception as e:  # a damaged file must not stop the run: fall back to the previous one
+            warnings.warn(f"auto-resume: skipping damaged checkpoint {path}: {e}")
+            print(f"WARNING: auto-resume skips damaged checkpoint {path}: {e}", flush=True)
+    return None, None
+
+
+def _model_state(ckpt: dict, model_key: str, path: str) -> dict:
+    for key in model_key.split("|"):
+        if isinstance(ckpt.get(key), dict):
+            return ckpt[key]
+    raise RuntimeError(f"checkpoint {path} has none of the keys {model_key!r} (found {sorted(ckpt)[:10]})")
+
+
+def _load_model(model: torch.nn.Module, ckpt: dict, path: str, args) -> None:
+    try:
+        model.load_state_dict(_model_state(ckpt, args.model_key, path), strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"checkpoint {path} does not fit --model {args.model}: {e}") from e
+
+
+def load_for_eval(args, model: torch.nn.Module, loader) -> str:
+    """Load the weights --eval evaluates: --resume exactly, else the newest loadable checkpoint-N.pth in output_dir
+    (auto-resume), else the --finetune weights already in the model. Returns the path; errors when there is none."""
+    path, ckpt = args.resume, None
+    if not path and args.auto_resume and args.output_dir:
+        path, ckpt = find_resume_checkpoint(args.output_dir, loader)
+    if path:
+        _load_model(model, ckpt if ckpt is not None else loader(path), path, args)
+        print(f"Evaluating {path}", flush=True)
+        return path
+    if args.finetune:
+        return args.finetune
+    raise SystemExit("error: --eval has nothing to evaluate: pass --resume CKPT (or --finetune WEIGHTS), or an "
+                     f"--output_dir holding checkpoint-N.pth (got {args.output_dir!r})")
+
+
+def training_state(args, model: torch.nn.Module, optimizer, scaler, model_ema, epoch: int, max_acc: float) -> dict:
+    """Everything a resume needs; gathers every rank's RNG state (collective: call on all ranks)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
+            "args": to_jsonable(vars(args)), "model_ema": model_ema.module.state_dict() if model_ema else None,
+            "max_accuracy": max_acc, "rng_states": gather_rng_states()}
+
+
+def save_training_checkpoint(output_dir: str, name: str, state: dict) -> str:
+    """Atomic save on rank 0; returns the path on every rank."""
+    path = os.path.join(output_dir, name)
+    if is_main_process():
+        save_checkpoint(path, state)
+        print(f"Saved {path}", flush=True)
+    barrier()
+    return path
+
+
+def resume_training(args, model: torch.nn.Module, optimizer, scaler, model_ema, loader) -> tuple[int, float]:
+    """Restore from --resume, else (auto_resume) the newest loadable checkpoint-N.pth in output_dir.
+
+    Loads model, optimizer, scaler, EMA, best val top-1 and this rank's RNG state; returns (start_epoch, max_acc).
+    A checkpoint without an integer epoch (e.g. a zoo 'best' file) restores weights and starts at --start_epoch.
+    """
+    path, ckpt = args.resume, None
+    if not path and args.auto_resume and args.output_dir:
+        path, ckpt = find_resume_checkpoint(args.output_dir, loader)
+    if not path:
+        return args.start_epoch, 0.0
+    ckpt = ckpt if ckpt is not None else loader(path)
+    _load_model(model, ckpt, path, args)
+    print(f"Resuming from {path}", flush=True)
+    if ckpt.get("optimizer") is not None:
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise RuntimeError(f"optimizer state in {path} does not match this run's parameter groups ({e}); "
+                               f"start a new run from its weights with --finetune {path} instead") from e
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    if model_ema is not None and ckpt.get("model_ema") is not None:
+        model_ema.module.load_state_dict(ckpt["model_ema"])
+    epoch = ckpt.get("epoch")
+    if not isinstance(epoch, int):
+        print(f"WARNING: {path} has no integer epoch ({epoch!r}); starting at epoch {args.start_epoch}", flush=True)
+        return args.start_epoch, float(ckpt.get("max_accuracy", 0.0))
+    states = ckpt.get("rng_states")
+    if states and len(states) == get_world_size():
+        restore_rng_state(states[get_rank()])
+    else:
+        print("WARNING: no RNG state for this world size in the checkpoint; reseeding", flush=True)
+        seed_everything(args.seed + get_rank() + 1000 * (epoch + 1))
+    return epoch + 1, float(ckpt.get("max_accuracy", 0.0))
