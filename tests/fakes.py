@@ -14,10 +14,20 @@ import argparse
 import json
 import os
 
+import pytest
 import torch
 import torch.nn as nn
 
 from llama import HF_LAYER_KEYS, LAYER_KEYS, LLaMAConfig, _permute_hf
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models run fastest on one thread (and do not spin-wait when the cores are shared); restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def make_meta_llama_state(cfg: LLaMAConfig, vocab_size: int = 32, seed: int = 0,
@@ -134,9 +144,10 @@ def write_videomae_pretrain(path: str, encoder: nn.Module, decoder_dim: int = 96
     return enc
 
 
-def write_zoo_checkpoint(path: str, model: nn.Module, epoch: int = 39, **args) -> dict:
+def write_zoo_checkpoint(path: str, model: nn.Module, epoch: int = 39, args: dict | None = None) -> dict:
     """Save ``model`` as a model-zoo fine-tuned checkpoint: {'model', 'optimizer', 'epoch', 'scaler',
-    'args': argparse.Namespace}, the optimizer state from one AdamW step on the trainable parameters."""
+    'args': argparse.Namespace(defaults updated by ``args``)}, the optimizer state from one AdamW step on the
+    trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)  # zero grads: weights unchanged
     for p in params:
@@ -148,6 +159,6 @@ def write_zoo_checkpoint(path: str, model: nn.Module, epoch: int = 39, **args) -
             "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
                        "_growth_tracker": 0},
             "args": argparse.Namespace(**{"model": "vit_small_patch16_224", "nb_classes": 174, "num_frames": 16,
-                                          "input_size": 224, "tubelet_size": 2, **args})}
+                                          "input_size": 224, "tubelet_size": 2, **(args or {})})}
     torch.save(ckpt, path)
     return ckpt

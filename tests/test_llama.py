@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fakes import meta_to_hf, write_hf_llama, write_meta_llama
+from fakes import meta_to_hf, single_thread, write_hf_llama, write_meta_llama  # noqa: F401 (autouse fixture)
 from llama import (LAYER_KEYS, LLaMAConfig, LLaMATransformer, _permute_hf, _unpermute_hf, build_llama,
                    load_llama_config, read_llama_layers)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import write_meta_llama
+from fakes import single_thread, write_meta_llama  # noqa: F401 (autouse fixture)
 from llama import LLaMAConfig
 from modeling_finetune import Attention, create_model, get_sinusoid_encoding_table, list_models
 

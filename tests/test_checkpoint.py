@@ -1,0 +1,153 @@
+"""Safe loading, the --finetune adapter (VideoMAE pretrain files) and strict loading of model-zoo files."""
+import argparse
+import os
+import pickle
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from checkpoint import interpolate_pos_embed, load_finetune_weights, safe_load
+from fakes import single_thread, write_videomae_pretrain, write_zoo_checkpoint  # noqa: F401 (autouse fixture)
+from modeling_finetune import create_model
+
+TINY = dict(all_frames=4, img_size=32, num_classes=7)
+
+
+def vit(**kw):
+    return create_model("vit_tiny_patch16", **{**TINY, **kw})
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_safe_load_allows_namespace_and_refuses_code(tmp_path):
+    ok = tmp_path / "ok.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=1.0), "epoch": 3}, ok)
+    ck = safe_load(str(ok))
+    assert ck["args"].lr == 1.0 and torch.equal(ck["model"]["w"], torch.ones(2))
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, evil)
+    with pytest.raises(RuntimeError, match="evil.pth"):
+        safe_load(str(evil))
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(RuntimeError, match="raw.pkl"):
+        safe_load(str(raw))
+
+
+def test_truncated_and_missing_files_name_the_file(tmp_path):
+    path = tmp_path / "ck.pth"
+    torch.save({"model": vit().state_dict()}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(RuntimeError, match="ck.pth"):
+        safe_load(str(path))
+    with pytest.raises(RuntimeError, match="nope.pth: no such file"):
+        safe_load(str(tmp_path / "nope.pth"))
+
+
+def test_videomae_pretrain_checkpoint_loads_with_report(tmp_path):
+    torch.manual_seed(0)
+    source = vit()
+    enc = write_videomae_pretrain(str(tmp_path / "pretrain.pth"), source)
+    model = vit()
+    report = load_finetune_weights(model, str(tmp_path / "pretrain.pth"))
+    assert sorted(report["missing"]) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert report["unexpected"] == []
+    dropped = set(report["dropped"])
+    assert {"norm.weight", "norm.bias", "mask_token", "encoder_to_decoder.weight", "decoder.head.weight"} <= dropped
+    assert all(k.startswith(("decoder.", "encoder_to_decoder.", "mask_token", "norm.")) for k in dropped)
+    own = model.state_dict()
+    for k, v in enc.items():
+        if not k.startswith("norm."):
+            assert torch.equal(own[k], v), k
+
+
+def test_llama_model_does_not_report_llama_keys_missing(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = create_model("vit_llama_tiny_patch16", **TINY)
+    write_videomae_pretrain(str(tmp_path / "pretrain.pth"), vit())
+    report = load_finetune_weights(model, str(tmp_path / "pretrain.pth"))
+    assert sorted(report["missing"]) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight",
+                                         "llama_dim_mapper1.weight", "llama_dim_mapper2.weight"]
+
+
+def test_prefixes_module_key_and_head_mismatch(tmp_path):
+    src = vit(num_classes=400)
+    sd = {f"backbone.{k}": v for k, v in src.state_dict().items()}
+    torch.save({"module": {f"net.{k}": v for k, v in sd.items()}}, tmp_path / "ck.pth")
+    model = vit()
+    report = load_finetune_weights(model, str(tmp_path / "ck.pth"), model_prefix="net.")
+    assert set(report["dropped"]) == {"head.weight", "head.bias"}
+    assert sorted(report["missing"]) == ["head.bias", "head.weight"]
+    assert torch.equal(model.blocks[3].mlp.fc2.weight, src.blocks[3].mlp.fc2.weight)
+    # A bare state dict (no 'model'/'module' key) loads too.
+    torch.save(src.state_dict(), tmp_path / "bare.pth")
+    assert load_finetune_weights(vit(), str(tmp_path / "bare.pth"))["missing"] == ["head.weight", "head.bias"]
+
+
+def test_wrong_file_and_wrong_size_raise(tmp_path):
+    torch.save({"model": {"foo.weight": torch.ones(3)}}, tmp_path / "other.pth")
+    with pytest.raises(RuntimeError, match="other.pth: no tensor matches the model"):
+        load_finetune_weights(vit(), str(tmp_path / "other.pth"))
+    big = create_model("vit_small_patch16_224", **TINY)
+    torch.save({"model": big.state_dict()}, tmp_path / "small.pth")
+    with pytest.raises(ValueError, match=r"small.pth.*blocks.0.norm1.weight: checkpoint \(384,\) vs model \(192,\)"):
+        load_finetune_weights(vit(), str(tmp_path / "small.pth"))
+
+
+def interpolate_reference(pos, src, dst):
+    """Space with bicubic per frame, then time with linear per (channel, position), written as plain loops."""
+    (ts, hs, ws), (td, hd, wd) = src, dst
+    c = pos.shape[-1]
+    grid = pos.reshape(ts, hs, ws, c)
+    frames = [torch.nn.functional.interpolate(grid[t].permute(2, 0, 1)[None], size=(hd, wd), mode="bicubic",
+                                              align_corners=False)[0] for t in range(ts)]  # C x hd x wd each
+    space = torch.stack(frames)  # ts x C x hd x wd
+    out = torch.empty(td, c, hd, wd)
+    for t in range(td):  # align_corners=False sample positions
+        s = min(max((t + 0.5) * ts / td - 0.5, 0), ts - 1)
+        lo = int(s)
+        hi = min(lo + 1, ts - 1)
+        out[t] = space[lo] * (1 - (s - lo)) + space[hi] * (s - lo)
+    return out.permute(0, 2, 3, 1).reshape(1, td * hd * wd, c)
+
+
+def test_pos_embed_interpolation_and_fixed_table_drop(tmp_path):
+    pos = torch.randn(1, 4 * 3 * 3, 8)
+    got = interpolate_pos_embed(pos, (4, 3, 3), (2, 2, 2))
+    torch.testing.assert_close(got, interpolate_reference(pos, (4, 3, 3), (2, 2, 2)))
+    assert torch.equal(interpolate_pos_embed(pos, (4, 3, 3), (4, 3, 3)), pos)
+    # A learnable table on a 2 x 3 x 3 grid (48 px) into a model on 2 x 2 x 2 (32 px).
+    src = vit(img_size=48, use_learnable_pos_emb=True)
+    torch.save({"model": src.state_dict()}, tmp_path / "learn.pth")
+    model = vit(use_learnable_pos_emb=True)
+    report = load_finetune_weights(model, str(tmp_path / "learn.pth"))
+    assert any("interpolated from grid (2, 3, 3) to (2, 2, 2)" in n for n in report["notes"])
+    torch.testing.assert_close(model.pos_embed.data, interpolate_pos_embed(src.pos_embed.data, (2, 3, 3), (2, 2, 2)))
+    fixed = vit()
+    report = load_finetune_weights(fixed, str(tmp_path / "learn.pth"))
+    assert "pos_embed" in report["dropped"] and "pos_embed" not in report["unexpected"]
+
+
+def test_zoo_checkpoint_loads_strictly_and_reproduces_logits(tmp_path):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        saver = create_model("vit_llama_tiny_patch16", **TINY).eval()
+        loader = create_model("vit_llama_tiny_patch16", **TINY).eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    expect = saver(x)
+    write_zoo_checkpoint(str(tmp_path / "zoo.pth"), saver, args={"model": "vit_llama_tiny_patch16"})
+    ckpt = safe_load(str(tmp_path / "zoo.pth"))
+    assert set(ckpt) == {"model", "optimizer", "epoch", "scaler", "args"}
+    assert isinstance(ckpt["args"], argparse.Namespace)
+    loader.load_state_dict(ckpt["model"], strict=True)
+    assert torch.equal(loader(x), expect)
+    assert isinstance(loader.llama_dim_mapper1, nn.Linear)
