@@ -7,11 +7,11 @@ import os
 
 import torch
 
-from datasets.ssv2 import (SSv2Dataset, load_class_names, multiple_samples_collate, read_video_list, test_views,
-                           train_indices, test_indices, val_indices, video_id)
+from datasets.ssv2 import (SSv2Dataset, load_class_names, multiple_samples_collate, read_video_list, read_views,
+                           train_indices, eval_indices, val_indices, video_id)
 
 __all__ = ["build_dataset", "read_test_views", "load_class_names", "multiple_samples_collate", "SSv2Dataset",
-           "read_video_list", "train_indices", "test_indices", "val_indices", "video_id"]
+           "read_video_list", "train_indices", "eval_indices", "val_indices", "video_id"]
 
 LABELS_FILE = "something-something-v2-labels.json"
 
@@ -43,6 +43,6 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> tuple[SSv2Dataset, i
 def read_test_views(path: str, args) -> tuple[torch.Tensor, torch.Tensor]:
     """The test pipeline for one video file (predict.py): (views V x C x T x H x W, view_ids V x 2)."""
     c = _common(args)
-    return test_views(path, c["num_frames"], c["input_size"], c["short_side_size"],
+    return read_views(path, c["num_frames"], c["input_size"], c["short_side_size"],
                       getattr(args, "test_num_segment", 2), getattr(args, "test_num_crop", 3), c["decoder"],
                       c["decode_threads"])

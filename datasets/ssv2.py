@@ -82,7 +82,7 @@ def train_indices(n: int, num_segments: int, rng: random.Random | None = None) -
     return [i * seg + rng.randrange(seg) for i in range(num_segments)]
 
 
-def test_indices(n: int, num_segments: int, k: int = 1, num_views: int = 2) -> list[int]:
+def eval_indices(n: int, num_segments: int, k: int = 1, num_views: int = 2) -> list[int]:
     """Temporal view k of K: offset k/K inside each of `num_segments` segments of length n / num_segments."""
     tick = n / num_segments
     return [min(int(tick * k / num_views + tick * i), n - 1) for i in range(num_segments)]
@@ -90,7 +90,7 @@ def test_indices(n: int, num_segments: int, k: int = 1, num_views: int = 2) -> l
 
 def val_indices(n: int, num_segments: int) -> list[int]:
     """Segment midpoints (= test view 1 of 2)."""
-    return test_indices(n, num_segments, 1, 2)
+    return eval_indices(n, num_segments, 1, 2)
 
 
 def multiple_samples_collate(batch):
@@ -153,7 +153,7 @@ class SSv2Dataset(Dataset):
             frames, _ = self._read(path, lambda n: val_indices(n, self.num_frames))
             clip = resize_short_side(to_tchw(frames), self.short_side_size)
             return normalize(center_crop(clip, self.input_size)), label, video_id(path)
-        views, view_ids = test_views(path, self.num_frames, self.input_size, self.short_side_size,
+        views, view_ids = read_views(path, self.num_frames, self.input_size, self.short_side_size,
                                      self.test_num_segment, self.test_num_crop, self.decoder, self.decode_threads)
         return views, label, video_id(path), view_ids
 
@@ -181,22 +181,22 @@ class SSv2Dataset(Dataset):
         return clips, label, tried
 
 
-def test_views(path: str, num_frames: int, input_size: int, short_side_size: int, test_num_segment: int,
+def read_views(path: str, num_frames: int, input_size: int, short_side_size: int, test_num_segment: int,
                test_num_crop: int, decoder: str = "auto", decode_threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """All K x J views of one video from a single decode: (V x C x T x H x W float32, V x 2 int64), view order
     temporal-major (k, j)."""
     K, J = test_num_segment, test_num_crop
     frames, indices = read_frames(
-        path, lambda n: [i for k in range(K) for i in test_indices(n, num_frames, k, K)], decoder, decode_threads)
+        path, lambda n: [i for k in range(K) for i in eval_indices(n, num_frames, k, K)], decoder, decode_threads)
     # Resize each distinct frame once; views that share a frame index reuse it.
     unique = sorted(set(indices))
     first = {f: indices.index(f) for f in unique}
-    resized = resize_short_side(to_tchw(frames[[first[f] for f in unique]]), short_side_size)
+    resized = normalize(resize_short_side(to_tchw(frames[[first[f] for f in unique]]), short_side_size))
     pos = {f: i for i, f in enumerate(unique)}
     views, ids = [], []
     for k in range(K):
-        clip = resized[[pos[f] for f in indices[k * num_frames:(k + 1) * num_frames]]]
+        clip = resized[:, [pos[f] for f in indices[k * num_frames:(k + 1) * num_frames]]]  # C x T x H x W
         for j, crop in enumerate(sliding_crops(clip, input_size, J)):
-            views.append(normalize(crop))
+            views.append(crop)
             ids.append((k, j))
     return torch.stack(views), torch.tensor(ids, dtype=torch.int64)

@@ -1,0 +1,265 @@
+"""SSv2 lists, frame sampling, views, decoding and the bad-video policy."""
+import argparse
+import json
+import os
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+import datasets
+import datasets.decoding as decoding
+import datasets.ssv2 as ssv2
+from datasets import build_dataset, load_class_names, multiple_samples_collate, read_test_views
+from datasets.decoding import VideoDecodeError, read_frames
+from datasets.ssv2 import SSv2Dataset, read_video_list, eval_indices, train_indices, val_indices
+
+MEAN = np.array(IMAGENET_DEFAULT_MEAN, dtype=np.float32)
+STD = np.array(IMAGENET_DEFAULT_STD, dtype=np.float32)
+
+
+def _args(data_path, **kw):
+    base = dict(data_path=data_path, nb_classes=8, num_frames=8, input_size=32, short_side_size=40, num_sample=1,
+                test_num_segment=2, test_num_crop=3, decoder="auto")
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def _pyav_frames(path):
+    with av.open(path) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def _normalise_ref(frames_thwc):
+    """Independent reference: (x/255 - mean)/std, T x H x W x C -> C x T x H x W."""
+    return torch.from_numpy(((frames_thwc.astype(np.float32) / 255 - MEAN) / STD).transpose(3, 0, 1, 2))
+
+
+# ---- CSV lists and labels -------------------------------------------------------------------------------------------
+
+def test_read_video_list_paths_and_root(tmp_path):
+    csv = tmp_path / "train.csv"
+    csv.write_text("videos/1.mp4 3\n/abs/2.webm 0\n\n")
+    assert read_video_list(str(csv)) == [(str(tmp_path / "videos/1.mp4"), 3), ("/abs/2.webm", 0)]
+    assert read_video_list(str(csv), data_root="/data")[0] == ("/data/videos/1.mp4", 3)
+
+
+@pytest.mark.parametrize("line", ["videos/1.mp4\t3", "videos/1.mp4  3", "videos/1.mp4 3 x", "videos/1.mp4 cat",
+                                  "videos/1.mp4"])
+def test_malformed_line_names_file_and_line(tmp_path, line):
+    csv = tmp_path / "val.csv"
+    csv.write_text(f"videos/0.mp4 1\n{line}\n")
+    with pytest.raises(ValueError, match=rf"val.csv:2: expected '<video path> <integer label>'"):
+        read_video_list(str(csv))
+
+
+def test_label_out_of_range_is_an_error(tmp_path):
+    csv = tmp_path / "train.csv"
+    csv.write_text("a.mp4 0\nb.mp4 174\n")
+    with pytest.raises(ValueError, match=r"train.csv:2: label 174 outside \[0, 174\)"):
+        read_video_list(str(csv), nb_classes=174)
+    csv.write_text("a.mp4 -1\n")
+    with pytest.raises(ValueError, match=r"train.csv:1: label -1"):
+        read_video_list(str(csv), nb_classes=174)
+
+
+def test_load_class_names(tmp_path, synthetic_dir):
+    names = load_class_names(os.path.join(synthetic_dir, "something-something-v2-labels.json"))
+    assert names[0] == "Moving something from left to right" and len(names) == 8
+    bad = tmp_path / "labels.json"
+    bad.write_text(json.dumps({"a": "0", "b": "2"}))
+    with pytest.raises(ValueError, match="without gaps"):
+        load_class_names(str(bad))
+
+
+# ---- frame indices ---------------------------------------------------------------------------------------------------
+
+def test_train_indices_tsn_one_per_segment():
+    for n in (16, 45, 47, 100):
+        seg = n // 16
+        for _ in range(20):
+            idx = train_indices(n, 16)
+            assert all(i * seg <= f < (i + 1) * seg for i, f in enumerate(idx)), (n, idx)
+    assert train_indices(16, 16) == list(range(16))
+
+
+def test_train_indices_short_video_spreads_frames():
+    idx = train_indices(10, 16)
+    assert len(idx) == 16 and idx == sorted(idx) and set(idx) == set(range(10))
+    assert train_indices(1, 16) == [0] * 16
+
+
+def test_test_and_val_indices_match_published_formula():
+    for n in (16, 33, 45, 47, 120):
+        tick = n / 16
+        assert eval_indices(n, 16, 0, 2) == [int(tick * x) for x in range(16)]
+        assert eval_indices(n, 16, 1, 2) == [int(tick / 2.0 + tick * x) for x in range(16)]
+        assert val_indices(n, 16) == eval_indices(n, 16, 1, 2)
+    assert eval_indices(30, 10, 2, 3) == [int(3 * x + 2) for x in range(10)]
+    assert max(eval_indices(5, 16, 1, 2)) <= 4
+
+
+# ---- decoding --------------------------------------------------------------------------------------------------------
+
+def test_decord_and_pyav_give_identical_frames(synthetic_dir):
+    path = read_video_list(os.path.join(synthetic_dir, "val.csv"))[0][0]
+    idx = [0, 3, 3, 7, 15]
+    a, ia = read_frames(path, lambda n: idx, decoder="decord")
+    b, ib = read_frames(path, lambda n: idx, decoder="pyav")
+    assert ia == ib == idx and a.shape == (5, 48, 64, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)  # exact: both use FFmpeg's YUV->RGB on these mp4s
+    np.testing.assert_array_equal(a, _pyav_frames(path)[idx])
+
+
+def test_wrong_container_frame_count_is_resampled(monkeypatch):
+    class Fake:  # a decord-like reader whose container count (20) overshoots the 12 frames that decode
+        num_frames, count_is_exact = 20, False
+
+        def get_frames(self, indices):
+            if max(indices) >= 12:
+                raise IndexError("frame out of range")
+            return np.stack([np.full((2, 2, 3), i, np.uint8) for i in indices])
+
+        def exact_count(self):
+            self.num_frames = 12
+            return 12
+
+    monkeypatch.setattr(decoding, "open_video", lambda *a, **k: Fake())
+    frames, idx = read_frames("x.webm", lambda n: val_indices(n, 8))
+    assert idx == val_indices(12, 8) and frames[:, 0, 0, 0].tolist() == idx
+
+
+def test_missing_and_empty_files_raise_with_path(tmp_path):
+    with pytest.raises(VideoDecodeError, match="not found: .*nope.mp4"):
+        read_frames(str(tmp_path / "nope.mp4"), lambda n: [0])
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(VideoDecodeError, match="empty"):
+        read_frames(str(tmp_path / "empty.mp4"), lambda n: [0])
+    (tmp_path / "junk.mp4").write_bytes(b"not a video" * 200)
+    for decoder in ("decord", "pyav"):
+        with pytest.raises(VideoDecodeError, match=f"{decoder} cannot open .*junk.mp4"):
+            read_frames(str(tmp_path / "junk.mp4"), lambda n: [0], decoder=decoder)
+
+
+# ---- datasets ---------------------------------------------------------------------------------------------------------
+
+def test_validation_item_matches_independent_opencv_pipeline(synthetic_dir):
+    ds, nb = build_dataset(False, False, _args(synthetic_dir))
+    clip, label, vid = ds[0]
+    path, ref_label = read_video_list(os.path.join(synthetic_dir, "val.csv"))[0]
+    assert nb == 8 and label == ref_label and vid == os.path.splitext(os.path.basename(path))[0]
+    frames = _pyav_frames(path)[val_indices(16, 8)]
+    # 48 x 64 -> short side 40, long side int(40 * 64 / 48) = 53; centre crop 32 at round(4), round(10.5)
+    resized = np.stack([cv2.resize(f, (53, 40), interpolation=cv2.INTER_LINEAR) for f in frames])
+    ref = _normalise_ref(resized[:, 4:36, 10:42])
+    assert clip.shape == (3, 8, 32, 32) and clip.dtype == torch.float32
+    assert (clip - ref).abs().max() <= 1.01 / 255 / STD.min()  # OpenCV's fixed-point weights: +-1 level
+
+
+def test_test_item_views_ids_and_pixels(synthetic_dir):
+    ds, _ = build_dataset(False, True, _args(synthetic_dir))
+    views, label, vid, view_ids = ds[1]
+    assert views.shape == (6, 3, 8, 32, 32) and view_ids.dtype == torch.int64
+    assert view_ids.tolist() == [[k, j] for k in range(2) for j in range(3)]
+    path = read_video_list(os.path.join(synthetic_dir, "test.csv"))[1][0]
+    all_frames = _pyav_frames(path)
+    for v, (k, j) in enumerate(view_ids.tolist()):
+        frames = all_frames[eval_indices(16, 8, k, 2)]
+        resized = np.stack([cv2.resize(f, (53, 40), interpolation=cv2.INTER_LINEAR) for f in frames])
+        start = int(j * (53 - 32) / 2)  # 0, 10, 21
+        ref = _normalise_ref(resized[:, 4:36, start:start + 32])
+        assert (views[v] - ref).abs().max() <= 1.01 / 255 / STD.min(), (k, j)
+    views2, ids2 = read_test_views(path, _args(synthetic_dir))
+    assert torch.equal(views2, views) and torch.equal(ids2, view_ids)
+
+
+def test_any_k_and_j(synthetic_dir):
+    views, ids = read_test_views(read_video_list(os.path.join(synthetic_dir, "val.csv"))[0][0],
+                                 _args(synthetic_dir, test_num_segment=3, test_num_crop=1))
+    assert views.shape == (3, 3, 8, 32, 32) and ids.tolist() == [[0, 0], [1, 0], [2, 0]]
+
+
+def test_each_video_is_decoded_once(synthetic_dir, monkeypatch):
+    calls = []
+    real = ssv2.read_frames
+
+    def counting(path, *a, **k):
+        calls.append(path)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(ssv2, "read_frames", counting)
+    train, _ = build_dataset(True, False, _args(synthetic_dir, num_sample=3))
+    clips, label, index = train[2]
+    assert clips.shape == (3, 3, 8, 32, 32) and index == 2 and len(calls) == 1
+    assert not torch.equal(clips[0], clips[1])  # independently augmented
+    test, _ = build_dataset(False, True, _args(synthetic_dir))
+    test[0]
+    assert len(calls) == 2
+
+
+def test_train_item_and_collate(synthetic_dir):
+    ds, _ = build_dataset(True, False, _args(synthetic_dir, num_sample=2))
+    batch = [ds[i] for i in range(3)]
+    clips, labels, indices = multiple_samples_collate(batch)
+    assert clips.shape == (6, 3, 8, 32, 32) and clips.dtype == torch.float32
+    assert labels.tolist() == [b[1] for b in batch for _ in range(2)] and indices.tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.equal(clips[2:4], batch[1][0])
+
+
+def _bad_list(tmp_path, synthetic_dir, names):
+    good = read_video_list(os.path.join(synthetic_dir, "train.csv"))
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    lines = [f"{good[i][0]} {good[i][1]}" if n == "good" else f"{tmp_path / n} 0" for i, n in enumerate(names)]
+    csv = tmp_path / "train.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    return str(csv)
+
+
+def test_bad_training_video_is_logged_counted_and_substituted(tmp_path, synthetic_dir, capfd):
+    csv = _bad_list(tmp_path, synthetic_dir, ["missing.mp4", "good", "good"])
+    ds = SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, input_size=32, max_bad_videos=5)
+    clips, label, index = ds[0]
+    assert index in (1, 2) and clips.shape == (1, 3, 8, 32, 32) and ds.bad_video_count() == 1
+    assert "missing.mp4" in capfd.readouterr().err
+    ds.reset_bad_video_count()
+    assert ds.bad_video_count() == 0
+
+
+def test_too_many_bad_videos_raise(tmp_path, synthetic_dir):
+    csv = _bad_list(tmp_path, synthetic_dir, ["missing.mp4", "empty.mp4", "good"])
+    ds = SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, input_size=32, max_bad_videos=1)
+    with pytest.raises(RuntimeError, match="max_bad_videos=1"):
+        for i in range(3):
+            ds[0]
+            ds[1]
+
+
+def test_bad_video_count_is_shared_across_workers(tmp_path, synthetic_dir):
+    csv = _bad_list(tmp_path, synthetic_dir, ["missing.mp4", "good", "empty.mp4", "good"])
+    ds = SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, input_size=32, max_bad_videos=100)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=multiple_samples_collate)
+    assert sum(len(b[1]) for b in loader) == 4
+    assert ds.bad_video_count() >= 2  # one bad video in each worker, seen by the parent process
+
+
+def test_evaluation_never_substitutes(tmp_path, synthetic_dir):
+    csv = _bad_list(tmp_path, synthetic_dir, ["good", "missing.mp4"])
+    for mode in ("validation", "test"):
+        ds = SSv2Dataset(csv, mode, nb_classes=8, num_frames=8, input_size=32, short_side_size=32)
+        ds[0]
+        with pytest.raises(VideoDecodeError, match="missing.mp4"):
+            ds[1]
+
+
+def test_build_dataset_defaults_and_errors(synthetic_dir):
+    args = argparse.Namespace(data_path=synthetic_dir, nb_classes=8)
+    ds, nb = build_dataset(True, False, args)
+    assert ds.num_frames == 16 and ds.input_size == 224 and ds.num_sample == 1 and len(ds) == 16
+    with pytest.raises(ValueError, match="data_set 'Kinetics-400'"):
+        build_dataset(True, False, argparse.Namespace(data_path=synthetic_dir, data_set="Kinetics-400"))
+    with pytest.raises(ValueError, match=r"val.csv:\d+: label \d outside \[0, 4\)"):
+        build_dataset(False, False, argparse.Namespace(data_path=synthetic_dir, nb_classes=4))
+    assert datasets.decoding.resolve_decoder("auto") in ("decord", "pyav")
