@@ -2,7 +2,7 @@
 import json
 import math
 import os
-import subprocess
+import runpy
 import sys
 
 import matplotlib.image as mpimg
@@ -60,23 +60,23 @@ def test_malformed_line_names_file_and_line(tmp_path):
         plots.read_log(str(tmp_path / "list" / "log.txt"))
 
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "plots.py"), *args], cwd=cwd,
-                          capture_output=True, text=True)
+def run_cli(args, monkeypatch):
+    """plots.py as a script (its __main__ block), in this process."""
+    monkeypatch.setattr(sys, "argv", ["plots.py", *args])
+    runpy.run_path(os.path.join(ROOT, "plots.py"), run_name="__main__")
 
 
-def test_cli_default_outputs_and_errors(tmp_path):
+def test_cli_default_outputs_and_errors(tmp_path, monkeypatch, capsys):
     one = write_log(tmp_path / "one", epochs=3)
     two = write_log(tmp_path / "two", epochs=3)
-    proc = run_cli(one, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    run_cli([one], monkeypatch)
     check_png(os.path.join(one, "curves.png"))
-    proc = run_cli(one, two, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "curves written to curves.png" in proc.stdout
+    monkeypatch.chdir(tmp_path)
+    run_cli([one, two], monkeypatch)
+    assert "curves written to curves.png" in capsys.readouterr().out
     check_png(tmp_path / "curves.png")
-    proc = run_cli(str(tmp_path / "missing"), cwd=tmp_path)
-    assert proc.returncode != 0 and "missing: no such folder or file" in proc.stderr
+    with pytest.raises(SystemExit, match="missing: no such folder or file"):
+        run_cli([str(tmp_path / "missing")], monkeypatch)
     os.makedirs(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match=r"empty[/\\]log\.txt: not found"):
         plots.plot_logs([str(tmp_path / "empty")], str(tmp_path / "x.png"))

@@ -1,0 +1,178 @@
+"""predict.py against a model trained by run_class_finetuning in the test, and its failure messages."""
+import csv
+import json
+import os
+import runpy
+import sys
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+
+import predict
+import run_class_finetuning
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLOURS = {"red": (210, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 220)}  # one class each
+
+
+def write_video(path: str, rgb, seed: int, frames: int = 10, height: int = 40, width: int = 56) -> None:
+    """A noisy clip of one dominant colour: clearly separable classes that a tiny ViT learns in a few steps."""
+    rng = np.random.default_rng(seed)
+    writer = imageio_ffmpeg.write_frames(path, (width, height), fps=10, codec="libx264", pix_fmt_out="yuv420p",
+                                         macro_block_size=8, output_params=["-crf", "18"])
+    writer.send(None)
+    for _ in range(frames):
+        frame = np.asarray(rgb) * rng.uniform(0.7, 1.1) + rng.integers(-30, 30, (height, width, 3))
+        writer.send(np.clip(frame, 0, 255).astype(np.uint8).tobytes())
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """3-class colour dataset, vit_tiny trained a few epochs by run_class_finetuning (ending in its multi-view test)."""
+    root = tmp_path_factory.mktemp("colours")
+    os.makedirs(root / "videos")
+    lists = {"train": [], "test": []}
+    for split, count in (("train", 4), ("test", 2)):
+        for label, (name, rgb) in enumerate(COLOURS.items()):
+            for i in range(count):
+                rel = f"videos/{split}_{name}_{i}.mp4"
+                write_video(str(root / rel), rgb, seed=hash((split, name, i)) % 1000)
+                lists[split].append(f"{rel} {label}")
+    for split, lines in (("train.csv", lists["train"]), ("val.csv", lists["test"]), ("test.csv", lists["test"])):
+        (root / split).write_text("\n".join(lines) + "\n")
+    labels_json = root / "something-something-v2-labels.json"
+    labels_json.write_text(json.dumps({f"Something {name}": str(i) for i, name in enumerate(COLOURS)}))
+    out = root / "run"
+    args = run_class_finetuning.parse_args([
+        "--model", "vit_tiny_patch16", "--data_path", str(root), "--nb_classes", "3", "--output_dir", str(out),
+        "--num_frames", "4", "--input_size", "32", "--short_side_size", "32", "--tubelet_size", "2",
+        "--test_num_segment", "2", "--test_num_crop", "3", "--batch_size", "6", "--num_sample", "1",
+        "--epochs", "2", "--disable_eval_during_finetuning", "--warmup_epochs", "0", "--lr", "0.1",
+        "--min_lr", "1e-4", "--layer_decay", "1.0",
+        "--drop_path", "0", "--mixup", "0", "--cutmix", "0", "--smoothing", "0", "--aa", "none", "--reprob", "0",
+        "--num_workers", "0", "--device", "cpu", "--print_freq", "100", "--seed", "0"])
+    summary = run_class_finetuning.main(args)
+    return dict(root=root, out=out, summary=summary, checkpoint=str(out / "checkpoint-1.pth"),
+                labels_json=str(labels_json), test_videos=[str(root / line.split()[0]) for line in lists["test"]],
+                test_labels=[int(line.split()[1]) for line in lists["test"]])
+
+
+def test_predict_returns_true_class_and_matches_multi_view_test(trained, tmp_path):
+    out_json = tmp_path / "pred.json"
+    results = predict.main([*trained["test_videos"], "--resume", trained["checkpoint"], "--model", "vit_tiny_patch16",
+                            "--labels", trained["labels_json"], "--json", str(out_json), "--device", "cpu"])
+    assert trained["summary"]["checkpoint"] == trained["checkpoint"]
+    assert [r["top5"][0]["class_id"] for r in results] == trained["test_labels"]
+    assert [r["top5"][0]["name"] for r in results] == [f"Something {n}" for n in COLOURS for _ in range(2)]
+    assert json.loads(out_json.read_text()) == results
+    for r in results:
+        probs = [t["prob"] for t in r["top5"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-5)
+
+    # The engine's merged per-video probabilities for the same checkpoint: same pixels, same views, same average.
+    merged = np.load(trained["out"] / "test_per_video.npz")
+    by_id = {str(v): p for v, p in zip(merged["video_ids"], merged["probs"])}
+    for video, r in zip(trained["test_videos"], results):
+        expected = by_id[os.path.splitext(os.path.basename(video))[0]]
+        got = np.zeros_like(expected)
+        for t in r["top5"]:
+            got[t["class_id"]] = t["prob"]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_flags_default_to_checkpoint_args_and_match_explicit_ones(trained):
+    video = trained["test_videos"][0]
+    implicit = predict.main([video, "--resume", trained["checkpoint"]])
+    explicit = predict.main([video, "--resume", trained["checkpoint"], "--model", "vit_tiny_patch16",
+                             "--num_frames", "4", "--input_size", "32", "--short_side_size", "32",
+                             "--test_num_segment", "2", "--test_num_crop", "3", "--tubelet_size", "2",
+                             "--nb_classes", "3"])
+    assert implicit == explicit
+
+
+def test_ema_weights_and_bare_state_dict(trained, tmp_path):
+    video = trained["test_videos"][0]
+    ckpt = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
+    ema = {k: torch.zeros_like(v) if k.startswith("head.") else v for k, v in ckpt["model"].items()}
+    torch.save({"model": ckpt["model"], "model_ema": ema, "args": ckpt["args"]}, tmp_path / "ema.pth")
+    uniform = predict.main([video, "--resume", str(tmp_path / "ema.pth"), "--use_ema"])
+    assert [t["prob"] for t in uniform[0]["top5"]] == pytest.approx([1 / 3] * 3)
+    with pytest.raises(predict.PredictError, match="no model_ema weights"):
+        predict.main([video, "--resume", trained["checkpoint"], "--use_ema"])
+    torch.save(ckpt["model"], tmp_path / "bare.pth")
+    bare = predict.main([video, "--resume", str(tmp_path / "bare.pth"), "--model", "vit_tiny_patch16",
+                         "--num_frames", "4", "--input_size", "32", "--short_side_size", "32"])
+    assert bare == predict.main([video, "--resume", trained["checkpoint"]])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--nb_classes", "5"], r"saved from a model with a 3-class head; --nb_classes 5 was asked for"),
+    (["--model", "vit_llama_tiny_patch16"], r"(?s)its saved args say --model vit_tiny_patch16.*missing keys: llama\."),
+    (["--model", "vit_nope"], r"--model vit_nope: unknown model"),
+    (["--labels", "LABELS_10"], r"names 10 classes; the checkpoint's head has 3"),
+])
+def test_checkpoint_of_another_model_fails_clearly(trained, tmp_path, extra, message):
+    labels10 = tmp_path / "labels10.json"
+    labels10.write_text(json.dumps({f"c{i}": str(i) for i in range(10)}))
+    extra = [str(labels10) if e == "LABELS_10" else e for e in extra]
+    with pytest.raises(predict.PredictError, match=message):
+        predict.main([trained["test_videos"][0], "--resume", trained["checkpoint"], *extra])
+
+
+def test_missing_or_unreadable_inputs_fail_with_file_and_reason(trained, tmp_path):
+    video, ckpt = trained["test_videos"][0], trained["checkpoint"]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(open(video, "rb").read()[:500])
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(open(ckpt, "rb").read()[:2000])
+    cases = [([str(tmp_path / "gone.mp4"), "--resume", ckpt], "video .*gone.mp4: no such file"),
+             ([str(broken), "--resume", ckpt], "video .*broken.mp4: cannot be decoded"),
+             ([video, "--resume", str(tmp_path / "none.pth")], "checkpoint .*none.pth: no such file"),
+             ([video, "--resume", str(truncated)], "cannot read checkpoint .*truncated.pth")]
+    for argv, message in cases:
+        with pytest.raises(predict.PredictError, match=message):
+            predict.main(argv)
+
+
+def run_cli(argv, monkeypatch):
+    """predict.py as a script (its __main__ block) in this process, to skip a second torch import."""
+    monkeypatch.setattr(sys, "argv", ["predict.py", *argv])
+    runpy.run_path(os.path.join(ROOT, "predict.py"), run_name="__main__")
+
+
+def test_cli_prints_top5_and_exits_with_message(trained, monkeypatch, capsys):
+    run_cli([trained["test_videos"][-1], "--resume", trained["checkpoint"], "--labels", trained["labels_json"]],
+            monkeypatch)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == trained["test_videos"][-1]
+    assert lines[1].strip().startswith("1. ") and lines[1].endswith("Something blue (2)")
+    assert len(lines) == 4  # the video, then its 3 classes (top-5 of 3)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["missing.mp4", "--resume", trained["checkpoint"]], monkeypatch)
+    assert exit_info.value.code == "predict.py: video missing.mp4: no such file"
+
+
+def test_engine_reports_agree_with_its_per_view_file(trained):
+    """The run's per_class.csv and test_summary.json, recounted from test_per_view.npz independently."""
+    per_view = np.load(trained["out"] / "test_per_view.npz")
+    views = {}
+    for vid, label, p in zip(per_view["video_ids"], per_view["labels"], per_view["probs"]):
+        views.setdefault(str(vid), (int(label), []))[1].append(p)
+    assert all(len(v[1]) == 6 for v in views.values()) and len(views) == 6
+    correct = {c: 0 for c in range(3)}
+    videos = {c: 0 for c in range(3)}
+    for label, ps in views.values():
+        videos[label] += 1
+        correct[label] += int(np.mean(ps, 0).argmax() == label)
+    with open(trained["out"] / "per_class.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["videos"]), float(r["top1"])) for r in rows] == [(videos[c], 100 * correct[c] / videos[c])
+                                                                      for c in range(3)]
+    assert [r["name"] for r in rows] == [f"Something {n}" for n in COLOURS]
+    summary = json.loads((trained["out"] / "test_summary.json").read_text())
+    assert summary["videos"] == 6 and summary["mean_class_acc"] == pytest.approx(
+        np.mean([100 * correct[c] / videos[c] for c in range(3)]))
+    assert os.path.getsize(summary["confusion_matrix_png"]) > 2000
