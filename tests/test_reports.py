@@ -1,6 +1,9 @@
 """reports.py: per-class CSV, confused pairs and confusion matrix against independent counts."""
 import csv
+import json
 import os
+import runpy
+import sys
 from collections import defaultdict
 
 import matplotlib.image as mpimg
@@ -140,3 +143,20 @@ def test_bad_inputs_fail_clearly(tmp_path, kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         reports.write_reports(str(tmp_path), **args)
+
+
+def test_cli_rebuilds_reports_from_test_per_video(tmp_path, monkeypatch, capsys):
+    ids, labels, probs = make_per_view(40, 5, views=1, seed=5)
+    np.savez(tmp_path / "test_per_video.npz", video_ids=ids, labels=labels, probs=probs)
+    (tmp_path / "labels.json").write_text(json.dumps({f"Pushing {c}": str(c) for c in range(5)}))
+    monkeypatch.setattr(sys, "argv", ["reports.py", str(tmp_path), "--labels", str(tmp_path / "labels.json")])
+    runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(__file__)), "reports.py"), run_name="__main__")
+    printed = json.loads(capsys.readouterr().out)
+    expected = reports.write_reports(str(tmp_path / "direct"), list(ids), labels, probs,
+                                     [f"Pushing {c}" for c in range(5)])
+    assert printed["mean_class_acc"] == pytest.approx(expected["mean_class_acc"])
+    assert open(printed["per_class_csv"]).read() == open(expected["per_class_csv"]).read()
+    assert open(printed["confused_pairs_csv"]).read() == open(expected["confused_pairs_csv"]).read()
+    monkeypatch.setattr(sys, "argv", ["reports.py", str(tmp_path / "direct")])
+    with pytest.raises(SystemExit, match="test_per_video.npz not found"):
+        runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(__file__)), "reports.py"), run_name="__main__")
