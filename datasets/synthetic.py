@@ -117,23 +117,33 @@ def render_video(label: int, seed: int, height: int, width: int, num_frames: int
 
 
 def write_video(path: str, frames: np.ndarray, codec: str = "libx264", fps: int = FPS) -> None:
-    """Encodes uint8 T x H x W x 3 frames to `path` (mp4 H.264 yuv420p, or webm VP9 with codec='libvpx-vp9'),
-    through a temporary name so an interrupted run leaves no half-written file."""
-    import av
-
+    """Encodes uint8 T x H x W x 3 frames to `path` through a temporary name (an interrupted run leaves no
+    half-written file): mp4 H.264 yuv420p in-process with PyAV, or webm VP9 (codec='libvpx-vp9') by piping raw frames
+    to imageio-ffmpeg's binary (PyAV's VP9 encoder rejects its options once decord's own FFmpeg is loaded)."""
     tmp = path + ".part"
-    fmt = "webm" if codec.startswith("libvpx") else "mp4"
-    with av.open(tmp, "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "18"} if codec == "libx264" else {"deadline": "realtime",
-                                                                                           "cpu-used": "8"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+    if codec == "libvpx-vp9":
+        import subprocess
+
+        import imageio_ffmpeg
+
+        h, w = frames.shape[1:3]
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{w}x{h}", "-r", str(fps), "-i", "-", "-c:v", "libvpx-vp9", "-pix_fmt", "yuv420p", "-deadline",
+               "realtime", "-cpu-used", "5", "-f", "webm", tmp]
+        subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, capture_output=True)
+    else:
+        import av
+
+        with av.open(tmp, "w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=fps)
+            stream.height, stream.width = frames.shape[1:3]
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"preset": "veryfast", "crf": "18"}
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
     os.replace(tmp, path)
 
 

@@ -1,0 +1,111 @@
+"""prepare_ssv2 end to end on a miniature official download (VP9 webm + jsons), resume, failures; datasets.verify."""
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+from datasets import prepare_ssv2, verify
+from datasets.decoding import open_video
+from datasets.ssv2 import read_video_list
+
+HEIGHT = 48  # the tests upscale 32 px sources to 48 px to stay fast; the default is 240
+
+
+@pytest.fixture
+def src(official_dir, tmp_path):
+    """A private copy of the official folder, so tests may delete or corrupt files."""
+    return shutil.copytree(official_dir, tmp_path / "src")
+
+
+def _expected(src, split_file):
+    labels = json.load(open(os.path.join(src, "something-something-v2-labels.json")))
+    items = json.load(open(os.path.join(src, split_file)))
+    return [(f"videos/{it['id']}.mp4", int(labels[it["template"].replace("[", "").replace("]", "")])) for it in items]
+
+
+def _csv(dst, name):
+    return [tuple(line.split(" ")) for line in open(os.path.join(dst, name)).read().splitlines()]
+
+
+def test_end_to_end_and_resume(src, tmp_path):
+    assert open(os.path.join(src, "20bn-something-something-v2", os.listdir(
+        os.path.join(src, "20bn-something-something-v2"))[0]), "rb").read(4) == b"\x1a\x45\xdf\xa3"  # webm (EBML)
+    dst = str(tmp_path / "out")
+    summary = prepare_ssv2.prepare(str(src), dst, workers=2, height=HEIGHT)
+    assert summary["train"] == {"listed": 6, "converted": 6, "skipped": 0, "failed": 0, "in_csv": 6}
+    assert summary["val"]["converted"] == 4 and not summary["failed"]
+    for name, split_file in (("train.csv", "something-something-v2-train.json"),
+                             ("val.csv", "something-something-v2-validation.json")):
+        assert [(p, int(l)) for p, l in _csv(dst, name)] == _expected(src, split_file)
+    assert _csv(dst, "test.csv") == _csv(dst, "val.csv")
+    assert open(os.path.join(dst, "something-something-v2-labels.json")).read() == \
+        open(os.path.join(src, "something-something-v2-labels.json")).read()
+    for path, _ in read_video_list(os.path.join(dst, "train.csv")):
+        reader = open_video(path, "decord")
+        frame = reader.get_frames([0])[0]
+        assert frame.shape[0] == HEIGHT and frame.shape[1] % 2 == 0 and abs(frame.shape[1] - 42 * HEIGHT / 32) <= 2
+        assert reader.num_frames == 12
+        assert open(path, "rb").read(12)[4:8] == b"ftyp"
+
+    # An interrupted run: one video never finished (only a half-written .part is left), the others are done.
+    victim = os.path.join(dst, "videos", _expected(src, "something-something-v2-train.json")[0][0].split("/")[1])
+    os.remove(victim)
+    with open(victim + ".part", "wb") as f:
+        f.write(b"half a video")
+    done = os.path.join(dst, "videos", os.listdir(os.path.join(dst, "videos"))[-1])
+    mtime = os.path.getmtime(done)
+    summary = prepare_ssv2.prepare(str(src), dst, workers=2, height=HEIGHT)
+    assert summary["train"]["converted"] + summary["val"]["converted"] == 1
+    assert summary["train"]["skipped"] + summary["val"]["skipped"] == 9
+    assert os.path.getmtime(done) == mtime and not os.path.exists(victim + ".part")
+    assert open_video(victim, "pyav").num_frames == 12
+
+
+def test_failed_video_is_listed_and_exit_status_is_nonzero(src, tmp_path, monkeypatch, capsys):
+    vid = json.load(open(os.path.join(src, "something-something-v2-validation.json")))[1]["id"]
+    os.remove(os.path.join(src, "20bn-something-something-v2", f"{vid}.webm"))
+    dst = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["prepare", "--src", str(src), "--dst", str(dst), "--workers", "2", "--height",
+                                      str(HEIGHT)])
+    assert prepare_ssv2.main() == 1
+    out, err = capsys.readouterr()
+    assert "val: 4 listed, 3 converted, 0 skipped (already done), 1 failed, 3 in val.csv" in out
+    assert f"FAILED val {vid}: FileNotFoundError: missing source video" in err
+    assert f"val {vid} FileNotFoundError" in (dst / "failed.txt").read_text()
+    assert f"videos/{vid}.mp4" not in (dst / "val.csv").read_text()
+
+
+def _rewrite(path, edit):
+    data = json.load(open(path))
+    json.dump(edit(data), open(path, "w"))
+
+
+def test_annotation_errors_name_the_problem(src):
+    train_json = os.path.join(src, "something-something-v2-train.json")
+    _rewrite(train_json, lambda d: d + [d[0]])
+    with pytest.raises(ValueError, match=rf"train.json: item 6: duplicate video id {json.load(open(train_json))[0]['id']}"):
+        prepare_ssv2.read_annotations(str(src))
+    _rewrite(train_json, lambda d: d[:6] + [dict(d[0], id="999", template="Juggling [something]")])
+    with pytest.raises(ValueError, match=r"item 6 \(id 999\) has template 'Juggling \[something\]'.*not in"):
+        prepare_ssv2.read_annotations(str(src))
+    os.remove(os.path.join(src, "something-something-v2-labels.json"))
+    with pytest.raises(FileNotFoundError, match="missing something-something-v2-labels.json"):
+        prepare_ssv2.read_annotations(str(src))
+
+
+def test_verify_lists_every_bad_video(synthetic_dir, tmp_path, monkeypatch, capsys):
+    good = read_video_list(os.path.join(synthetic_dir, "val.csv"))[:2]
+    (tmp_path / "junk.mp4").write_bytes(b"\x00" * 4096)
+    csv = tmp_path / "list.csv"
+    csv.write_text("".join(f"{p} {l}\n" for p, l in good) + f"{tmp_path}/missing.mp4 1\n{tmp_path}/junk.mp4 2\n")
+    monkeypatch.setattr(sys, "argv", ["verify", str(csv), "--workers", "2"])
+    assert verify.main() == 1
+    out = capsys.readouterr().out
+    assert "BAD " + str(tmp_path / "missing.mp4") in out and "BAD " + str(tmp_path / "junk.mp4") in out
+    assert "2/4 videos OK, 2 bad" in out
+    assert verify.verify(str(csv), min_frames=17)[0] == (good[0][0], "only 16 frames (< 17)")
+    good_csv = os.path.join(synthetic_dir, "val.csv")
+    monkeypatch.setattr(sys, "argv", ["verify", good_csv, "--data_root", synthetic_dir])
+    assert verify.main() == 0
