@@ -1,0 +1,193 @@
+"""Layer-wise lr decay groups, weight-decay exclusions, frozen parameters, optimizer flags, and the lr/wd the engine
+applies per iteration, checked against independent computations."""
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import engine_for_finetuning as engine
+import optim_factory
+import utils
+
+DEPTH, DECAY = 3, 0.7
+
+
+class Stub(nn.Module):
+    """ViT-LLaMA-shaped module: learnable pos_embed/cls_token, blocks, fc_norm, head, mappers, a frozen 'llama'."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv3d(3, 8, (2, 4, 4), (2, 4, 4))
+        self.pos_embed = nn.Parameter(torch.randn(1, 4, 8))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 8))
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 8)) for _ in range(DEPTH))
+        self.llama_dim_mapper1 = nn.Linear(8, 16, bias=False)
+        self.llama = nn.Linear(16, 16)
+        self.llama_dim_mapper2 = nn.Linear(16, 8, bias=False)
+        self.fc_norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 5)
+        self.scale = nn.Parameter(torch.ones(8, 8))  # a 2-D parameter named in no_weight_decay()
+        self.llama.requires_grad_(False)
+
+    def get_num_layers(self):
+        return DEPTH
+
+    def no_weight_decay(self):
+        return {"pos_embed", "cls_token", "scale"}
+
+    def forward(self, x):  # x: B x 3 x 2 x 8 x 8
+        t = self.patch_embed.proj(x).flatten(2).transpose(1, 2) + self.pos_embed + self.cls_token
+        for b in self.blocks:
+            t = b(t)
+        t = self.llama_dim_mapper2(self.llama(self.llama_dim_mapper1(t)))
+        return self.head(self.fc_norm(t.mean(1)) @ self.scale)
+
+
+def expected_scale(name: str) -> float:
+    if name.startswith(("patch_embed", "pos_embed", "cls_token")):
+        return DECAY ** (DEPTH + 1)
+    if name.startswith("blocks."):
+        return DECAY ** (DEPTH - int(name.split(".")[1]))
+    return 1.0
+
+
+def args_for(**kw):
+    base = dict(opt="adamw", lr=1e-3, weight_decay=0.05, layer_decay=DECAY, opt_eps=1e-8, opt_betas=None,
+                momentum=0.9)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_groups_scales_wd_and_frozen():
+    model = Stub()
+    groups = optim_factory.get_parameter_groups(model, 0.05, DECAY, model.no_weight_decay())
+    seen = {}
+    for g in groups:
+        for name, p in zip(g["names"], g["params"]):
+            assert name not in seen
+            seen[name] = (g["lr_scale"], g["weight_decay"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(seen) == trainable and not any(n.startswith("llama.") for n in seen)
+    for name, (scale, wd) in seen.items():
+        p = dict(model.named_parameters())[name]
+        assert scale == pytest.approx(expected_scale(name)), name
+        no_wd = p.ndim == 1 or name.endswith(".bias") or name in {"pos_embed", "cls_token", "scale"}
+        assert wd == (0.0 if no_wd else 0.05), name
+    # spot values: patch_embed 0.7^4, blocks.0 0.7^3, blocks.2 0.7, head/mappers/fc_norm 1
+    assert seen["patch_embed.proj.weight"][0] == pytest.approx(0.7 ** 4)
+    assert seen["blocks.0.1.weight"][0] == pytest.approx(0.7 ** 3)
+    assert seen["blocks.2.1.weight"][0] == pytest.approx(0.7)
+    assert seen["llama_dim_mapper1.weight"] == (1.0, 0.05) and seen["head.bias"] == (1.0, 0.0)
+
+
+def test_real_tiny_llama_model_groups():
+    from modeling_finetune import create_model
+    model = create_model("vit_llama_tiny_patch16", num_classes=4, all_frames=4, img_size=32)
+    opt = optim_factory.create_optimizer(args_for(layer_decay=0.75), model)
+    names = {n: g["lr_scale"] for g in opt.param_groups for n in g["names"]}
+    assert not any(n.startswith("llama.") for n in names)
+    depth = model.get_num_layers()
+    assert names["patch_embed.proj.weight"] == pytest.approx(0.75 ** (depth + 1))
+    assert names[f"blocks.{depth - 1}.mlp.fc1.weight"] == pytest.approx(0.75)
+    for n in ("head.weight", "fc_norm.weight", "llama_dim_mapper1.weight", "llama_dim_mapper2.weight"):
+        assert names[n] == 1.0
+    n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_optimizer_flags_act():
+    model = Stub()
+    opt = optim_factory.create_optimizer(args_for(opt_betas=[0.8, 0.95], opt_eps=1e-6), model)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert all(g["betas"] == (0.8, 0.95) and g["eps"] == 1e-6 for g in opt.param_groups)
+    assert all(g["lr"] == pytest.approx(1e-3 * g["lr_scale"]) for g in opt.param_groups)
+    sgd = optim_factory.create_optimizer(args_for(opt="sgd", momentum=0.5), model)
+    assert isinstance(sgd, torch.optim.SGD) and all(g["momentum"] == 0.5 for g in sgd.param_groups)
+    with pytest.raises(ValueError, match="no_such_opt"):
+        optim_factory.create_optimizer(args_for(opt="no_such_opt"), model)
+
+
+def test_layer_decay_one_gives_uniform_lr():
+    groups = optim_factory.get_parameter_groups(Stub(), 0.05, 1.0)
+    assert {g["lr_scale"] for g in groups} == {1.0}
+
+
+def test_engine_applies_schedule_per_group_and_adamw_step():
+    """One AdamW step through train_one_epoch: each parameter moves by exactly lr_it*scale*(sign(g) + wd_it*p)."""
+    torch.manual_seed(0)
+    model = Stub()
+    opt = optim_factory.create_optimizer(args_for(opt_eps=1e-30), model)
+    steps = 3
+    lr_sched = np.array([2e-3, 1e-3, 5e-4])
+    wd_sched = np.array([0.1, 0.2, 0.3])
+    x = torch.randn(2, 1, 3, 2, 8, 8)
+    loader = [(x[i], torch.tensor([i])) for i in range(2)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {}
+
+    def capture_criterion(logits, y):
+        return nn.functional.cross_entropy(logits, y)
+
+    # start at iteration 1 of the schedule, one optimizer step of two accumulated micro-batches
+    engine.train_one_epoch(model, capture_criterion, loader, opt, torch.device("cpu"), 0, lr_schedule=lr_sched,
+                           wd_schedule=wd_sched, start_step=1, steps_per_epoch=1, update_freq=2, print_freq=100)
+    # independent gradient of the mean loss over the two micro-batches
+    ref = Stub()
+    ref.load_state_dict({k: v for k, v in before.items()}, strict=False)
+    loss = sum(nn.functional.cross_entropy(ref(x[i]), torch.tensor([i])) for i in range(2)) / 2
+    loss.backward()
+    grads = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+    groups = {n: g for g in opt.param_groups for n in g["names"]}
+    for n, p in model.named_parameters():
+        if n.startswith("llama."):
+            assert torch.equal(p, before[n])
+            continue
+        g = groups[n]
+        lr = lr_sched[1] * g["lr_scale"]
+        assert g["lr"] == pytest.approx(lr)
+        wd = wd_sched[1] if n in groups and g["weight_decay"] > 0 else 0.0
+        assert g["weight_decay"] == pytest.approx(wd)
+        expect = before[n] * (1 - lr * wd) - lr * torch.sign(grads[n])
+        torch.testing.assert_close(p.detach(), expect, rtol=0, atol=1e-6, msg=n)
+
+
+def test_accumulation_equals_big_batch():
+    """update_freq=2 with batches of 2 == update_freq=1 with batches of 4 (same SGD step)."""
+    torch.manual_seed(1)
+    x, y = torch.randn(4, 3, 2, 8, 8), torch.tensor([0, 1, 2, 3])
+    init = Stub().state_dict()
+    results = []
+    for uf, loader in ((1, [(x, y)]), (2, [(x[:2], y[:2]), (x[2:], y[2:])])):
+        model = Stub()
+        model.load_state_dict(init)
+        opt = optim_factory.create_optimizer(args_for(opt="sgd", layer_decay=1.0, weight_decay=0.0), model)
+        engine.train_one_epoch(model, nn.CrossEntropyLoss(), loader, opt, torch.device("cpu"), 0,
+                               lr_schedule=np.array([0.5]), wd_schedule=np.array([0.0]), start_step=0,
+                               steps_per_epoch=1, update_freq=uf, print_freq=100)
+        results.append(model.state_dict())
+    for k in init:
+        torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-5, atol=1e-6)
+
+
+def test_clip_grad_bounds_update():
+    torch.manual_seed(2)
+    model = Stub()
+    opt = optim_factory.create_optimizer(args_for(opt="momentum", layer_decay=1.0, weight_decay=0.0, momentum=0.0), model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    x, y = torch.randn(2, 3, 2, 8, 8) * 100, torch.tensor([0, 1])
+    stats = engine.train_one_epoch(model, nn.CrossEntropyLoss(), [(x, y)], opt, torch.device("cpu"), 0,
+                                   lr_schedule=np.array([1.0]), wd_schedule=np.array([0.0]), start_step=0,
+                                   steps_per_epoch=1, clip_grad=0.01, print_freq=100)
+    delta = torch.cat([(p.detach() - before[n]).flatten() for n, p in model.named_parameters() if p.requires_grad])
+    assert stats["grad_norm"] > 0.01
+    assert delta.norm().item() == pytest.approx(0.01, rel=1e-4)
+
+
+def test_scheduler_matches_formula_in_engine_range():
+    s = utils.cosine_scheduler(1.0, 0.1, epochs=3, niter_per_ep=4, warmup_epochs=1, start_warmup_value=0.2)
+    assert len(s) == 12
+    np.testing.assert_allclose(s[:4], [0.2, 0.4, 0.6, 0.8])
+    i = np.arange(8)
+    np.testing.assert_allclose(s[4:], 0.1 + 0.45 * (1 + np.cos(np.pi * i / 8)))
