@@ -7,8 +7,10 @@ random erasing (one box). No horizontal flip: SSv2 labels say left and right.
 
 Why RandAugment runs on the full frames and not on the (smaller) crop: its geometric ops rotate/shear/translate about
 the frame centre with a fill colour, and AutoContrast/Equalize/Contrast use whole-frame statistics, so cropping first
-would change the augmentation distribution that the published numbers were trained with. benchmarks/bench_data.py
-measures what this costs next to decoding.
+would change the augmentation distribution that the published numbers were trained with. The price, measured by
+benchmarks/bench_data.py: on 320x240 frames RandAugment costs several times the decoding of a clip, almost all of it
+in PIL's bicubic Rotate/Shear/Translate (--train_interpolation bilinear makes those ~5x cheaper, a recipe change left
+to the user). Everything after RandAugment runs on whole clips with torch's uint8 kernels.
 """
 import math
 import random
@@ -79,13 +81,14 @@ def random_resized_crop_box(height: int, width: int, scale=(0.08, 1.0), ratio=(3
 def resize_bilinear(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """T x C x H x W -> T x C x size, bilinear with half-pixel centres and no antialiasing (OpenCV INTER_LINEAR).
 
-    uint8 in -> uint8 out (rounded, as cv2.resize does; equal to OpenCV up to +-1 from its fixed-point weights);
-    float in -> float out.
+    uint8 in -> uint8 out (equal to OpenCV's cv2.resize up to +-1: both round fixed-point weights); float in -> float.
     """
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames
-    out = F.interpolate(frames.float(), size=size, mode="bilinear", align_corners=False, antialias=False)
-    return out.round_().clamp_(0, 255).to(torch.uint8) if frames.dtype == torch.uint8 else out
+    if frames.dtype == torch.uint8:  # torch's uint8 kernel (channels-last input): ~10x faster than via float
+        return F.interpolate(frames.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear",
+                             align_corners=False, antialias=False)
+    return F.interpolate(frames.contiguous(), size=size, mode="bilinear", align_corners=False, antialias=False)
 
 
 def short_side_size_hw(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -102,9 +105,10 @@ def resize_short_side(frames: torch.Tensor, short_side: int) -> torch.Tensor:
 
 def normalize(frames: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
     """T x C x H x W uint8 (or float in [0, 255]) -> float32 C x T x H x W, (x/255 - mean) / std."""
-    mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    return ((frames.float() - mean) / std).permute(1, 0, 2, 3).contiguous()
+    scale = 1 / (255 * torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1))
+    shift = -torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1) / torch.tensor(std).view(3, 1, 1, 1)
+    out = torch.empty(frames.shape[1], frames.shape[0], *frames.shape[2:], dtype=torch.float32)
+    return out.copy_(frames.permute(1, 0, 2, 3)).mul_(scale).add_(shift)  # one converting copy, then in place
 
 
 def to_tchw(frames: np.ndarray) -> torch.Tensor:
@@ -158,9 +162,10 @@ class TrainTransform:
             frames = self.rand_augment(frames)
         clip = to_tchw(frames)
         top, left, h, w = random_resized_crop_box(*clip.shape[-2:], self.scale, self.ratio)
-        # Bilinear resize commutes with the per-channel affine normalisation, so crop+resize first (VideoMAE
-        # normalises first) and normalise only the input_size pixels.
-        clip = resize_bilinear(clip[..., top:top + h, left:left + w].float(), (self.input_size, self.input_size))
+        # Crop + bilinear resize before normalising (VideoMAE normalises first; the two commute up to the uint8
+        # kernel's rounding to whole levels, <= 0.5/255), so only input_size pixels are normalised, and the uint8
+        # resize kernel is ~10x faster than the float one.
+        clip = resize_bilinear(clip[..., top:top + h, left:left + w], (self.input_size, self.input_size))
         clip = normalize(clip)  # C x T x H x W
         if self.erase is not None:
             c, t, hh, ww = clip.shape

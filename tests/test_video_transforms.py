@@ -46,6 +46,19 @@ def test_rand_augment_applies_the_first_frames_ops_to_every_frame():
         np.testing.assert_array_equal(both[1], only_b[0])
 
 
+def test_rand_augment_equals_timm_on_a_single_frame():
+    from PIL import Image
+
+    rng = np.random.default_rng(6)
+    ra = ClipRandAugment("rand-m7-n4-mstd0.5-inc1", 32)
+    for s in range(10):
+        frame = _frame(rng)
+        _seed(s)
+        ours = ra(np.stack([frame, frame]))
+        _seed(s)
+        np.testing.assert_array_equal(ours[1], np.asarray(ra.augment(Image.fromarray(frame))))
+
+
 def test_rand_augment_differs_between_clips():
     rng = np.random.default_rng(2)
     clip = np.repeat(_frame(rng)[None], 2, axis=0)

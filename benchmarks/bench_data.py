@@ -1,0 +1,100 @@
+"""Per-process data throughput on 240 px mp4s: decode only, the train pipeline, the test pipeline.
+
+  python benchmarks/bench_data.py [--videos 24] [--height 240] [--frames 48] [--decoder auto] [--threads 1]
+
+Generates synthetic H.264 videos at SSv2's size (240 px high, ~4 s at 12 fps) once, then measures one process with
+one torch thread (what each DataLoader worker gets):
+  decode        frames of one train clip (TSN, 16 frames), decoded only
+  train         one train item: decode once + 2 independently augmented 16 x 224 x 224 clips (RandAugment, crop,
+                normalise, erase); reported as clips/s (2 per item)
+  test          one test item: decode once + all 2 x 3 views (resize, crop, normalise); reported as videos/s
+and the share of each pipeline's time spent outside decoding.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from datasets.decoding import read_frames  # noqa: E402
+from datasets.ssv2 import SSv2Dataset, eval_indices, read_video_list, train_indices  # noqa: E402
+from datasets.synthetic import make_synthetic_dataset  # noqa: E402
+from video_transforms import TrainTransform  # noqa: E402
+
+
+def _rate(fn, n: int, repeats: int) -> float:
+    """Seconds per call of fn(i), best of `repeats` passes over n items (less sensitive to other load)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        best = min(best, (time.perf_counter() - t) / n)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="/tmp/bench_data_videos")
+    p.add_argument("--videos", type=int, default=24)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--frames", type=int, default=48, help="frames per generated video (SSv2 averages ~45)")
+    p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
+    p.add_argument("--threads", type=int, default=1, help="decoder threads")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--json", default=None, help="also write the figures here")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+
+    if not os.path.exists(os.path.join(a.out, "val.csv")):
+        make_synthetic_dataset(a.out, num_train=0, num_val=a.videos, height=a.height, num_frames=a.frames)
+    csv = os.path.join(a.out, "val.csv")
+    paths = [p for p, _ in read_video_list(csv)][:a.videos]
+    n = len(paths)
+    common = dict(num_frames=16, input_size=224, short_side_size=224, decoder=a.decoder, decode_threads=a.threads)
+    train = SSv2Dataset(csv, "train", num_sample=2, **common)
+    test = SSv2Dataset(csv, "test", test_num_segment=2, test_num_crop=3, **common)
+    train[0], test[0]  # warm up (imports, first decoder open)
+
+    t_decode = _rate(lambda i: read_frames(paths[i], lambda m: train_indices(m, 16), a.decoder, a.threads), n, a.repeats)
+    t_decode_test = _rate(lambda i: read_frames(
+        paths[i], lambda m: eval_indices(m, 16, 0, 2) + eval_indices(m, 16, 1, 2), a.decoder, a.threads), n, a.repeats)
+    t_train = _rate(lambda i: train[i], n, a.repeats)
+    t_test = _rate(lambda i: test[i], n, a.repeats)
+    frames = [read_frames(p, lambda m: train_indices(m, 16), a.decoder, a.threads)[0] for p in paths]
+    aug = TrainTransform(224)
+    t_ra = _rate(lambda i: aug.rand_augment(frames[i]), n, a.repeats)
+    t_aug = _rate(lambda i: aug(frames[i]), n, a.repeats)
+
+    h, w = frames[0].shape[1:3]
+    figures = {
+        "video": f"{w}x{h}, {a.frames} frames, H.264 mp4", "decoder": train.decoder, "decode_threads": a.threads,
+        "decode_clips_per_s": 1 / t_decode,
+        "train_clips_per_s": 2 / t_train, "train_items_per_s": 1 / t_train,
+        "train_share_outside_decoding": 1 - t_decode / t_train,
+        "train_augment_ms_per_clip": 1e3 * t_aug, "train_randaugment_ms_per_clip": 1e3 * t_ra,
+        "test_videos_per_s": 1 / t_test, "test_views_per_s": 6 / t_test,
+        "test_share_outside_decoding": 1 - t_decode_test / t_test,
+        "loadavg_1min": os.getloadavg()[0],
+    }
+    print(f"{figures['video']}, decoder {figures['decoder']} ({a.threads} thread), 1 torch thread, {n} videos")
+    print(f"decode only (16-frame train clip): {figures['decode_clips_per_s']:7.1f} clips/s "
+          f"({1e3 * t_decode:.1f} ms)")
+    print(f"train (num_sample 2, 16x224x224): {figures['train_clips_per_s']:7.1f} clips/s "
+          f"({1e3 * t_train:.1f} ms/item; {100 * figures['train_share_outside_decoding']:.0f}% outside decoding; "
+          f"augment {1e3 * t_aug:.1f} ms/clip of which RandAugment {1e3 * t_ra:.1f} ms)")
+    print(f"test (2x3 views, 16x224x224):     {figures['test_videos_per_s']:7.1f} videos/s "
+          f"({1e3 * t_test:.1f} ms/video, decode {1e3 * t_decode_test:.1f} ms; "
+          f"{100 * figures['test_share_outside_decoding']:.0f}% outside decoding)")
+    print(f"1-min load average during the run: {figures['loadavg_1min']:.2f} on {os.cpu_count()} cores")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(figures, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
