@@ -40,7 +40,14 @@ class PatchEmbed(nn.Module):
                               stride=(self.tubelet_size, patch_size, patch_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        # Non-overlapping tubelets: the Conv3d is one GEMM of the cut-out patches with the flattened kernel
+        # (same numbers, several times faster than the CPU conv3d kernels, backward included).
+        B, C, T, H, W = x.shape
+        t, (p, q) = self.tubelet_size, self.patch_size
+        if T % t or H % p or W % q:
+            raise ValueError(f"clip {T}x{H}x{W} is not divisible into {t}x{p}x{q} tubelets")
+        patches = x.view(B, C, T // t, t, H // p, p, W // q, q).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        return F.linear(patches.reshape(B, -1, C * t * p * q), self.proj.weight.flatten(1), self.proj.bias)
 
 
 class Mlp(nn.Module):

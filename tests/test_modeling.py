@@ -92,6 +92,13 @@ def test_forward_shapes_tokens_and_init():
         m(torch.randn(1, 3, 4, 32, 32))
 
 
+def test_patch_embed_equals_conv3d():
+    m = create_model("vit_tiny_patch16", all_frames=4, img_size=48)
+    x = torch.randn(2, 3, 4, 48, 48)
+    expect = torch.nn.functional.conv3d(x, m.patch_embed.proj.weight, m.patch_embed.proj.bias, stride=(2, 16, 16))
+    torch.testing.assert_close(m.patch_embed(x), expect.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
 def test_attention_equals_explicit_softmax_and_k_bias_stays_zero():
     torch.manual_seed(0)
     a = Attention(24, num_heads=3)
