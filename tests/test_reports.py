@@ -135,7 +135,6 @@ def test_perfect_predictions(tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(video_ids=["a", "a"]), "duplicate video ids"),
     (dict(labels=np.array([0, 5])), "labels must lie in"),
-    (dict(class_names=["x"]), "1 class names for 3 classes"),
     (dict(video_ids=["a"]), "expected probs"),
 ])
 def test_bad_inputs_fail_clearly(tmp_path, kwargs, message):
@@ -143,6 +142,12 @@ def test_bad_inputs_fail_clearly(tmp_path, kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         reports.write_reports(str(tmp_path), **args)
+
+
+def test_wrong_number_of_class_names_warns_and_keeps_ids(tmp_path, capsys):
+    result = reports.write_reports(str(tmp_path), ["a", "b"], np.array([0, 1]), np.full((2, 3), 1 / 3), ["x"])
+    assert "1 class names for 3 classes" in capsys.readouterr().out
+    assert [r["name"] for r in read_csv(result["per_class_csv"])] == ["", "", ""]
 
 
 def test_cli_rebuilds_reports_from_test_per_video(tmp_path, monkeypatch, capsys):
