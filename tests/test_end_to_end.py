@@ -189,3 +189,233 @@ def test_merge_views_deduplicates_padding_and_sorts():
 def test_shard_sampler_covers_each_index_once():
     parts = [list(engine.ShardSampler(range(7), 3, r)) for r in range(3)]
     assert sorted(sum(parts, [])) == list(range(7)) and [len(p) for p in parts] == [3, 2, 2]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every flag parses and acts. Components are built without training (cheap); loop-level flags run main() with the
+# engine's compute replaced by recorders.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def build(data_dir, out, extra, monkeypatch=None):
+    args = run.parse_args(base_argv(data_dir, out, *extra))
+    b = argparse.Namespace(args=args, loaders=run.build_loaders(args, eval_only=False), model=run.build_model(args))
+    b.steps = len(b.loaders["train"]) // args.update_freq
+    b.t = run.build_training(args, b.model, b.steps)
+    return b
+
+
+def _mix(b):
+    m = b.t["mixup_fn"]
+    return (m.mixup_alpha, m.cutmix_alpha, m.cutmix_minmax, m.mix_prob, m.switch_prob, m.mode, m.label_smoothing)
+
+
+def _sched(b, **kw):
+    a = b.args
+    s = a.batch_size * a.update_freq / 256
+    ref = utils.cosine_scheduler(kw.get("lr", a.lr) * s, a.min_lr * s, a.epochs, b.steps, a.warmup_epochs,
+                                 a.warmup_lr * s, a.warmup_steps)
+    return np.allclose(b.t["lr_schedule"], ref)
+
+
+FLAG_TABLE = [
+    (["--batch_size", "2"], lambda b: b.loaders["train"].batch_size == 2 and b.args.scaled_lr == pytest.approx(5e-2 * 2 / 256)),
+    (["--epochs", "3"], lambda b: len(b.t["lr_schedule"]) == 3 * b.steps),
+    (["--update_freq", "2"], lambda b: b.steps == 2 and b.args.scaled_lr == pytest.approx(5e-2 * 8 / 256)),
+    (["--model", "vit_tiny_patch16"], lambda b: not hasattr(b.model, "llama")),
+    (["--tubelet_size", "4"], lambda b: b.model.patch_embed.tubelet_size == 4),
+    (["--fc_drop_rate", "0.3"], lambda b: b.model.fc_dropout.p == 0.3),
+    (["--drop", "0.2"], lambda b: b.model.pos_drop.p == 0.2),
+    (["--drop_path", "0.3"], lambda b: b.model.blocks[-1].drop_path.drop_prob == pytest.approx(0.3)),
+    (["--init_scale", "0"], lambda b: b.model.head.weight.abs().sum() == 0),
+    (["--use_cls"], lambda b: b.model.fc_norm is None),
+    (["--use_mean_pooling"], lambda b: b.model.fc_norm is not None),
+    (["--llama_dtype", "bfloat16"], lambda b: next(b.model.llama.parameters()).dtype == torch.bfloat16),
+    (["--model_ema", "--model_ema_decay", "0.9"], lambda b: b.t["model_ema"].decay == 0.9),
+    (["--model_ema", "--model_ema_force_cpu"], lambda b: b.t["model_ema"].device == torch.device("cpu")),
+    (["--opt", "momentum", "--momentum", "0.7"],
+     lambda b: isinstance(b.t["optimizer"], torch.optim.SGD) and b.t["optimizer"].param_groups[0]["momentum"] == 0.7),
+    (["--opt_eps", "1e-5", "--opt_betas", "0.8", "0.9"],
+     lambda b: b.t["optimizer"].param_groups[0]["eps"] == 1e-5 and b.t["optimizer"].param_groups[0]["betas"] == (0.8, 0.9)),
+    (["--weight_decay", "0.2"], lambda b: b.t["wd_schedule"].max() == 0.2 and
+     max(g["weight_decay"] for g in b.t["optimizer"].param_groups) == 0.2),
+    (["--weight_decay_end", "0.5"], lambda b: b.t["wd_schedule"][0] == pytest.approx(0.05) and b.t["wd_schedule"][-1] > 0.4),
+    (["--lr", "1e-2"], lambda b: _sched(b)),
+    (["--layer_decay", "0.5"], lambda b: min(g["lr_scale"] for g in b.t["optimizer"].param_groups) == 0.5 ** 5),
+    (["--warmup_lr", "2.56e-1"], lambda b: b.t["lr_schedule"][0] == pytest.approx(2.56e-1 * 4 / 256) and _sched(b)),
+    (["--min_lr", "2.56e-2", "--warmup_epochs", "0"], lambda b: b.t["lr_schedule"][-1] > 2.56e-2 * 4 / 256 and _sched(b)),
+    (["--warmup_epochs", "2"], lambda b: np.all(np.diff(b.t["lr_schedule"]) > 0)),
+    (["--warmup_steps", "1"], lambda b: b.t["lr_schedule"][1] == pytest.approx(b.args.scaled_lr)),
+    (["--num_sample", "1"], lambda b: b.loaders["train"].dataset.num_sample == 1),
+    (["--aa", "none"], lambda b: b.loaders["train"].dataset.transform.rand_augment is None),
+    (["--aa", ""], lambda b: b.loaders["train"].dataset.transform.rand_augment is None),
+    (["--aa", "rand-m9-n2"], lambda b: b.loaders["train"].dataset.transform.rand_augment.config_str == "rand-m9-n2"),
+    (["--mixup", "0", "--cutmix", "0", "--smoothing", "0.2"],
+     lambda b: b.t["mixup_fn"] is None and b.t["criterion"].smoothing == 0.2),
+    (["--mixup", "0", "--cutmix", "0", "--smoothing", "0"],
+     lambda b: type(b.t["criterion"]) is torch.nn.CrossEntropyLoss),
+    (["--mixup", "0.3", "--cutmix", "0.5", "--mixup_prob", "0.7", "--mixup_switch_prob", "0.2", "--mixup_mode",
+      "pair", "--smoothing", "0.05"], lambda b: _mix(b) == (0.3, 0.5, None, 0.7, 0.2, "pair", 0.05)),
+    (["--cutmix_minmax", "0.2", "0.8"], lambda b: _mix(b)[2] == [0.2, 0.8]),
+    (["--train_interpolation", "bilinear"], lambda b: b.loaders["train"].dataset.transform.rand_augment is not None),
+    (["--reprob", "0"], lambda b: b.loaders["train"].dataset.transform.erase is None),
+    (["--reprob", "0.5", "--remode", "rand", "--recount", "3"],
+     lambda b: vars(b.loaders["train"].dataset.transform.erase)["probability"] == 0.5 and
+     b.loaders["train"].dataset.transform.erase.mode == "rand" and b.loaders["train"].dataset.transform.erase.max_count == 3),
+    (["--short_side_size", "40"], lambda b: b.loaders["test"].dataset.short_side_size == 40),
+    (["--test_num_segment", "3", "--test_num_crop", "1"],
+     lambda b: b.loaders["test"].dataset[0][0].shape[0] == 3 and b.loaders["test"].batch_size == 4),
+    (["--input_size", "48", "--short_side_size", "48"],
+     lambda b: b.model.patch_embed.img_size[0] == 48 and b.loaders["train"].dataset.input_size == 48),
+    (["--num_frames", "4"], lambda b: b.loaders["train"].dataset.num_frames == 4 and
+     b.model.patch_embed.num_patches == 2 * 2 * 2),
+    (["--nb_classes", "11"], lambda b: b.model.head.out_features == 11),
+    (["--decoder", "pyav", "--decode_threads", "2"],
+     lambda b: b.loaders["train"].dataset.decoder == "pyav" and b.loaders["train"].dataset.decode_threads == 2),
+    (["--max_bad_videos", "3"], lambda b: b.loaders["train"].dataset.max_bad_videos == 3),
+    (["--disable_eval_during_finetuning"], lambda b: "val" not in b.loaders),
+    (["--num_workers", "2"], lambda b: all(b.loaders[k].num_workers == 2 for k in ("train", "val", "test"))),
+    (["--no_pin_mem"], lambda b: not b.args.pin_mem and not b.loaders["train"].pin_memory),
+    (["--pin_mem"], lambda b: b.args.pin_mem and not b.loaders["train"].pin_memory),  # pinning needs CUDA
+    (["--seed", "5"], lambda b: b.loaders["train"].sampler.seed == 5),
+    (["--imagenet_default_mean_and_std"], lambda b: b.args.imagenet_default_mean_and_std),
+    (["--data_set", "SSV2"], lambda b: b.args.data_set == "SSV2"),
+    (["--local-rank=1"], lambda b: b.args.local_rank == 1),
+    (["--local_rank", "1"], lambda b: b.args.local_rank == 1),
+    (["--world_size", "1", "--dist_url", "tcp://127.0.0.1:1", "--dist_on_itp"],
+     lambda b: (b.args.world_size, b.args.dist_url, b.args.dist_on_itp) == (1, "tcp://127.0.0.1:1", True)),
+]
+
+
+@pytest.mark.parametrize("extra, check", FLAG_TABLE, ids=[" ".join(e) or "defaults" for e, _ in FLAG_TABLE])
+def test_flag_acts(data_dir, tmp_path, extra, check):
+    assert check(build(data_dir, tmp_path, extra))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--enable_deepspeed"], "native mixed precision"),
+    (["--crop_pct", "0.9"], "image-only"),
+    (["--resplit"], "image-only"),
+    (["--num_segments", "2"], "num_segments must be 1"),
+    (["--sampling_rate", "2"], "does not apply to SSv2"),
+    (["--color_jitter", "0.2"], "unused for video"),
+    (["--opt_betas", "0.9"], "two numbers"),
+    (["--cutmix_minmax", "0.3"], "two numbers"),
+    (["--device", "cuda"], "no CUDA device"),
+])
+def test_flag_fails_clearly(data_dir, tmp_path, extra, message):
+    if extra == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(SystemExit, match=message):
+        run.parse_args(base_argv(data_dir, tmp_path, *extra))
+
+
+def test_data_set_choices_and_llama_path_on_plain_vit(data_dir, tmp_path):
+    with pytest.raises(SystemExit):
+        run.parse_args(base_argv(data_dir, tmp_path, "--data_set", "Kinetics-400"))
+    with pytest.raises(SystemExit, match="has no LLaMA block"):
+        build(data_dir, tmp_path, ["--model", "vit_tiny_patch16", "--llama_path", str(tmp_path)])
+
+
+def test_llama_flags_and_finetune_flags_reach_the_model(data_dir, tmp_path, monkeypatch):
+    import modeling_finetune
+    seen = {}
+    real = modeling_finetune.create_model
+
+    def record(name, **kw):
+        seen.update(kw, name=name)
+        return real(name, **{k: v for k, v in kw.items() if k not in ("llama_path", "llama_layer")})
+    monkeypatch.setattr(modeling_finetune, "create_model", record)
+    ref = real("vit_llama_tiny_patch16", num_classes=8, all_frames=8, img_size=32)
+    torch.save({"weights": {"net." + k: v for k, v in ref.state_dict().items()}}, tmp_path / "ft.pth")
+    b = build(data_dir, tmp_path, ["--llama_path", "/llama", "--llama_layer", "3", "--use_checkpoint",
+                                   "--attn_drop_rate", "0.1", "--finetune", str(tmp_path / "ft.pth"),
+                                   "--model_key", "other|weights", "--model_prefix", "net."])
+    assert (seen["llama_path"], seen["llama_layer"], seen["use_checkpoint"], seen["attn_drop_rate"]) == \
+        ("/llama", 3, True, 0.1)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(b.model.state_dict()[k], v), k
+
+
+def test_data_root_eval_data_path_and_labels(data_dir, tmp_path):
+    alt = tmp_path / "alt"
+    alt.mkdir()
+    lines = open(os.path.join(data_dir, "val.csv")).read().splitlines()[:3]
+    for split in ("val.csv", "test.csv"):
+        (alt / split).write_text("".join(f"{os.path.join(data_dir, p.split()[0])} {p.split()[1]}\n" for p in lines))
+    b = build(data_dir, tmp_path, ["--eval_data_path", str(alt), "--data_root", data_dir,
+                                   "--labels", os.path.join(data_dir, "something-something-v2-labels.json")])
+    assert len(b.loaders["test"].dataset) == 3 and len(b.loaders["val"].dataset) == 3
+    assert len(b.loaders["train"].dataset) == 16
+    assert all(p.startswith(data_dir) for p, _ in b.loaders["train"].dataset.samples)
+    assert b.args.labels.endswith("labels.json")
+    assert run.parse_args(base_argv(data_dir, tmp_path)).labels == os.path.join(
+        data_dir, "something-something-v2-labels.json")  # the default, found next to the CSVs
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """main() with the engine's compute replaced by recorders (flags that act inside the training loop)."""
+    calls = {"train": [], "validate": [], "test": [], "compile": 0}
+
+    def fake_train(model, criterion, loader, optimizer, device, epoch, **kw):
+        calls["train"].append(dict(kw, epoch=epoch, model=model))
+        return {"loss": 1.0, "lr": 0.1, "clips_per_s": 1.0}
+
+    def fake_validate(model, loader, device, amp_dtype=None, reduce=False):
+        calls["validate"].append(dict(amp_dtype=amp_dtype, reduce=reduce))
+        return {"acc1": 10.0 * len(calls["validate"]), "acc5": 50.0, "loss": 1.0, "videos": 7}
+
+    def fake_test(model, loader, device, **kw):
+        calls["test"].append(kw)
+        return {"top1": 0.0, "top5": 0.0}
+
+    def fake_compile(model, **kw):
+        calls["compile"] += 1
+        return model
+    monkeypatch.setattr(engine, "train_one_epoch", fake_train)
+    monkeypatch.setattr(engine, "validate", fake_validate)
+    monkeypatch.setattr(engine, "final_test", fake_test)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    return calls
+
+
+def test_loop_flags_act(data_dir, tmp_path, recorded):
+    out, logs = tmp_path / "out", tmp_path / "tb"
+    train(base_argv(data_dir, out, "--epochs", "3", "--save_ckpt_freq", "2", "--clip_grad", "0.5", "--print_freq",
+                    "7", "--amp", "fp16", "--compile", "--dist_eval", "--log_dir", str(logs), "--model_ema"))
+    kw = recorded["train"][0]
+    assert (kw["clip_grad"], kw["print_freq"], kw["amp_dtype"]) == (0.5, 7, torch.float16)
+    assert isinstance(kw["scaler"], torch.amp.GradScaler) and kw["model_ema"] is not None
+    assert recorded["compile"] == 1 and [c["epoch"] for c in recorded["train"]] == [0, 1, 2]
+    assert all(v["reduce"] for v in recorded["validate"]) and len(recorded["validate"]) == 6  # model + EMA
+    assert recorded["test"][0]["gather"] is True
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["checkpoint-1.pth", "checkpoint-2.pth",
+                                                                         "checkpoint-best.pth"]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(logs))
+    assert json.load(open(out / "args.json"))["clip_grad"] == 0.5
+    best = checkpoint.safe_load(str(out / "checkpoint-best.pth"))
+    assert best["epoch"] == 2 and best["max_accuracy"] == 50.0  # fake val acc1 grows: 10, 30, 50 (EMA calls between)
+
+
+def test_loop_flags_no_save_no_eval_start_epoch_no_auto_resume(data_dir, tmp_path, recorded):
+    out = tmp_path / "out"
+    train(base_argv(data_dir, out, "--epochs", "2", "--save_ckpt_freq", "1", "--amp", "bf16"))
+    assert recorded["train"][0]["amp_dtype"] == torch.bfloat16 and recorded["train"][0]["scaler"] is None
+    recorded["train"].clear()
+    train(base_argv(data_dir, out, "--epochs", "3", "--no_save_ckpt", "--disable_eval_during_finetuning"))
+    assert [c["epoch"] for c in recorded["train"]] == [2]  # auto-resumed after checkpoint-1
+    assert not os.path.exists(out / "checkpoint-2.pth")
+    n_val = len(recorded["validate"])
+    recorded["train"].clear()
+    train(base_argv(data_dir, out, "--epochs", "3", "--no_auto_resume", "--start_epoch", "1",
+                    "--disable_eval_during_finetuning", "--amp", "none"))
+    assert [c["epoch"] for c in recorded["train"]] == [1, 2] and len(recorded["validate"]) == n_val
+    assert recorded["train"][0]["amp_dtype"] is None
+    assert "val_acc1" not in json.loads(open(out / "log.txt").read().splitlines()[-1])
+
+
+def test_empty_output_dir_writes_nothing(data_dir, tmp_path, recorded, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = run.parse_args(base_argv(data_dir, "", "--epochs", "1"))
+    run.main(args)
+    assert os.listdir(tmp_path) == [] and recorded["test"][0]["output_dir"] == ""
