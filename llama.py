@@ -231,16 +231,17 @@ def _read_meta(path: str, cfg: LLaMAConfig, layers: Sequence[int]) -> list[dict[
                          f"consolidated.00.pth) are supported. Use the Hugging Face format for larger models.")
     file = files[0]
     sd = _torch_load_mmap(file)
-    out = []
-    for i in layers:
-        out.append({k: _take(sd, f"layers.{i}.{k}", file) for k in LAYER_KEYS})
-    del sd
-    return out
+    shapes = cfg.layer_shapes()
+    return [{k: _take(sd, f"layers.{i}.{k}", file, shapes[k]) for k in LAYER_KEYS} for i in layers]
 
 
-def _take(sd: dict, key: str, file: str) -> torch.Tensor:
+def _take(sd: dict, key: str, file: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """sd[key], checked to exist and to have the shape the folder's config implies."""
     if key not in sd:
         raise KeyError(f"{file}: tensor {key!r} not found (keys look like {list(sd)[:4]})")
+    if tuple(sd[key].shape) != shape:
+        raise ValueError(f"{file}: tensor {key!r} has shape {tuple(sd[key].shape)}, expected {shape} from the "
+                         f"folder's config")
     return sd[key]
 
 
@@ -263,25 +264,29 @@ def _read_hf(path: str, cfg: LLaMAConfig, layers: Sequence[int]) -> list[dict[st
             sorted(glob.glob(os.path.join(path, "pytorch_model*.bin")))
         by_file = {f: sorted(wanted) for f in files}
     tensors: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}  # tensor -> the file it came from, for error messages
     for file, keys in by_file.items():
         if file.endswith(".safetensors"):
             from safetensors import safe_open
             try:
                 with safe_open(file, framework="pt", device="cpu") as f:
                     have = set(f.keys())
-                    tensors.update({k: f.get_tensor(k) for k in keys if k in have})
+                    found = {k: f.get_tensor(k) for k in keys if k in have}
             except Exception as e:
                 raise RuntimeError(f"cannot read LLaMA weights {file}: {e}") from e
         else:
             sd = _torch_load_mmap(file)
-            tensors.update({k: sd[k] for k in keys if k in sd})
-            del sd
+            found = {k: sd[k] for k in keys if k in sd}
+        tensors.update(found)
+        origin.update(dict.fromkeys(found, file))
+    shapes = cfg.layer_shapes()
     out = []
     for i in layers:
         state = {}
         for k in LAYER_KEYS:
             hf_key = f"model.layers.{i}.{HF_LAYER_KEYS[k]}"
-            t = _take(tensors, hf_key, index_file or ", ".join(os.path.basename(f) for f in by_file))
+            file = origin.get(hf_key, index_file or ", ".join(by_file))
+            t = _take(tensors, hf_key, file, shapes[k])
             # Undo the rotary row permutation so the weights equal Meta's (outputs are the same either way).
             state[k] = _unpermute_hf(t, cfg.n_heads) if k in ("attention.wq.weight", "attention.wk.weight") else t
         out.append(state)
@@ -293,7 +298,7 @@ def read_llama_layers(path: str, layers: Iterable[int], dtype: torch.dtype = tor
     """Read the chosen layers' tensors (Meta names, Meta row order) from a Meta or Hugging Face LLaMA folder.
 
     Returns the folder's config and one state dict per layer, each tensor a fresh copy in ``dtype`` (the memory map
-    is released). Shapes are checked against the config.
+    is released). Shapes are checked against the config; errors name the file, the key and the expected shape.
     """
     layers = list(layers)
     cfg = load_llama_config(path)
@@ -302,14 +307,7 @@ def read_llama_layers(path: str, layers: Iterable[int], dtype: torch.dtype = tor
             raise IndexError(f"LLaMA layer {i} out of range: {path} has {cfg.n_layers} layers (0..{cfg.n_layers - 1})")
     fmt = detect_format(path)
     states = (_read_meta if fmt == "meta" else _read_hf)(path, cfg, layers)
-    expected = cfg.layer_shapes()
-    for i, state in zip(layers, states):
-        for k, t in state.items():
-            if tuple(t.shape) != expected[k]:
-                raise ValueError(f"{path}: layer {i} tensor {k!r} has shape {tuple(t.shape)}, expected "
-                                 f"{expected[k]} from the folder's config (dim {cfg.dim}, hidden {cfg.ffn_hidden_dim})")
-            state[k] = t.to(dtype=dtype, copy=True)
-    return cfg, states
+    return cfg, [{k: t.to(dtype=dtype, copy=True) for k, t in state.items()} for state in states]
 
 
 def build_llama(path: str | None, layers: Sequence[int], cfg: LLaMAConfig | None = None, dtype: str = "float32",

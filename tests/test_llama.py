@@ -172,7 +172,8 @@ def test_wrong_shape_names_file_key_and_expected_shape(folders, tmp_path):
     sd = dict(meta)
     sd["layers.0.feed_forward.w1.weight"] = torch.zeros(100, 64)
     torch.save(sd, bad / "consolidated.00.pth")
-    with pytest.raises(ValueError, match=r"feed_forward.w1.weight.*\(100, 64\).*expected \(192, 64\)"):
+    msg = r"consolidated.00.pth: tensor 'layers.0.feed_forward.w1.weight' has shape \(100, 64\), expected \(192, 64\)"
+    with pytest.raises(ValueError, match=msg):
         read_llama_layers(str(bad), [0])
 
 
