@@ -1,9 +1,11 @@
 """predict.py against a model trained by run_class_finetuning in the test, and its failure messages."""
+import argparse
 import csv
 import json
 import os
 import runpy
 import sys
+import warnings
 
 import imageio_ffmpeg
 import numpy as np
@@ -106,6 +108,29 @@ def test_ema_weights_and_bare_state_dict(trained, tmp_path):
     bare = predict.main([video, "--resume", str(tmp_path / "bare.pth"), "--model", "vit_tiny_patch16",
                          "--num_frames", "4", "--input_size", "32", "--short_side_size", "32"])
     assert bare == predict.main([video, "--resume", trained["checkpoint"]])
+
+
+def test_llama_checkpoint_equals_direct_forward(trained, tmp_path):
+    """A ViT-LLaMA checkpoint (LLaMA block weights inside) loads strictly; probs = mean of the views' softmaxes."""
+    from datasets import read_test_views
+    from modeling_finetune import create_model
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # random LLaMA weights, saved into the checkpoint below
+        warnings.simplefilter("ignore")
+        model = create_model("vit_llama_tiny_patch16", num_classes=3, all_frames=4, img_size=32).eval()
+    torch.save({"model": model.state_dict(), "args": {"model": "vit_llama_tiny_patch16", "num_frames": 4,
+                                                       "input_size": 32, "short_side_size": 32}},
+               tmp_path / "llama.pth")
+    video = trained["test_videos"][2]
+    got = predict.main([video, "--resume", str(tmp_path / "llama.pth"), "--test_num_segment", "3",
+                        "--test_num_crop", "2"])
+    views, view_ids = read_test_views(video, argparse.Namespace(
+        num_frames=4, input_size=32, short_side_size=32, test_num_segment=3, test_num_crop=2))
+    assert views.shape[0] == 6 and view_ids.tolist() == [[k, j] for k in range(3) for j in range(2)]
+    with torch.no_grad():
+        expected = model(views).softmax(-1).mean(0)
+    assert {t["class_id"]: t["prob"] for t in got[0]["top5"]} == pytest.approx(
+        {c: float(p) for c, p in enumerate(expected)}, abs=1e-6)
 
 
 @pytest.mark.parametrize("extra, message", [
