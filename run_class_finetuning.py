@@ -182,7 +182,8 @@ def build_loaders(args, eval_only: bool) -> dict:
     world, rank = utils.get_world_size(), utils.get_rank()
     eval_args = argparse.Namespace(**{**vars(args), "data_path": args.eval_data_path or args.data_path})
     shard = dict(num_replicas=world, rank=rank) if args.dist_eval else dict(num_replicas=1, rank=0)
-    common = dict(num_workers=args.num_workers, pin_memory=args.pin_mem and torch.device(args.device).type == "cuda", worker_init_fn=utils.seed_worker)
+    pin = args.pin_mem and torch.device(args.device).type == "cuda"  # pinning needs an accelerator
+    common = dict(num_workers=args.num_workers, pin_memory=pin, worker_init_fn=utils.seed_worker)
     out = {}
     test_set, _ = build_dataset(is_train=False, test_mode=True, args=eval_args)
     out["test"] = torch.utils.data.DataLoader(test_set, batch_size=args.batch_size, generator=torch.Generator(),
@@ -206,7 +207,8 @@ def build_loaders(args, eval_only: bool) -> dict:
 def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
     """Optimizer, schedules (lr scaled by the real batch / 256), criterion, mixup, scaler, EMA."""
     scale = args.batch_size * args.update_freq * utils.get_world_size() / 256
-    args.scaled_lr, args.scaled_min_lr, args.scaled_warmup_lr = args.lr * scale, args.min_lr * scale, args.warmup_lr * scale
+    args.scaled_lr, args.scaled_min_lr = args.lr * scale, args.min_lr * scale
+    args.scaled_warmup_lr = args.warmup_lr * scale
     optimizer = optim_factory.create_optimizer(argparse.Namespace(**{**vars(args), "lr": args.scaled_lr}), model)
     lr_schedule = utils.cosine_scheduler(args.scaled_lr, args.scaled_min_lr, args.epochs, steps_per_epoch,
                                          args.warmup_epochs, args.scaled_warmup_lr, args.warmup_steps)
@@ -307,12 +309,14 @@ def _main(args) -> dict | None:
         is_best = "val_acc1" in record and record["val_acc1"] > max_acc
         max_acc = max(max_acc, record.get("val_acc1", max_acc))
         if args.output_dir and args.save_ckpt:
-            state = lambda: utils.training_state(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"],  # noqa
-                                                 epoch, max_acc)
-            if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
-                last_ckpt = utils.save_training_checkpoint(args.output_dir, f"checkpoint-{epoch}.pth", state())
-            if is_best:
-                utils.save_training_checkpoint(args.output_dir, "checkpoint-best.pth", state())
+            names = [f"checkpoint-{epoch}.pth"] if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs \
+                else []
+            names += ["checkpoint-best.pth"] if is_best else []
+            state = utils.training_state(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"], epoch,
+                                         max_acc) if names else None
+            for name in names:
+                path = utils.save_training_checkpoint(args.output_dir, name, state)
+                last_ckpt = path if name != "checkpoint-best.pth" else last_ckpt
         if rank == 0 and args.output_dir:
             utils.append_json_line(os.path.join(args.output_dir, "log.txt"), {**record, "n_parameters": n_parameters})
         if log_writer is not None:

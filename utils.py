@@ -402,8 +402,8 @@ def resume_training(args, model: torch.nn.Module, optimizer, scaler, model_ema, 
                                f"start a new run from its weights with --finetune {path} instead") from e
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
-    if model_ema is not None and ckpt.get("model_ema") is not None:
-        model_ema.module.load_state_dict(ckpt["model_ema"])
+    if model_ema is not None:  # no EMA in the file: restart the average from the loaded weights
+        model_ema.module.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None else model.state_dict())
     epoch = ckpt.get("epoch")
     if not isinstance(epoch, int):
         print(f"WARNING: {path} has no integer epoch ({epoch!r}); starting at epoch {args.start_epoch}", flush=True)
