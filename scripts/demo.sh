@@ -38,10 +38,12 @@ COMMON=(--model vit_llama_tiny_patch16 --data_path "${DATA}" --nb_classes 8 --nu
         --opt_betas 0.9 0.999 --test_num_segment 2 --test_num_crop 3 --save_ckpt_freq 100 --print_freq 50
         --output_dir "${OUT}" "${LLAMA_ARGS[@]}")
 START=$(date +%s)
-if [ "${NGPU}" -gt 0 ] && [ $((16 % NGPU)) -eq 0 ]; then
-    echo "== training on ${NGPU} GPU(s)"
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node "${NGPU}" run_class_finetuning.py "${COMMON[@]}" \
-        --batch_size $((16 / NGPU)) --device cuda --num_workers 4 --dist_eval
+if [ "${NGPU}" -gt 0 ]; then
+    NPROC=1  # the most GPUs that split the 16 videos of a step evenly
+    for d in 2 4 8 16; do if [ "${d}" -le "${NGPU}" ]; then NPROC=${d}; fi; done
+    echo "== training on ${NPROC} GPU(s)"
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node "${NPROC}" run_class_finetuning.py "${COMMON[@]}" \
+        --batch_size $((16 / NPROC)) --device cuda --num_workers 4 --dist_eval
 else
     echo "== training on the CPU (single process)"
     python run_class_finetuning.py "${COMMON[@]}" --batch_size 16 --device cpu --num_workers 2

@@ -419,3 +419,38 @@ def test_empty_output_dir_writes_nothing(data_dir, tmp_path, recorded, monkeypat
     args = run.parse_args(base_argv(data_dir, "", "--epochs", "1"))
     run.main(args)
     assert os.listdir(tmp_path) == [] and recorded["test"][0]["output_dir"] == ""
+
+
+@pytest.mark.parametrize("script, nproc, expect", [
+    ("ssv2_vits.sh", 1, ("vit_small_patch16_224", "6", "4", "1e-3", "0.7", "40")),
+    ("ssv2_vits.sh", 4, ("vit_small_patch16_224", "6", "1", "1e-3", "0.7", "40")),
+    ("ssv2_vits_llama.sh", 8, ("vit_llama_small_patch16_224", "3", "1", "1e-3", "0.7", "40")),
+    ("ssv2_vitb.sh", 2, ("vit_base_patch16_224", "3", "2", "5e-4", "0.75", "30")),
+    ("ssv2_vitb_llama.sh", 4, ("vit_llama_base_patch16_224", "3", "1", "5e-4", "0.75", "30")),
+])
+def test_training_scripts_keep_the_published_step(tmp_path, script, nproc, expect):
+    """The scripts hand torchrun the published recipe with batch x update_freq x GPUs = 24 (ViT-S) / 12 (ViT-B)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "torchrun").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    (fake / "torchrun").chmod(0o755)
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "params.json").write_text("{}")
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "NPROC": str(nproc), "OUTPUT_DIR": str(tmp_path / "o"),
+           "LLAMA_PATH": str(tmp_path / "llama")}
+    res = subprocess.run(["bash", os.path.join(ROOT, "scripts", script), "--extra_flag"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    argv = res.stdout.split("\n")
+    value = lambda flag: argv[argv.index(flag) + 1]  # noqa: E731
+    got = tuple(value(f) for f in ("--model", "--batch_size", "--update_freq", "--lr", "--layer_decay", "--epochs"))
+    assert got == expect
+    assert int(got[1]) * int(got[2]) * nproc == (24 if "vits" in script else 12)
+    assert value("--test_num_segment") == "2" and value("--test_num_crop") == "3" and "--extra_flag" in argv
+    assert ("--llama_path" in argv) == ("llama" in script)
+
+
+def test_script_rejects_gpu_count_that_cannot_keep_the_step(tmp_path):
+    res = subprocess.run(["bash", os.path.join(ROOT, "scripts", "ssv2_vits.sh")], capture_output=True, text=True,
+                         env={**os.environ, "NPROC": "5", "OUTPUT_DIR": str(tmp_path)}, timeout=60)
+    assert res.returncode == 1 and "cannot be split over 5 GPUs" in res.stderr
