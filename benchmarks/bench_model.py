@@ -127,6 +127,9 @@ def main() -> None:
     rss_model = peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    static_mb = (torch.cuda.memory_allocated(device) if device.type == "cuda" else  # weights, grads, AdamW state
+                 sum(q.numel() * q.element_size() for q in model.parameters())
+                 + 3 * sum(q.numel() * q.element_size() for q in params)) / 2 ** 20
     train_s = timed(train_step, args.steps, max(args.warmup - 1, 0))
     train_mem = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
                  else peak_rss_mb() - rss_start)
@@ -171,8 +174,9 @@ def main() -> None:
                 else "CPU: growth of the process peak RSS (ru_maxrss) from before model build to after the train "
                      "steps (model + optimizer + activations)")
     print(f"memory column: {mem_what}; model built + first step peak RSS {rss_model:.0f} MiB")
-    print(f"materialised fp32 attention scores+probabilities of all {heads} heads would need "
-          f"{materialised:.0f} MiB on their own")
+    print(f"train step: peak {train_mem:.0f} MiB - {static_mb:.0f} MiB of weights, grads and AdamW state = "
+          f"~{train_mem - static_mb:.0f} MiB of activations and workspace; materialised fp32 attention "
+          f"scores+probabilities of all {heads} heads would need {materialised:.0f} MiB on their own")
     print(f"\n| phase | s/step | clips/s | GFLOP/step | GFLOP/s | % of matmul peak | peak mem MiB |")
     print("|---|---|---|---|---|---|---|")
     for name, flops, sec, mem in rows:
