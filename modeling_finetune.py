@@ -224,4 +224,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
     registry = _registry()
     if name not in registry:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(registry))}")
+    if name in MODELS:  # a plain ViT: entry scripts may pass the LLaMA options at their defaults
+        llama_kwargs = {k: kwargs.pop(k) for k in ("llama_path", "llama_layer", "llama_dtype") if k in kwargs}
+        if llama_kwargs.get("llama_path") is not None:
+            raise ValueError(f"{name} has no LLaMA block; llama_path is for the vit_llama_* models")
     return registry[name](**kwargs)

@@ -59,6 +59,9 @@ def test_registry():
         assert n in names
     with pytest.raises(ValueError, match="unknown model 'vit_nope'.*vit_small_patch16_224"):
         create_model("vit_nope")
+    create_model("vit_tiny_patch16", llama_path=None, llama_layer=15, llama_dtype="float32", **TINY)
+    with pytest.raises(ValueError, match="vit_tiny_patch16 has no LLaMA block"):
+        create_model("vit_tiny_patch16", llama_path="/somewhere", **TINY)
     import timm
     assert "vit_tiny_patch16" not in timm.list_models("vit_tiny_patch16")  # timm's registry untouched
 
