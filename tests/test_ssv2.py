@@ -114,6 +114,14 @@ def test_decord_and_pyav_give_identical_frames(synthetic_dir):
     np.testing.assert_array_equal(a, _pyav_frames(path)[idx])
 
 
+def test_decord_and_pyav_agree_on_vp9_webm(official_dir):
+    folder = os.path.join(official_dir, "20bn-something-something-v2")
+    path = os.path.join(folder, sorted(os.listdir(folder))[0])
+    a, ia = read_frames(path, lambda n: list(range(n)), decoder="decord")
+    b, ib = read_frames(path, lambda n: list(range(n)), decoder="pyav")
+    assert ia == ib == list(range(12)) and np.array_equal(a, b)
+
+
 def test_wrong_container_frame_count_is_resampled(monkeypatch):
     class Fake:  # a decord-like reader whose container count (20) overshoots the 12 frames that decode
         num_frames, count_is_exact = 20, False
