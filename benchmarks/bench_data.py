@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
     p.add_argument("--threads", type=int, default=1, help="decoder threads")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--train_interpolation", default="bicubic", help="RandAugment's resampling (VideoMAE: bicubic)")
     p.add_argument("--json", default=None, help="also write the figures here")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -56,7 +57,7 @@ def main() -> None:
     paths = [p for p, _ in read_video_list(csv)][:a.videos]
     n = len(paths)
     common = dict(num_frames=16, input_size=224, short_side_size=224, decoder=a.decoder, decode_threads=a.threads)
-    train = SSv2Dataset(csv, "train", num_sample=2, **common)
+    train = SSv2Dataset(csv, "train", num_sample=2, train_interpolation=a.train_interpolation, **common)
     test = SSv2Dataset(csv, "test", test_num_segment=2, test_num_crop=3, **common)
     train[0], test[0]  # warm up (imports, first decoder open)
 
@@ -66,13 +67,14 @@ def main() -> None:
     t_train = _rate(lambda i: train[i], n, a.repeats)
     t_test = _rate(lambda i: test[i], n, a.repeats)
     frames = [read_frames(p, lambda m: train_indices(m, 16), a.decoder, a.threads)[0] for p in paths]
-    aug = TrainTransform(224)
+    aug = TrainTransform(224, interpolation=a.train_interpolation)
     t_ra = _rate(lambda i: aug.rand_augment(frames[i]), n, a.repeats)
     t_aug = _rate(lambda i: aug(frames[i]), n, a.repeats)
 
     h, w = frames[0].shape[1:3]
     figures = {
         "video": f"{w}x{h}, {a.frames} frames, H.264 mp4", "decoder": train.decoder, "decode_threads": a.threads,
+        "train_interpolation": a.train_interpolation,
         "decode_clips_per_s": 1 / t_decode,
         "train_clips_per_s": 2 / t_train, "train_items_per_s": 1 / t_train,
         "train_share_outside_decoding": 1 - t_decode / t_train,
@@ -81,7 +83,8 @@ def main() -> None:
         "test_share_outside_decoding": 1 - t_decode_test / t_test,
         "loadavg_1min": os.getloadavg()[0],
     }
-    print(f"{figures['video']}, decoder {figures['decoder']} ({a.threads} thread), 1 torch thread, {n} videos")
+    print(f"{figures['video']}, decoder {figures['decoder']} ({a.threads} thread), 1 torch thread, {n} videos, "
+          f"RandAugment resampling {a.train_interpolation}")
     print(f"decode only (16-frame train clip): {figures['decode_clips_per_s']:7.1f} clips/s "
           f"({1e3 * t_decode:.1f} ms)")
     print(f"train (num_sample 2, 16x224x224): {figures['train_clips_per_s']:7.1f} clips/s "
