@@ -119,19 +119,13 @@ def test_engine_applies_schedule_per_group_and_adamw_step():
     torch.manual_seed(0)
     model = Stub()
     opt = optim_factory.create_optimizer(args_for(opt_eps=1e-30), model)
-    steps = 3
     lr_sched = np.array([2e-3, 1e-3, 5e-4])
     wd_sched = np.array([0.1, 0.2, 0.3])
     x = torch.randn(2, 1, 3, 2, 8, 8)
     loader = [(x[i], torch.tensor([i])) for i in range(2)]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    grads = {}
-
-    def capture_criterion(logits, y):
-        return nn.functional.cross_entropy(logits, y)
-
     # start at iteration 1 of the schedule, one optimizer step of two accumulated micro-batches
-    engine.train_one_epoch(model, capture_criterion, loader, opt, torch.device("cpu"), 0, lr_schedule=lr_sched,
+    engine.train_one_epoch(model, nn.CrossEntropyLoss(), loader, opt, torch.device("cpu"), 0, lr_schedule=lr_sched,
                            wd_schedule=wd_sched, start_step=1, steps_per_epoch=1, update_freq=2, print_freq=100)
     # independent gradient of the mean loss over the two micro-batches
     ref = Stub()
