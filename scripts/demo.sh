@@ -50,9 +50,7 @@ else
 fi
 echo "== finished in $(( $(date +%s) - START )) s"
 
-if [ -f plots.py ]; then
-    python plots.py "${OUT}" --out "${OUT}/curves.png" || echo "(plots.py failed; curves skipped)"
-fi
+python plots.py "${OUT}" --out "${OUT}/curves.png"
 python - "${OUT}" <<'PY'
 import json, os, sys
 out = sys.argv[1]
@@ -65,6 +63,7 @@ print(f"log (per epoch):  {os.path.join(out, 'log.txt')}")
 print(f"TensorBoard:      tensorboard --logdir {out}")
 print(f"test results:     {os.path.join(out, 'test_summary.json')}, test_per_video.npz, test_per_view.npz, per_class.csv")
 print(f"confusion matrix: {os.path.join(out, 'confusion_matrix.png')}")
-curves = os.path.join(out, "curves.png")
-print(f"curves:           {curves if os.path.exists(curves) else '(plots.py not available)'}")
+print(f"curves:           {os.path.join(out, 'curves.png')}")
+print(f"predict a video:  python predict.py VIDEO.mp4 --resume {os.path.join(out, ckpts[-1])} "
+      f"--labels {os.path.join(os.path.dirname(out), 'synthetic_ssv2', 'something-something-v2-labels.json')}")
 PY
