@@ -13,7 +13,7 @@ import random
 import re
 import subprocess
 import warnings
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 import torch
@@ -265,12 +265,12 @@ def write_json(path: str, obj: Any) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename: readers see the old or the new file."""
+def _atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Run write(f) on a temporary file in the same folder, fsync, then rename: readers see the old or the new file."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -278,21 +278,16 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write bytes atomically (see _atomic_write)."""
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def save_checkpoint(path: str, state: dict) -> None:
     """torch.save `state` atomically (temporary file in the same folder, flush + fsync, os.replace)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    _atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _fsync_dir(d: str) -> None:
