@@ -122,8 +122,8 @@ def write_reports(output_dir: str, video_ids: list[str], labels: np.ndarray, pro
     mean_class_acc = float(np.nanmean(top1))
     png = plot_confusion_matrix(
         cm, os.path.join(output_dir, "confusion_matrix.png"), order,
-        f"Confusion matrix, {len(labels)} videos, {num_classes} classes sorted by per-class top-1 (best first); "
-        f"mean class acc {mean_class_acc:.2f}%")
+        f"Confusion matrix: {len(labels)} videos, {num_classes} classes\n"
+        f"sorted by per-class top-1 (best first); mean class acc {mean_class_acc:.2f}%")
     return {"mean_class_acc": mean_class_acc, "per_class_csv": per_class_csv,
             "confused_pairs_csv": confused_pairs_csv, "confusion_matrix_png": png}
 
