@@ -268,7 +268,8 @@ def _main(args) -> dict | None:
     run_model = torch.compile(model) if args.compile else model
     if args.distributed:
         run_model = torch.nn.parallel.DistributedDataParallel(
-            run_model, device_ids=[args.gpu] if device.type == "cuda" else None, find_unused_parameters=False)
+            run_model, device_ids=[args.gpu] if device.type == "cuda" else None, find_unused_parameters=False,
+            broadcast_buffers=False)  # the only buffer is the fixed position table: identical on every rank
     test = partial(engine.final_test, run_model, loaders["test"], device, amp_dtype=amp_dtype,
                    gather=args.dist_eval, output_dir=args.output_dir if rank == 0 else "", class_names=class_names)
     if args.eval:
