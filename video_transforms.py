@@ -13,6 +13,7 @@ in PIL's bicubic Rotate/Shear/Translate (--train_interpolation bilinear makes th
 to the user). Everything after RandAugment runs on whole clips with torch's uint8 kernels.
 """
 import math
+import mmap
 import random
 
 import numpy as np
@@ -103,12 +104,52 @@ def resize_short_side(frames: torch.Tensor, short_side: int) -> torch.Tensor:
     return resize_bilinear(frames, short_side_size_hw(*frames.shape[-2:], short_side))
 
 
-def normalize(frames: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
-    """T x C x H x W uint8 (or float in [0, 255]) -> float32 C x T x H x W, (x/255 - mean) / std."""
-    scale = 1 / (255 * torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1))
-    shift = -torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1) / torch.tensor(std).view(3, 1, 1, 1)
-    out = torch.empty(frames.shape[1], frames.shape[0], *frames.shape[2:], dtype=torch.float32)
-    return out.copy_(frames.permute(1, 0, 2, 3)).mul_(scale).add_(shift)  # one converting copy, then in place
+_MEAN_STD: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _scale_shift(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 / (255 std), -mean / std) as 3 x 1 x 1 x 1 float32, built once per (mean, std)."""
+    key = (tuple(mean), tuple(std))
+    if key not in _MEAN_STD:
+        s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
+        _MEAN_STD[key] = 1 / (255 * s), -torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1) / s
+    return _MEAN_STD[key]
+
+
+def normalize(frames: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """T x C x H x W uint8 (or float in [0, 255]) -> float32 C x T x H x W, (x/255 - mean) / std.
+
+    One converting copy into `out` (allocated when None; e.g. a slice of a preallocated batch, so that the clip is
+    written once, in its final layout), then two in-place passes.
+    """
+    scale, shift = _scale_shift(mean, std)
+    if out is None:
+        out = torch.empty(frames.shape[1], frames.shape[0], *frames.shape[2:], dtype=torch.float32)
+    return out.copy_(frames.permute(1, 0, 2, 3)).mul_(scale).add_(shift)
+
+
+_HUGE_PAGE = 2 << 20
+
+
+def empty_float32(shape: tuple[int, ...]) -> torch.Tensor:
+    """torch.empty(shape) (float32, contiguous), backed by transparent huge pages when it is large and Linux allows.
+
+    Why: malloc serves blocks above 32 MiB with fresh mmaps, so every 4 KiB page of such an output is a page fault on
+    first write; a 6-view test item (58 MB) took ~40 ms of faults on a 2-core VM, 2 MiB pages take ~4x less. The
+    memory is released with the tensor (its storage holds the mapping).
+    """
+    nbytes = math.prod(shape) * 4
+    if nbytes < 32 << 20 or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(shape)
+    try:
+        buf = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:
+        return torch.empty(shape)
+    raw = torch.frombuffer(buf, dtype=torch.uint8)
+    start = -raw.data_ptr() % _HUGE_PAGE
+    return raw[start:start + nbytes].view(torch.float32).view(shape)
 
 
 def to_tchw(frames: np.ndarray) -> torch.Tensor:
@@ -157,7 +198,9 @@ class TrainTransform:
         # Applied to the clip viewed as (T*C) x H x W: one box for all frames, per-pixel noise ('pixel' mode).
         self.erase = RandomErasing(reprob, mode=remode, max_count=recount, device="cpu") if reprob > 0 else None
 
-    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+    def __call__(self, frames: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`out`, when given, is a contiguous float32 C x T x size x size tensor (e.g. one sample of a
+        num_sample x C x T x H x W item) that receives the clip; it is returned."""
         if self.rand_augment is not None:
             frames = self.rand_augment(frames)
         clip = to_tchw(frames)
@@ -166,8 +209,8 @@ class TrainTransform:
         # kernel's rounding to whole levels, <= 0.5/255), so only input_size pixels are normalised, and the uint8
         # resize kernel is ~10x faster than the float one.
         clip = resize_bilinear(clip[..., top:top + h, left:left + w], (self.input_size, self.input_size))
-        clip = normalize(clip)  # C x T x H x W
+        clip = normalize(clip, out=out)  # C x T x H x W
         if self.erase is not None:
             c, t, hh, ww = clip.shape
-            clip = self.erase(clip.view(c * t, hh, ww)).view(c, t, hh, ww)
+            self.erase(clip.view(c * t, hh, ww))  # in place
         return clip

@@ -6,18 +6,21 @@ Generates synthetic H.264 videos at SSv2's size (240 px high, ~4 s at 12 fps) on
 one torch thread (what each DataLoader worker gets):
   decode        frames of one train clip (TSN, 16 frames), decoded only
   train         one train item: decode once + 2 independently augmented 16 x 224 x 224 clips (RandAugment, crop,
-                normalise, erase); reported as clips/s (2 per item)
+                normalise, erase); reported as clips/s (2 per item), plus one clip's augmentation with and without
+                RandAugment (same seeds, so the same ops, in both)
   test          one test item: decode once + all 2 x 3 views (resize, crop, normalise); reported as videos/s
 and the share of each pipeline's time spent outside decoding.
 """
 import argparse
 import json
 import os
+import random
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from datasets.decoding import read_frames  # noqa: E402
@@ -35,6 +38,12 @@ def _rate(fn, n: int, repeats: int) -> float:
             fn(i)
         best = min(best, (time.perf_counter() - t) / n)
     return best
+
+
+def _seed(i: int) -> None:
+    random.seed(i)
+    np.random.seed(i)
+    torch.manual_seed(i)
 
 
 def main() -> None:
@@ -64,12 +73,16 @@ def main() -> None:
     t_decode = _rate(lambda i: read_frames(paths[i], lambda m: train_indices(m, 16), a.decoder, a.threads), n, a.repeats)
     t_decode_test = _rate(lambda i: read_frames(
         paths[i], lambda m: eval_indices(m, 16, 0, 2) + eval_indices(m, 16, 1, 2), a.decoder, a.threads), n, a.repeats)
-    t_train = _rate(lambda i: train[i], n, a.repeats)
+    t_train = _rate(lambda i: (_seed(i), train[i]), n, a.repeats)
     t_test = _rate(lambda i: test[i], n, a.repeats)
     frames = [read_frames(p, lambda m: train_indices(m, 16), a.decoder, a.threads)[0] for p in paths]
     aug = TrainTransform(224, interpolation=a.train_interpolation)
-    t_ra = _rate(lambda i: aug.rand_augment(frames[i]), n, a.repeats)
-    t_aug = _rate(lambda i: aug(frames[i]), n, a.repeats)
+    # Seeded per clip (and per train item above), so that RandAugment draws the same ops in every pass and in both
+    # timings, and their difference is the rest.
+    t_ra = _rate(lambda i: (_seed(i), aug.rand_augment(frames[i])), n, a.repeats)
+    t_aug = _rate(lambda i: (_seed(i), aug(frames[i])), n, a.repeats)
+    no_ra = TrainTransform(224, auto_augment=None)
+    t_rest = _rate(lambda i: (_seed(i), no_ra(frames[i])), n, a.repeats)
 
     h, w = frames[0].shape[1:3]
     figures = {
@@ -79,6 +92,7 @@ def main() -> None:
         "train_clips_per_s": 2 / t_train, "train_items_per_s": 1 / t_train,
         "train_share_outside_decoding": 1 - t_decode / t_train,
         "train_augment_ms_per_clip": 1e3 * t_aug, "train_randaugment_ms_per_clip": 1e3 * t_ra,
+        "train_augment_without_randaugment_ms_per_clip": 1e3 * t_rest,
         "test_videos_per_s": 1 / t_test, "test_views_per_s": 6 / t_test,
         "test_share_outside_decoding": 1 - t_decode_test / t_test,
         "loadavg_1min": os.getloadavg()[0],
@@ -90,6 +104,7 @@ def main() -> None:
     print(f"train (num_sample 2, 16x224x224): {figures['train_clips_per_s']:7.1f} clips/s "
           f"({1e3 * t_train:.1f} ms/item; {100 * figures['train_share_outside_decoding']:.0f}% outside decoding; "
           f"augment {1e3 * t_aug:.1f} ms/clip of which RandAugment {1e3 * t_ra:.1f} ms)")
+    print(f"train augmentation without RandAugment (crop, resize, normalise, erase): {1e3 * t_rest:.1f} ms/clip")
     print(f"test (2x3 views, 16x224x224):     {figures['test_videos_per_s']:7.1f} videos/s "
           f"({1e3 * t_test:.1f} ms/video, decode {1e3 * t_decode_test:.1f} ms; "
           f"{100 * figures['test_share_outside_decoding']:.0f}% outside decoding)")

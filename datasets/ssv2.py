@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.decoding import VideoDecodeError, read_frames, resolve_decoder
-from video_transforms import (TrainTransform, center_crop, normalize, resize_short_side, sliding_crops, to_tchw)
+from video_transforms import (TrainTransform, center_crop, empty_float32, normalize, resize_short_side, sliding_crops,
+                              to_tchw)
 
 MODES = ("train", "validation", "test")
 
@@ -177,7 +178,10 @@ class SSv2Dataset(Dataset):
                     raise RuntimeError(f"the only training video is unreadable: {e}") from e
                 other = random.randrange(len(self.samples) - 1)  # a different video, uniformly
                 tried = other if other < tried else other + 1
-        clips = torch.stack([self.transform(frames) for _ in range(self.num_sample)])
+        size = self.input_size
+        clips = empty_float32((self.num_sample, 3, len(frames), size, size))
+        for clip in clips:  # each sample written in place, in order (same random draws as one call per sample)
+            self.transform(frames, out=clip)
         return clips, label, tried
 
 
@@ -188,15 +192,21 @@ def read_views(path: str, num_frames: int, input_size: int, short_side_size: int
     K, J = test_num_segment, test_num_crop
     frames, indices = read_frames(
         path, lambda n: [i for k in range(K) for i in eval_indices(n, num_frames, k, K)], decoder, decode_threads)
-    # Resize each distinct frame once; views that share a frame index reuse it.
-    unique = sorted(set(indices))
-    first = {f: indices.index(f) for f in unique}
-    resized = normalize(resize_short_side(to_tchw(frames[[first[f] for f in unique]]), short_side_size))
-    pos = {f: i for i, f in enumerate(unique)}
-    views, ids = [], []
+    # Resize and normalise each distinct frame once (uint8 resize, one float pass over the resized frames); every view
+    # is then written once, straight into its place in the V x C x T x H x W output, from crops that are views.
+    pos: dict[int, int] = {}  # frame index -> its row among the distinct frames, in order of first use
+    keep = []
+    for i, f in enumerate(indices):
+        if f not in pos:
+            pos[f] = len(keep)
+            keep.append(i)
+    distinct = frames if len(keep) == len(indices) else frames[keep]
+    resized = normalize(resize_short_side(to_tchw(distinct), short_side_size))  # C x distinct x H x W
+    views = empty_float32((K * J, 3, num_frames, input_size, input_size))
     for k in range(K):
-        clip = resized[:, [pos[f] for f in indices[k * num_frames:(k + 1) * num_frames]]]  # C x T x H x W
-        for j, crop in enumerate(sliding_crops(clip, input_size, J)):
-            views.append(crop)
-            ids.append((k, j))
-    return torch.stack(views), torch.tensor(ids, dtype=torch.int64)
+        rows = [pos[f] for f in indices[k * num_frames:(k + 1) * num_frames]]
+        for j, crop in enumerate(sliding_crops(resized, input_size, J)):
+            for t, r in enumerate(rows):
+                views[k * J + j, :, t].copy_(crop[:, r])
+    ids = [(k, j) for k in range(K) for j in range(J)]
+    return views, torch.tensor(ids, dtype=torch.int64)

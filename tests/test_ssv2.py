@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import random
 
 import av
 import cv2
@@ -16,6 +17,7 @@ import datasets.ssv2 as ssv2
 from datasets import build_dataset, load_class_names, multiple_samples_collate, read_test_views
 from datasets.decoding import VideoDecodeError, read_frames
 from datasets.ssv2 import SSv2Dataset, read_video_list, eval_indices, train_indices, val_indices
+from video_transforms import normalize, resize_short_side, sliding_crops, to_tchw
 
 MEAN = np.array(IMAGENET_DEFAULT_MEAN, dtype=np.float32)
 STD = np.array(IMAGENET_DEFAULT_STD, dtype=np.float32)
@@ -271,3 +273,45 @@ def test_build_dataset_defaults_and_errors(synthetic_dir):
     with pytest.raises(ValueError, match=r"val.csv:\d+: label \d outside \[0, 4\)"):
         build_dataset(False, False, argparse.Namespace(data_path=synthetic_dir, nb_classes=4))
     assert datasets.decoding.resolve_decoder("auto") in ("decord", "pyav")
+
+
+def _reference_views(video, view_indices, input_size, short_side_size, J):
+    """The straightforward test pipeline: each temporal view resized, normalised and cropped on its own."""
+    views = []
+    for idx in view_indices:
+        clip = normalize(resize_short_side(to_tchw(video[idx]), short_side_size))
+        views += sliding_crops(clip, input_size, J)
+    return torch.stack(views)
+
+
+@pytest.mark.parametrize("n,hw,num_frames,short,K,J", [(10, (48, 36), 16, 40, 2, 3), (40, (30, 50), 8, 32, 3, 2),
+                                                        (5, (32, 32), 4, 32, 1, 1)])
+def test_read_views_equals_a_per_view_reference_exactly(monkeypatch, n, hw, num_frames, short, K, J):
+    """Shared resizing of distinct frames (short videos repeat frames) and in-place writing change no pixel."""
+    video = np.random.default_rng(n).integers(0, 256, size=(n, *hw, 3), dtype=np.uint8)
+
+    def fake_read(path, sample_indices, *a):
+        idx = sample_indices(n)
+        return video[idx], idx
+
+    monkeypatch.setattr(ssv2, "read_frames", fake_read)
+    views, ids = ssv2.read_views("v.mp4", num_frames, 32, short, K, J)
+    ref = _reference_views(video, [eval_indices(n, num_frames, k, K) for k in range(K)], 32, short, J)
+    assert views.shape == ref.shape and views.is_contiguous() and torch.equal(views, ref)
+    assert ids.tolist() == [[k, j] for k in range(K) for j in range(J)]
+
+def _seed_all(s):
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def test_train_item_equals_independent_transform_calls(synthetic_dir):
+    ds, _ = build_dataset(True, False, _args(synthetic_dir, num_sample=3, reprob=0.5))
+    path = ds.samples[4][0]
+    for s in range(3):
+        _seed_all(s)
+        clips, _, _ = ds[4]
+        _seed_all(s)
+        frames, _ = read_frames(path, lambda n: train_indices(n, 8))
+        assert torch.equal(clips, torch.stack([ds.transform(frames) for _ in range(3)]))

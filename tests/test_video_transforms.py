@@ -7,8 +7,9 @@ import pytest
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from video_transforms import (ClipRandAugment, TrainTransform, center_crop, random_resized_crop_box, resize_bilinear,
-                              resize_short_side, short_side_size_hw, sliding_crops, to_tchw)
+from video_transforms import (ClipRandAugment, TrainTransform, center_crop, empty_float32, normalize,
+                              random_resized_crop_box, resize_bilinear, resize_short_side, short_side_size_hw,
+                              sliding_crops, to_tchw)
 
 
 def _seed(s):
@@ -149,3 +150,37 @@ def test_random_resized_crop_box_ranges():
         top, left, h, w = random_resized_crop_box(240, 320)
         assert 0 <= top and top + h <= 240 and 0 <= left and left + w <= 320
         assert 0.08 * 240 * 320 * 0.9 <= h * w <= 240 * 320 and 3 / 4 * 0.9 <= w / h <= 4 / 3 * 1.1
+
+
+def test_train_transform_writes_into_out_with_the_same_pixels_and_draws():
+    rng = np.random.default_rng(7)
+    clip = np.stack([_frame(rng, 48, 64) for _ in range(4)])
+    t = TrainTransform(32, reprob=0.5)
+    for s in range(6):
+        _seed(s)
+        ref = t(clip)
+        after = random.random(), np.random.rand(), torch.rand(1)
+        _seed(s)
+        buf = torch.full((3, 4, 32, 32), float("nan"))
+        out = t(clip, out=buf)
+        assert out.data_ptr() == buf.data_ptr() and torch.equal(out, ref)
+        assert (random.random(), np.random.rand(), torch.rand(1)) == after  # same random draws consumed
+
+
+def test_normalize_out_and_layout_match_a_direct_formula():
+    frames = torch.from_numpy(np.random.default_rng(8).integers(0, 256, (5, 3, 7, 9), dtype=np.uint8))
+    ref = (frames.permute(1, 0, 2, 3).double() / 255 - torch.tensor(IMAGENET_DEFAULT_MEAN).double().view(3, 1, 1, 1)) \
+        / torch.tensor(IMAGENET_DEFAULT_STD).double().view(3, 1, 1, 1)
+    out = torch.empty(3, 5, 7, 9)
+    assert normalize(frames, out=out) is out
+    torch.testing.assert_close(out, ref.float())
+    assert torch.equal(normalize(frames.contiguous(memory_format=torch.channels_last)), out)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (3, 3, 4, 1024, 1024)])  # small: torch.empty; 48 MiB: huge pages
+def test_empty_float32_is_a_writable_contiguous_float_tensor(shape):
+    x = empty_float32(shape)
+    assert x.shape == shape and x.dtype == torch.float32 and x.is_contiguous()
+    x.fill_(1.5)
+    x[-1, -1].zero_()
+    assert int((x == 1.5).sum()) == x.numel() - x[-1, -1].numel() and not x[-1, -1].any()
