@@ -13,7 +13,6 @@ in PIL's bicubic Rotate/Shear/Translate (--train_interpolation bilinear makes th
 to the user). Everything after RandAugment runs on whole clips with torch's uint8 kernels.
 """
 import math
-import mmap
 import random
 
 import numpy as np
@@ -127,29 +126,6 @@ def normalize(frames: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEF
     if out is None:
         out = torch.empty(frames.shape[1], frames.shape[0], *frames.shape[2:], dtype=torch.float32)
     return out.copy_(frames.permute(1, 0, 2, 3)).mul_(scale).add_(shift)
-
-
-_HUGE_PAGE = 2 << 20
-
-
-def empty_float32(shape: tuple[int, ...]) -> torch.Tensor:
-    """torch.empty(shape) (float32, contiguous), backed by transparent huge pages when it is large and Linux allows.
-
-    Why: malloc serves blocks above 32 MiB with fresh mmaps, so every 4 KiB page of such an output is a page fault on
-    first write; a 6-view test item (58 MB) took ~40 ms of faults on a 2-core VM, 2 MiB pages take ~4x less. The
-    memory is released with the tensor (its storage holds the mapping).
-    """
-    nbytes = math.prod(shape) * 4
-    if nbytes < 32 << 20 or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.empty(shape)
-    try:
-        buf = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        buf.madvise(mmap.MADV_HUGEPAGE)
-    except OSError:
-        return torch.empty(shape)
-    raw = torch.frombuffer(buf, dtype=torch.uint8)
-    start = -raw.data_ptr() % _HUGE_PAGE
-    return raw[start:start + nbytes].view(torch.float32).view(shape)
 
 
 def to_tchw(frames: np.ndarray) -> torch.Tensor:

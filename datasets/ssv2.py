@@ -24,8 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.decoding import VideoDecodeError, read_frames, resolve_decoder
-from video_transforms import (TrainTransform, center_crop, empty_float32, normalize, resize_short_side, sliding_crops,
-                              to_tchw)
+from video_transforms import TrainTransform, center_crop, normalize, resize_short_side, sliding_crops, to_tchw
 
 MODES = ("train", "validation", "test")
 
@@ -179,7 +178,7 @@ class SSv2Dataset(Dataset):
                 other = random.randrange(len(self.samples) - 1)  # a different video, uniformly
                 tried = other if other < tried else other + 1
         size = self.input_size
-        clips = empty_float32((self.num_sample, 3, len(frames), size, size))
+        clips = torch.empty((self.num_sample, 3, len(frames), size, size))
         for clip in clips:  # each sample written in place, in order (same random draws as one call per sample)
             self.transform(frames, out=clip)
         return clips, label, tried
@@ -202,7 +201,7 @@ def read_views(path: str, num_frames: int, input_size: int, short_side_size: int
             keep.append(i)
     distinct = frames if len(keep) == len(indices) else frames[keep]
     resized = normalize(resize_short_side(to_tchw(distinct), short_side_size))  # C x distinct x H x W
-    views = empty_float32((K * J, 3, num_frames, input_size, input_size))
+    views = torch.empty((K * J, 3, num_frames, input_size, input_size))
     for k in range(K):
         rows = [pos[f] for f in indices[k * num_frames:(k + 1) * num_frames]]
         for j, crop in enumerate(sliding_crops(resized, input_size, J)):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from video_transforms import (ClipRandAugment, TrainTransform, center_crop, empty_float32, normalize,
+from video_transforms import (ClipRandAugment, TrainTransform, center_crop, normalize,
                               random_resized_crop_box, resize_bilinear, resize_short_side, short_side_size_hw,
                               sliding_crops, to_tchw)
 
@@ -176,11 +176,3 @@ def test_normalize_out_and_layout_match_a_direct_formula():
     torch.testing.assert_close(out, ref.float())
     assert torch.equal(normalize(frames.contiguous(memory_format=torch.channels_last)), out)
 
-
-@pytest.mark.parametrize("shape", [(2, 3, 5), (3, 3, 4, 1024, 1024)])  # small: torch.empty; 48 MiB: huge pages
-def test_empty_float32_is_a_writable_contiguous_float_tensor(shape):
-    x = empty_float32(shape)
-    assert x.shape == shape and x.dtype == torch.float32 and x.is_contiguous()
-    x.fill_(1.5)
-    x[-1, -1].zero_()
-    assert int((x == 1.5).sum()) == x.numel() - x[-1, -1].numel() and not x[-1, -1].any()
