@@ -341,14 +341,21 @@ def _load_model(model: torch.nn.Module, ckpt: dict, path: str, args) -> None:
         raise RuntimeError(f"checkpoint {path} does not fit --model {args.model}: {e}") from e
 
 
+def _checkpoint_to_load(args, loader) -> tuple[str, dict] | tuple[None, None]:
+    """--resume exactly (read with loader), else with auto_resume the newest loadable checkpoint-N.pth in output_dir."""
+    if args.resume:
+        return args.resume, loader(args.resume)
+    if args.auto_resume and args.output_dir:
+        return find_resume_checkpoint(args.output_dir, loader)
+    return None, None
+
+
 def load_for_eval(args, model: torch.nn.Module, loader) -> str:
     """Load the weights --eval evaluates: --resume exactly, else the newest loadable checkpoint-N.pth in output_dir
     (auto-resume), else the --finetune weights already in the model. Returns the path; errors when there is none."""
-    path, ckpt = args.resume, None
-    if not path and args.auto_resume and args.output_dir:
-        path, ckpt = find_resume_checkpoint(args.output_dir, loader)
+    path, ckpt = _checkpoint_to_load(args, loader)
     if path:
-        _load_model(model, ckpt if ckpt is not None else loader(path), path, args)
+        _load_model(model, ckpt, path, args)
         print(f"Evaluating {path}", flush=True)
         return path
     if args.finetune:
@@ -381,12 +388,9 @@ def resume_training(args, model: torch.nn.Module, optimizer, scaler, model_ema, 
     Loads model, optimizer, scaler, EMA, best val top-1 and this rank's RNG state; returns (start_epoch, max_acc).
     A checkpoint without an integer epoch (e.g. a zoo 'best' file) restores weights and starts at --start_epoch.
     """
-    path, ckpt = args.resume, None
-    if not path and args.auto_resume and args.output_dir:
-        path, ckpt = find_resume_checkpoint(args.output_dir, loader)
+    path, ckpt = _checkpoint_to_load(args, loader)
     if not path:
         return args.start_epoch, 0.0
-    ckpt = ckpt if ckpt is not None else loader(path)
     _load_model(model, ckpt, path, args)
     print(f"Resuming from {path}", flush=True)
     if ckpt.get("optimizer") is not None:
