@@ -153,12 +153,8 @@ def sliding_crops(frames: torch.Tensor, crop: int, num_crops: int) -> list[torch
 
 
 def center_crop(frames: torch.Tensor, crop: int) -> torch.Tensor:
-    """T x C x H x W centre crop, offsets round((H - crop) / 2) as VideoMAE's CenterCrop."""
-    h, w = frames.shape[-2:]
-    if min(h, w) < crop:
-        raise ValueError(f"frames {h}x{w} are smaller than the crop size {crop}")
-    top, left = int(round((h - crop) / 2)), int(round((w - crop) / 2))
-    return frames[..., top:top + crop, left:left + crop]
+    """T x C x H x W centre crop, offsets round((H - crop) / 2) as VideoMAE's CenterCrop (the one-window slide)."""
+    return sliding_crops(frames, crop, 1)[0]
 
 
 class TrainTransform:
