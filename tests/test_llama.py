@@ -1,5 +1,4 @@
 """LLaMA block math and reading layers from Meta / Hugging Face folders."""
-import json
 import math
 import os
 
@@ -163,15 +162,18 @@ def test_multi_shard_meta_is_refused(folders, tmp_path):
         read_llama_layers(str(meta), [0])
 
 
-def test_wrong_shape_names_file_key_and_expected_shape(folders, tmp_path):
-    root, meta = folders
+def _meta_folder_with(tmp_path, root, state: dict):
+    """A Meta folder with the good params.json and the given (damaged) consolidated.00.pth."""
     bad = tmp_path / "bad"
     bad.mkdir()
-    params = json.loads((root / "meta" / "params.json").read_text())
-    (bad / "params.json").write_text(json.dumps(params))
-    sd = dict(meta)
-    sd["layers.0.feed_forward.w1.weight"] = torch.zeros(100, 64)
-    torch.save(sd, bad / "consolidated.00.pth")
+    (bad / "params.json").write_text((root / "meta" / "params.json").read_text())
+    torch.save(state, bad / "consolidated.00.pth")
+    return bad
+
+
+def test_wrong_shape_names_file_key_and_expected_shape(folders, tmp_path):
+    root, meta = folders
+    bad = _meta_folder_with(tmp_path, root, {**meta, "layers.0.feed_forward.w1.weight": torch.zeros(100, 64)})
     msg = r"consolidated.00.pth: tensor 'layers.0.feed_forward.w1.weight' has shape \(100, 64\), expected \(192, 64\)"
     with pytest.raises(ValueError, match=msg):
         read_llama_layers(str(bad), [0])
@@ -179,10 +181,7 @@ def test_wrong_shape_names_file_key_and_expected_shape(folders, tmp_path):
 
 def test_missing_tensor_names_file_and_key(folders, tmp_path):
     root, meta = folders
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "params.json").write_text((root / "meta" / "params.json").read_text())
-    torch.save({k: v for k, v in meta.items() if k != "layers.0.attention.wv.weight"}, bad / "consolidated.00.pth")
+    bad = _meta_folder_with(tmp_path, root, {k: v for k, v in meta.items() if k != "layers.0.attention.wv.weight"})
     with pytest.raises(KeyError, match="consolidated.00.pth.*layers.0.attention.wv.weight"):
         read_llama_layers(str(bad), [0])
 
