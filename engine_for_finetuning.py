@@ -177,8 +177,8 @@ def validate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
             logits = model(clips)
         logits = logits.float()
         c1, c5 = _correct_topk(logits, labels)
-        sums += torch.stack([c1, c5, F.cross_entropy(logits, labels, reduction="sum"),
-                             torch.tensor(float(len(labels)), device=device)]).double()
+        sums[:3] += torch.stack([c1, c5, F.cross_entropy(logits, labels, reduction="sum")]).double()
+        sums[3] += len(labels)  # a Python number: no host-to-device tensor copy per batch
     if reduce:
         utils.all_reduce_sum(sums)
     c1, c5, loss, n = sums.tolist()
