@@ -17,10 +17,12 @@ import torch
 
 from checkpoint import safe_load
 from datasets import load_class_names, read_test_views
-from modeling_finetune import create_model
+from llama import LLaMAConfig, LLMMismatchError, check_llm_identity, layer_spec_arg
+from models import create_model, model_spec
 
 DEFAULTS = dict(model=None, num_frames=16, input_size=224, short_side_size=224, test_num_segment=2,
-                test_num_crop=3, tubelet_size=2, llama_layer=15, llama_dtype="float32")
+                test_num_crop=3, tubelet_size=2)
+LLAMA_FLAGS = ("llama_layer", "llama_dtype")  # default to the checkpoint's args for the models with an LLM block
 
 
 class PredictError(RuntimeError):
@@ -37,13 +39,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--use_ema", action="store_true", help="use the checkpoint's model_ema weights")
     p.add_argument("--nb_classes", type=int, default=None, help="default: rows of the checkpoint's head.weight")
-    for name in ("num_frames", "input_size", "short_side_size", "test_num_segment", "test_num_crop", "tubelet_size",
-                 "llama_layer"):
+    for name in ("num_frames", "input_size", "short_side_size", "test_num_segment", "test_num_crop", "tubelet_size"):
         p.add_argument(f"--{name}", type=int, default=None, help=f"default: checkpoint args, else {DEFAULTS[name]}")
+    p.add_argument("--llama_layer", type=layer_spec_arg, default=None, help="default: checkpoint args")
     p.add_argument("--llama_dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--llama_path", default=None,
-                   help="LLaMA folder, only to take the LLaMA block's config from it; its weights come from the "
-                        "checkpoint")
+                   help="LLM folder the checkpoint was trained with: its block is checked against the checkpoint's "
+                        "record. Not needed: the frozen weights and their shape come from the checkpoint")
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
     p.add_argument("--decode_threads", type=int, default=1)
     return p
@@ -78,6 +80,13 @@ def resolve_args(args: argparse.Namespace, ckpt: dict) -> argparse.Namespace:
             setattr(args, name, saved.get(name, default))
     if args.model is None:
         raise PredictError(f"checkpoint {args.resume} does not record its model name: pass --model")
+    try:
+        has_llama = model_spec(args.model).has_llama
+    except ValueError as e:
+        raise PredictError(f"--model {args.model}: {e}") from None
+    for name in LLAMA_FLAGS:
+        if getattr(args, name) is None and has_llama:
+            setattr(args, name, saved.get(name))
     if args.nb_classes is None:
         head = _state_dict(ckpt, args.resume, args.use_ema).get("head.weight")
         if head is None:
@@ -85,22 +94,30 @@ def resolve_args(args: argparse.Namespace, ckpt: dict) -> argparse.Namespace:
                                f"pass --nb_classes")
         args.nb_classes = head.shape[0]
     args.saved_model = saved.get("model")
-    args.use_mean_pooling = saved.get("use_mean_pooling", True)
     return args
 
 
 def load_model(args: argparse.Namespace, ckpt: dict) -> torch.nn.Module:
     """Build args.model and load the checkpoint strictly; a mismatch names the tensors and the likely cause."""
+    recorded = ckpt.get("llm")
     kwargs = dict(num_classes=args.nb_classes, all_frames=args.num_frames, img_size=args.input_size,
-                  tubelet_size=args.tubelet_size, use_mean_pooling=args.use_mean_pooling)
-    if "llama" in args.model:
-        kwargs.update(llama_path=args.llama_path, llama_layer=args.llama_layer, llama_dtype=args.llama_dtype)
+                  tubelet_size=args.tubelet_size, llama_path=args.llama_path, llama_layer=args.llama_layer,
+                  llama_dtype=args.llama_dtype)
+    if recorded and model_spec(args.model).has_llama:  # the block the checkpoint says it holds
+        if args.llama_path is None:
+            kwargs["llama_config"] = LLaMAConfig.from_description(recorded)
+        if args.llama_path is None or args.llama_layer is None:
+            kwargs["llama_layer"] = recorded["layers"]
     try:
         with warnings.catch_warnings():  # the random-LLaMA warning does not apply: the strict load below replaces it
             warnings.filterwarnings("ignore", message="no llama_path given")
             model = create_model(args.model, **kwargs)
     except ValueError as e:  # unknown name or an impossible configuration
         raise PredictError(f"--model {args.model}: {e}") from None
+    try:
+        check_llm_identity(recorded, model, args.resume)
+    except LLMMismatchError as e:
+        raise PredictError(str(e)) from None
     state = _state_dict(ckpt, args.resume, args.use_ema)
     own = model.state_dict()
     missing = [k for k in own if k not in state]

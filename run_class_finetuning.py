@@ -16,6 +16,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import checkpoint
 import engine_for_finetuning as engine
+import llama
 import optim_factory
 import utils
 
@@ -39,9 +40,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--model_ema", action="store_true")
     a("--model_ema_decay", default=0.9999, type=float)
     a("--model_ema_force_cpu", action="store_true")
-    a("--llama_path", default=None, help="LLaMA folder (Meta params.json + consolidated.00.pth, or Hugging Face)")
-    a("--llama_layer", default=15, type=int)
-    a("--llama_dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    a("--llama_path", default=None, help="LLM folder: Meta (params.json + consolidated.00.pth) or Hugging Face "
+      "(config.json + weights) of LLaMA-1/2/3, Mistral or Qwen2")
+    a("--llama_layer", default=None, type=llama.layer_spec_arg,
+      help="LLM layer(s) stacked in order: 15, -1, 14,15 or 12:16 (default: the model's, 15 for the 7B models)")
+    a("--llama_dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default float32")
     # optimizer and schedule
     a("--opt", default="adamw", type=str)
     a("--opt_eps", default=1e-8, type=float)
@@ -83,7 +86,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--init_scale", default=0.001, type=float)
     a("--use_checkpoint", action="store_true", help="activation checkpointing")
     a("--use_mean_pooling", action="store_true", default=True)
-    a("--use_cls", action="store_false", dest="use_mean_pooling")
+    a("--use_cls", action="store_true", help="not supported: these ViTs have no CLS token (mean pooling)")
     # data
     a("--data_path", default="data/ssv2", type=str, help="folder with train.csv, val.csv, test.csv")
     a("--eval_data_path", default=None, type=str, help="folder with val.csv/test.csv if not --data_path")
@@ -138,6 +141,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         "color_jitter": (args.color_jitter != 0.4, "--color_jitter is unused for video (as in VideoMAE); "
                          "colour augmentation comes from --aa"),
         "opt_betas": (args.opt_betas is not None and len(args.opt_betas) != 2, "--opt_betas takes two numbers"),
+        "use_cls": (args.use_cls, "--use_cls: the model has no CLS token (neither has VideoMAE's fine-tuning ViT, "
+                    "where the flag pools the first patch token); the tokens are always mean-pooled"),
         "cutmix_minmax": (args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2,
                           "--cutmix_minmax takes two numbers"),
     }
@@ -161,16 +166,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(args) -> torch.nn.Module:
-    from modeling_finetune import create_model
-    kw = dict(num_classes=args.nb_classes, all_frames=args.num_frames * args.num_segments, img_size=args.input_size,
-              tubelet_size=args.tubelet_size, drop_rate=args.drop, attn_drop_rate=args.attn_drop_rate,
-              drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
-              use_checkpoint=args.use_checkpoint, use_mean_pooling=args.use_mean_pooling)
-    if "llama" in args.model:
-        kw.update(llama_path=args.llama_path, llama_layer=args.llama_layer, llama_dtype=args.llama_dtype)
-    elif args.llama_path:
-        raise SystemExit(f"error: --llama_path given but --model {args.model} has no LLaMA block")
-    model = create_model(args.model, **kw)
+    from models import create_model
+    model = create_model(
+        args.model, num_classes=args.nb_classes, all_frames=args.num_frames * args.num_segments,
+        img_size=args.input_size, tubelet_size=args.tubelet_size, drop_rate=args.drop,
+        attn_drop_rate=args.attn_drop_rate, drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate,
+        init_scale=args.init_scale, use_checkpoint=args.use_checkpoint, llama_path=args.llama_path,
+        llama_layer=args.llama_layer, llama_dtype=args.llama_dtype)
     if args.finetune:
         checkpoint.load_finetune_weights(model, args.finetune, args.model_key, args.model_prefix)
     return model

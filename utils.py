@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from llama import check_llm_identity, llm_identity
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Distributed
 # ---------------------------------------------------------------------------------------------------------------------
@@ -335,6 +337,7 @@ def _model_state(ckpt: dict, model_key: str, path: str) -> dict:
 
 
 def _load_model(model: torch.nn.Module, ckpt: dict, path: str, args) -> None:
+    check_llm_identity(ckpt.get("llm"), model, path)
     try:
         model.load_state_dict(_model_state(ckpt, args.model_key, path), strict=True)
     except RuntimeError as e:
@@ -369,7 +372,7 @@ def training_state(args, model: torch.nn.Module, optimizer, scaler, model_ema, e
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
             "args": to_jsonable(vars(args)), "model_ema": model_ema.module.state_dict() if model_ema else None,
-            "max_accuracy": max_acc, "rng_states": gather_rng_states()}
+            "max_accuracy": max_acc, "rng_states": gather_rng_states(), "llm": llm_identity(model)}
 
 
 def save_training_checkpoint(output_dir: str, name: str, state: dict) -> str:

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import checkpoint  # noqa: E402
 from datasets import read_test_views, read_video_list  # noqa: E402
-from modeling_finetune import create_model  # noqa: E402
+from models import create_model  # noqa: E402
 
 
 def controls(model: torch.nn.Module, videos: list[tuple[str, int]], args) -> dict[str, float]:

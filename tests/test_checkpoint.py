@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from checkpoint import interpolate_pos_embed, load_finetune_weights, safe_load
 from fakes import single_thread, write_videomae_pretrain, write_zoo_checkpoint  # noqa: F401 (autouse fixture)
-from modeling_finetune import create_model
+from models import create_model
 
 TINY = dict(all_frames=4, img_size=32, num_classes=7)
 

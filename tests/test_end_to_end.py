@@ -138,6 +138,21 @@ def test_eval_wrong_model_names_file(straight, data_dir, tmp_path):
                         os.path.join(out, "checkpoint-1.pth")))
 
 
+def test_eval_refuses_a_checkpoint_of_another_llm_block(straight, data_dir, tmp_path):
+    from fakes import write_meta_llama
+    from llama import LLaMAConfig, LLMMismatchError
+    out, _ = straight
+    path = os.path.join(out, "checkpoint-1.pth")
+    recorded = checkpoint.safe_load(path)["llm"]  # written by training: the demo-style random tiny block
+    assert (recorded["source"], recorded["layers"], recorded["hidden_size"]) == ("random", [0], 256)
+    write_meta_llama(str(tmp_path / "llm"), LLaMAConfig(dim=64, n_heads=4, n_layers=2, multiple_of=32))
+    with pytest.raises(LLMMismatchError, match=r"checkpoint-1.pth holds another LLM block(?s:.*)checkpoint: llama "
+                                               r"\(hidden 256.*random weights\n  model: +llama \(hidden 64.*layers "
+                                               r"\[1\], from .*llm \(sha256"):
+        train(base_argv(data_dir, tmp_path / "o", "--eval", "--resume", path, "--llama_path", str(tmp_path / "llm"),
+                        "--llama_layer", "-1"))
+
+
 def test_resume_from_best_continues_after_its_epoch(straight, data_dir, tmp_path):
     out, _ = straight
     args = run.parse_args(base_argv(data_dir, tmp_path, "--resume", os.path.join(out, "checkpoint-best.pth")))
@@ -227,7 +242,6 @@ FLAG_TABLE = [
     (["--drop", "0.2"], lambda b: b.model.pos_drop.p == 0.2),
     (["--drop_path", "0.3"], lambda b: b.model.blocks[-1].drop_path.drop_prob == pytest.approx(0.3)),
     (["--init_scale", "0"], lambda b: b.model.head.weight.abs().sum() == 0),
-    (["--use_cls"], lambda b: b.model.fc_norm is None),
     (["--use_mean_pooling"], lambda b: b.model.fc_norm is not None),
     (["--llama_dtype", "bfloat16"], lambda b: next(b.model.llama.parameters()).dtype == torch.bfloat16),
     (["--model_ema", "--model_ema_decay", "0.9"], lambda b: b.t["model_ema"].decay == 0.9),
@@ -300,6 +314,7 @@ def test_flag_acts(data_dir, tmp_path, extra, check):
     (["--color_jitter", "0.2"], "unused for video"),
     (["--opt_betas", "0.9"], "two numbers"),
     (["--cutmix_minmax", "0.3"], "two numbers"),
+    (["--use_cls"], "no CLS token"),
     (["--device", "cuda"], "no CUDA device"),
 ])
 def test_flag_fails_clearly(data_dir, tmp_path, extra, message):
@@ -312,26 +327,27 @@ def test_flag_fails_clearly(data_dir, tmp_path, extra, message):
 def test_data_set_choices_and_llama_path_on_plain_vit(data_dir, tmp_path):
     with pytest.raises(SystemExit):
         run.parse_args(base_argv(data_dir, tmp_path, "--data_set", "Kinetics-400"))
-    with pytest.raises(SystemExit, match="has no LLaMA block"):
-        build(data_dir, tmp_path, ["--model", "vit_tiny_patch16", "--llama_path", str(tmp_path)])
+    for flag, value in (("--llama_path", str(tmp_path)), ("--llama_layer", "3"), ("--llama_dtype", "float32")):
+        with pytest.raises(ValueError, match=f"vit_tiny_patch16 has no LLaMA block: {flag[2:]} apply only to"):
+            build(data_dir, tmp_path, ["--model", "vit_tiny_patch16", flag, value])
 
 
 def test_llama_flags_and_finetune_flags_reach_the_model(data_dir, tmp_path, monkeypatch):
-    import modeling_finetune
+    import models
     seen = {}
-    real = modeling_finetune.create_model
+    real = models.create_model
 
     def record(name, **kw):
         seen.update(kw, name=name)
         return real(name, **{k: v for k, v in kw.items() if k not in ("llama_path", "llama_layer")})
-    monkeypatch.setattr(modeling_finetune, "create_model", record)
+    monkeypatch.setattr(models, "create_model", record)
     ref = real("vit_llama_tiny_patch16", num_classes=8, all_frames=8, img_size=32)
     torch.save({"weights": {"net." + k: v for k, v in ref.state_dict().items()}}, tmp_path / "ft.pth")
     b = build(data_dir, tmp_path, ["--llama_path", "/llama", "--llama_layer", "3", "--use_checkpoint",
                                    "--attn_drop_rate", "0.1", "--finetune", str(tmp_path / "ft.pth"),
                                    "--model_key", "other|weights", "--model_prefix", "net."])
     assert (seen["llama_path"], seen["llama_layer"], seen["use_checkpoint"], seen["attn_drop_rate"]) == \
-        ("/llama", 3, True, 0.1)
+        ("/llama", "3", True, 0.1)
     for k, v in ref.state_dict().items():
         assert torch.equal(b.model.state_dict()[k], v), k
 
