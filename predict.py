@@ -142,16 +142,20 @@ def load_model(args: argparse.Namespace, ckpt: dict) -> torch.nn.Module:
     return model.to(args.device).eval()
 
 
-@torch.inference_mode()
-def predict_video(model: torch.nn.Module, path: str, args: argparse.Namespace) -> torch.Tensor:
-    """Mean of the view softmaxes of one video (nb_classes,), float32 on the CPU."""
+def decode_views(path: str, args: argparse.Namespace) -> torch.Tensor:
+    """The test views of one video (V x C x T x H x W); PredictError naming the file when it cannot be read."""
     if not os.path.isfile(path):
         raise PredictError(f"video {path}: no such file")
     try:
-        views, _ = read_test_views(path, args)
+        return read_test_views(path, args)[0]
     except Exception as e:  # any decoder failure: name the file and pass on the decoder's reason
         raise PredictError(f"video {path}: cannot be decoded ({type(e).__name__}: {e})") from None
-    logits = model(views.to(args.device, torch.float32))
+
+
+@torch.inference_mode()
+def predict_video(model: torch.nn.Module, path: str, args: argparse.Namespace) -> torch.Tensor:
+    """Mean of the view softmaxes of one video (nb_classes,), float32 on the CPU."""
+    logits = model(decode_views(path, args).to(args.device, torch.float32))
     return logits.float().softmax(-1).mean(0).cpu()
 
 
@@ -161,8 +165,8 @@ def top5(probs: torch.Tensor, class_names: list[str] | None) -> list[dict]:
             for v, c in zip(values, ids)]
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    args = get_args_parser().parse_args(argv)
+def setup(args: argparse.Namespace) -> tuple[argparse.Namespace, torch.nn.Module, list[str] | None]:
+    """Check the inputs, read the checkpoint, fill flags from it, build and load the model: (args, model, names)."""
     args.data_set = "SSV2"
     missing = [v for v in args.videos if not os.path.isfile(v)]
     if missing:
@@ -186,8 +190,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if class_names is not None and len(class_names) != args.nb_classes:
         raise PredictError(f"--labels {args.labels} names {len(class_names)} classes; the checkpoint's head has "
                            f"{args.nb_classes}")
-    model = load_model(args, ckpt)
-    del ckpt
+    return args, load_model(args, ckpt), class_names
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args, model, class_names = setup(get_args_parser().parse_args(argv))
     results = []
     for path in args.videos:
         ranked = top5(predict_video(model, path, args), class_names)

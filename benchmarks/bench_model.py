@@ -163,7 +163,8 @@ def main() -> None:
     peak, cpu_peak = max(peak_before, peak_after), max(cpu_peak_before, cpu_peak_after)
     n_tok = (args.num_frames // model.patch_embed.tubelet_size) * (args.input_size // 16) ** 2
     llm = llm_identity(model)
-    heads = sum(b.attn.num_heads for b in model.blocks) + (llm["num_attention_heads"] * len(llm["layers"]) if llm else 0)
+    heads = sum(b.attn.num_heads for b in model.blocks)
+    heads += llm["num_attention_heads"] * len(llm["layers"]) if llm else 0
     materialised = args.batch_size * heads * n_tok ** 2 * 4 * 2 / 2 ** 20  # scores + softmax kept for backward
     total = sum(q.numel() for q in model.parameters())
     print(f"\nmodel {args.model}: {total / 1e6:.1f}M parameters ({sum(q.numel() for q in params) / 1e6:.1f}M "

@@ -349,7 +349,8 @@ def test_unsupported_config_is_refused_with_what_was_found(tmp_path, change, mes
 
 def test_meta_moe_is_refused(folders, tmp_path):
     root, _, _ = folders
-    (tmp_path / "params.json").write_text(json.dumps({"dim": 64, "n_heads": 4, "n_layers": 3, "moe": {"num_experts": 8}}))
+    params = {"dim": 64, "n_heads": 4, "n_layers": 3, "moe": {"num_experts": 8}}  # Mixtral's own format
+    (tmp_path / "params.json").write_text(json.dumps(params))
     (tmp_path / "consolidated.00.pth").write_bytes((root / "meta" / "consolidated.00.pth").read_bytes())
     with pytest.raises(ValueError, match="params.json: a mixture-of-experts model"):
         load_llama_config(str(tmp_path))
