@@ -205,3 +205,44 @@ def test_random_llama_warns():
     with pytest.warns(UserWarning, match="RANDOM frozen weights"):
         create_model("vit_llama_tiny_patch16", **TINY)
 
+
+
+def test_import_graph_has_no_cycle():
+    """Every import between the project's modules (function-level ones included, so a lazy import cannot hide a
+    cycle) forms a DAG; the registry's edges are exactly modeling_finetune <- modeling_finetune_llama <- models."""
+    import ast
+    import glob
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = {os.path.splitext(os.path.relpath(p, root))[0].replace(os.sep, ".").removesuffix(".__init__"): p
+             for p in glob.glob(os.path.join(root, "*.py")) + glob.glob(os.path.join(root, "datasets", "*.py"))}
+    graph = {}
+    for module, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                while name and name not in files:
+                    name = name.rpartition(".")[0]
+                if name and name != module:
+                    deps.add(name)
+        graph[module] = deps
+    assert graph["modeling_finetune"] == set() and graph["modeling_finetune_llama"] == {"llama", "modeling_finetune"}
+    assert graph["models"] == {"modeling_finetune", "modeling_finetune_llama"}
+    done, active = set(), []
+
+    def visit(module):
+        assert module not in active, f"import cycle: {' -> '.join(active[active.index(module):] + [module])}"
+        if module not in done:
+            active.append(module)
+            for dep in sorted(graph[module]):
+                visit(dep)
+            active.pop()
+            done.add(module)
+    for module in sorted(graph):
+        visit(module)
