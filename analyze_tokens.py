@@ -73,8 +73,8 @@ def draw(frames: np.ndarray, maps: dict[str, np.ndarray], tubelet: int, title: s
     names = {"llm_input": "LLM input norm", "llm_output": "LLM output norm", "change": "output - input",
              "last_block": "last block norm"}
     T, H, W = frames.shape[:3]
-    fig, axes = plt.subplots(1 + len(maps), T, figsize=(1.6 * T + 1.2, 1.6 * (1 + len(maps)) * H / W + 0.5),
-                             squeeze=False)
+    fig, axes = plt.subplots(1 + len(maps), T, figsize=(1.6 * T + 1.0, 1.6 * (1 + len(maps)) * H / W + 0.4),
+                             squeeze=False, layout="constrained")
     for t in range(T):
         axes[0, t].imshow(frames[t])
         axes[0, t].set_title(f"frames {tubelet * t}-{tubelet * (t + 1) - 1}", fontsize=8)
@@ -91,7 +91,7 @@ def draw(frames: np.ndarray, maps: dict[str, np.ndarray], tubelet: int, title: s
             im = ax.imshow(m[t], cmap=cmap, vmin=vmin, vmax=vmax, alpha=0.65, extent=(0, W, H, 0),
                            interpolation="nearest")
         axes[row, 0].set_ylabel(names[key], fontsize=8)
-        fig.colorbar(im, ax=list(axes[row]), fraction=0.02, pad=0.01)
+        fig.colorbar(im, ax=list(axes[row]), fraction=0.03, pad=0.02)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -12,6 +12,7 @@ indices and a SHA-256 of each layer's weights as stored in the folder); checkpoi
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import hashlib
 import json
@@ -235,7 +236,6 @@ def parse_layer_spec(spec: str | int | Sequence[int]) -> list[int | slice]:
 
 def layer_spec_arg(text: str) -> str:
     """argparse type of --llama_layer: checks the syntax; the text is resolved against the LLM's depth at build."""
-    import argparse
     try:
         parse_layer_spec(text)
     except ValueError as e:

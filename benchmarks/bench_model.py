@@ -82,7 +82,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="autocast dtype (float32: no autocast)")
     p.add_argument("--llama_dtype", default=None, choices=list(DTYPES), help="frozen LLM weights (default float32)")
-    p.add_argument("--llama_path", default=None, help="LLM folder whose layer shape to use (Meta or Hugging Face)")
+    p.add_argument("--llama_path", default=None, help="LLM folder (Meta or Hugging Face) to read the layers from")
     p.add_argument("--llama_layer", default=None, type=layer_spec_arg, help="e.g. 15, 14,15 or 12:16")
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--num_frames", type=int, default=16)
