@@ -17,6 +17,7 @@ import torch
 
 from checkpoint import safe_load
 from datasets import load_class_names, read_test_views
+from video_transforms import normalize_clips
 from modeling_finetune import create_model
 
 DEFAULTS = dict(model=None, num_frames=16, input_size=224, short_side_size=224, test_num_segment=2,
@@ -134,7 +135,7 @@ def predict_video(model: torch.nn.Module, path: str, args: argparse.Namespace) -
         views, _ = read_test_views(path, args)
     except Exception as e:  # any decoder failure: name the file and pass on the decoder's reason
         raise PredictError(f"video {path}: cannot be decoded ({type(e).__name__}: {e})") from None
-    logits = model(views.to(args.device, torch.float32))
+    logits = model(normalize_clips(views.to(args.device)))
     return logits.float().softmax(-1).mean(0).cpu()
 
 
