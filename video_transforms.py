@@ -537,8 +537,8 @@ class DeviceAugment:
         params = [self.sampler.sample(int(h), int(w)) for h, w in sizes_np for _ in range(self.num_sample)]
         hw = np.repeat(sizes_np, self.num_sample, axis=0).astype(np.float64)
         labels = labels.to(self.device, non_blocking=True).repeat_interleave(self.num_sample)
-        x = frames.to(self.device, non_blocking=True)
-        x = x.repeat_interleave(self.num_sample, dim=0).permute(0, 1, 4, 2, 3).float()  # N T 3 H W
+        x = frames.to(self.device, non_blocking=True).repeat_interleave(self.num_sample, dim=0)
+        x = torch.empty(x.shape[:2] + (3,) + x.shape[2:4], device=self.device).copy_(x.permute(0, 1, 4, 2, 3))
         x, order = self._rand_augment(x, params, hw)
         return self._crop_normalise_erase(x, order, params, hw), labels
 
