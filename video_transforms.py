@@ -136,13 +136,16 @@ _DEVICE_MEAN_STD: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def normalize_clips(clips: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
-    """uint8 ... x C x T x H x W clips (the evaluation views, on any device) -> float32 (x/255 - mean) / std in the
-    same layout: the same arithmetic as `normalize`, so the same numbers wherever it runs."""
+    """uint8 ... x T x H x W x C clips as the workers deliver evaluation views (on any device) -> float32
+    ... x C x T x H x W, (x/255 - mean) / std: one converting copy into the model's layout, then two in-place passes
+    (the arithmetic of `normalize`, so the same numbers wherever it runs)."""
     key = (tuple(mean), tuple(std), clips.device)
     if key not in _DEVICE_MEAN_STD:
         _DEVICE_MEAN_STD[key] = tuple(t.to(clips.device) for t in _scale_shift(mean, std))
     scale, shift = _DEVICE_MEAN_STD[key]
-    return clips.float().mul_(scale).add_(shift)
+    *lead, t, h, w, c = clips.shape
+    out = torch.empty((*lead, c, t, h, w), device=clips.device)
+    return out.copy_(clips.movedim(-1, -4)).mul_(scale).add_(shift)
 
 
 def to_tchw(frames: np.ndarray) -> torch.Tensor:

@@ -121,9 +121,10 @@ class SSv2Dataset(Dataset):
                 augment_on 'device': item (frames T x H x W x 3 uint8 as decoded, label), for pack_videos_collate
                 and video_transforms.DeviceAugment. Bad videos are logged, counted across DataLoader workers and
                 replaced by another random video, with a RuntimeError past max_bad_videos.
-    validation  item (clip C x T x H x W uint8, label)
-    test        item (views V x C x T x H x W uint8, label, video_id, view_ids V x 2 int64 (temporal, spatial))
-    Evaluation items are uint8: video_transforms.normalize_clips normalises them on the device.
+    validation  item (clip T x H x W x C uint8, label)
+    test        item (views V x T x H x W x C uint8, label, video_id, view_ids V x 2 int64 (temporal, spatial))
+    Evaluation items are uint8 in the decoder's layout: video_transforms.normalize_clips turns them into normalised
+    float ... x C x T x H x W clips on the device.
     Validation/test never substitute: a missing or unreadable video raises with its path and the decoder's error.
     """
 
@@ -171,7 +172,7 @@ class SSv2Dataset(Dataset):
         if self.mode == "validation":
             frames, _ = self._read(path, lambda n: val_indices(n, self.num_frames))
             clip = resize_short_side(to_tchw(frames), self.short_side_size)
-            return center_crop(clip, self.input_size).permute(1, 0, 2, 3).contiguous(), label
+            return center_crop(clip, self.input_size).permute(0, 2, 3, 1).contiguous(), label
         views, view_ids = read_views(path, self.num_frames, self.input_size, self.short_side_size,
                                      self.test_num_segment, self.test_num_crop, self.decoder, self.decode_threads)
         return views, label, video_id(path), view_ids
@@ -207,13 +208,14 @@ class SSv2Dataset(Dataset):
 
 def read_views(path: str, num_frames: int, input_size: int, short_side_size: int, test_num_segment: int,
                test_num_crop: int, decoder: str = "auto", decode_threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """All K x J views of one video from a single decode: (V x C x T x H x W uint8, V x 2 int64), view order
-    temporal-major (k, j). No float work: normalisation happens on the device (video_transforms.normalize_clips)."""
+    """All K x J views of one video from a single decode: (V x T x H x W x C uint8, V x 2 int64), view order
+    temporal-major (k, j). No float work and no layout change: video_transforms.normalize_clips makes the
+    V x C x T x H x W float clips on the device."""
     K, J = test_num_segment, test_num_crop
     frames, indices = read_frames(
         path, lambda n: [i for k in range(K) for i in eval_indices(n, num_frames, k, K)], decoder, decode_threads)
-    # Resize each distinct frame once (uint8); every view is then written once, straight into its place in the
-    # V x C x T x H x W output, by an index_select of its frames from a crop that is a view.
+    # Resize each distinct frame once (uint8, channels-last: the fast kernel); every view is then written once,
+    # straight into its place in the V x T x H x W x C output, by an index_select of its frames from a crop view.
     pos: dict[int, int] = {}  # frame index -> its row among the distinct frames, in order of first use
     keep = []
     for i, f in enumerate(indices):
@@ -221,11 +223,11 @@ def read_views(path: str, num_frames: int, input_size: int, short_side_size: int
             pos[f] = len(keep)
             keep.append(i)
     distinct = frames if len(keep) == len(indices) else frames[keep]
-    resized = resize_short_side(to_tchw(distinct), short_side_size).permute(1, 0, 2, 3)  # C x distinct x H x W
-    views = torch.empty((K * J, 3, num_frames, input_size, input_size), dtype=torch.uint8)
+    resized = resize_short_side(to_tchw(distinct), short_side_size)  # T' x C x H x W, stored T' x H x W x C
+    views = torch.empty((K * J, num_frames, input_size, input_size, 3), dtype=torch.uint8)
     for k in range(K):
         rows = torch.tensor([pos[f] for f in indices[k * num_frames:(k + 1) * num_frames]])
         for j, crop in enumerate(sliding_crops(resized, input_size, J)):
-            torch.index_select(crop, 1, rows, out=views[k * J + j])
+            torch.index_select(crop.permute(0, 2, 3, 1), 0, rows, out=views[k * J + j])
     ids = [(k, j) for k in range(K) for j in range(J)]
     return views, torch.tensor(ids, dtype=torch.int64)

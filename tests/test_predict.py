@@ -131,7 +131,7 @@ def test_llama_checkpoint_equals_direct_forward(trained, tmp_path):
     assert views.shape[0] == 6 and view_ids.tolist() == [[k, j] for k in range(3) for j in range(2)]
     with torch.no_grad():
         mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)
-        clips = (views.float() / 255 - mean.view(3, 1, 1, 1)) / std.view(3, 1, 1, 1)  # uint8 views, normalised here
+        clips = ((views.float() / 255 - mean) / std).permute(0, 4, 1, 2, 3)  # uint8 V x T x H x W x C views
         expected = model(clips).softmax(-1).mean(0)
     assert {t["class_id"]: t["prob"] for t in got[0]["top5"]} == pytest.approx(
         {c: float(p) for c, p in enumerate(expected)}, abs=1e-6)

@@ -166,14 +166,14 @@ def test_validation_item_matches_independent_opencv_pipeline(synthetic_dir):
     # 48 x 64 -> short side 40, long side int(40 * 64 / 48) = 53; centre crop 32 at round(4), round(10.5)
     resized = np.stack([cv2.resize(f, (53, 40), interpolation=cv2.INTER_LINEAR) for f in frames])
     ref = _normalise_ref(resized[:, 4:36, 10:42])
-    assert clip.shape == (3, 8, 32, 32) and clip.dtype == torch.uint8  # normalised on the device
+    assert clip.shape == (8, 32, 32, 3) and clip.dtype == torch.uint8  # normalised on the device
     assert (normalize_clips(clip) - ref).abs().max() <= 1.01 / 255 / STD.min()  # OpenCV's fixed-point weights
 
 
 def test_test_item_views_ids_and_pixels(synthetic_dir):
     ds, _ = build_dataset(False, True, _args(synthetic_dir))
     views, label, vid, view_ids = ds[1]
-    assert views.shape == (6, 3, 8, 32, 32) and views.dtype == torch.uint8 and view_ids.dtype == torch.int64
+    assert views.shape == (6, 8, 32, 32, 3) and views.dtype == torch.uint8 and view_ids.dtype == torch.int64
     assert view_ids.tolist() == [[k, j] for k in range(2) for j in range(3)]
     path = read_video_list(os.path.join(synthetic_dir, "test.csv"))[1][0]
     all_frames = _pyav_frames(path)
@@ -190,7 +190,7 @@ def test_test_item_views_ids_and_pixels(synthetic_dir):
 def test_any_k_and_j(synthetic_dir):
     views, ids = read_test_views(read_video_list(os.path.join(synthetic_dir, "val.csv"))[0][0],
                                  _args(synthetic_dir, test_num_segment=3, test_num_crop=1))
-    assert views.shape == (3, 3, 8, 32, 32) and ids.tolist() == [[0, 0], [1, 0], [2, 0]]
+    assert views.shape == (3, 8, 32, 32, 3) and ids.tolist() == [[0, 0], [1, 0], [2, 0]]
 
 
 def test_each_video_is_decoded_once(synthetic_dir, monkeypatch):
@@ -299,8 +299,8 @@ def _reference_views(video, view_indices, input_size, short_side_size, J):
     """The straightforward test pipeline: each temporal view resized and cropped on its own (uint8)."""
     views = []
     for idx in view_indices:
-        clip = resize_short_side(to_tchw(video[idx]), short_side_size).permute(1, 0, 2, 3)
-        views += sliding_crops(clip, input_size, J)
+        clip = resize_short_side(to_tchw(video[idx]), short_side_size)  # T x C x H x W
+        views += [crop.permute(0, 2, 3, 1) for crop in sliding_crops(clip, input_size, J)]
     return torch.stack(views)
 
 
