@@ -355,11 +355,14 @@ def _per_clip(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _histograms(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per (clip, frame, channel) 256-bin histograms of the valid pixels: (n, T, 3, H, W) -> (n * T * 3, 256)."""
+    """Per (clip, frame, channel) 256-bin histograms of the valid pixels: (n, T, 3, H, W) -> (n * T * 3, 256).
+    (scatter_add_ into a fixed size: torch.bincount would read the maximum back to the host on CUDA.)"""
     n, t, c = x.shape[:3]
     bins = torch.where(valid, x, 256.0).to(torch.int64) + 257 * torch.arange(n * t * c, device=x.device).view(
         n, t, c, 1, 1)
-    return torch.bincount(bins.flatten(), minlength=n * t * c * 257).view(n * t * c, 257)[:, :256]
+    bins = bins.flatten()
+    hist = torch.zeros(n * t * c * 257, dtype=torch.int64, device=x.device).scatter_add_(0, bins, torch.ones_like(bins))
+    return hist.view(n * t * c, 257)[:, :256]
 
 
 def _apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
@@ -412,9 +415,9 @@ def _color(x, arg, hw, valid):
 
 
 def _contrast(x, arg, hw, valid):
-    luma = _luma(x) * valid.squeeze(2)  # n, T, H, W
-    count = (hw[:, 0] * hw[:, 1]).view(-1, 1)
-    mean = torch.floor(luma.double().sum((-2, -1)) / count + 0.5).to(x.dtype)  # PIL: int(mean + 0.5)
+    luma = (_luma(x) * valid.squeeze(2)).to(torch.int32)  # n, T, H, W; exact integer sums below
+    count = (hw[:, 0] * hw[:, 1]).double().view(-1, 1)
+    mean = torch.floor(luma.sum((-2, -1)) / count + 0.5).to(x.dtype)  # PIL: int(mean + 0.5)
     return _blend(mean.view(*mean.shape, 1, 1, 1), x, _per_clip(arg, x))
 
 
