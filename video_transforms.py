@@ -560,31 +560,31 @@ class DeviceAugment:
         op_id = np.full((layers, n), len(names))
         values = np.zeros((layers, n, 7))  # argument, then the PIL matrix for geometric ops
         for i, p in enumerate(params):
-            for l, (name, arg) in enumerate(p.ops):
-                op_id[l, i] = names.index(name)
-                values[l, i, 0] = arg if arg is not None else 0.0
+            for layer, (name, arg) in enumerate(p.ops):
+                op_id[layer, i] = names.index(name)
+                values[layer, i, 0] = arg if arg is not None else 0.0
                 if name in GEOMETRIC_OPS:
-                    values[l, i, 1:] = pil_affine_matrix(name, arg, int(hw[i, 0]), int(hw[i, 1]))
+                    values[layer, i, 1:] = pil_affine_matrix(name, arg, int(hw[i, 0]), int(hw[i, 1]))
         perms, tables = [], []
-        for l in range(layers):
-            perm = np.argsort(op_id[l, order], kind="stable")
+        for layer in range(layers):
+            perm = np.argsort(op_id[layer, order], kind="stable")
             order = order[perm]
             perms.append(perm)
-            tables.append(np.concatenate([values[l, order], hw[order]], axis=1))
+            tables.append(np.concatenate([values[layer, order], hw[order]], axis=1))
         perms_dev = self._to_device(np.stack(perms), torch.int64)
         tables_dev = self._to_device(np.stack(tables), torch.float32)
         rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         order = np.arange(n)
-        for l in range(layers):
-            order = order[perms[l]]
-            if not np.array_equal(perms[l], np.arange(n)):
-                x = x.index_select(0, perms_dev[l])
-            ids = op_id[l, order]
+        for layer in range(layers):
+            order = order[perms[layer]]
+            if not np.array_equal(perms[layer], np.arange(n)):
+                x = x.index_select(0, perms_dev[layer])
+            ids = op_id[layer, order]
             for k in np.unique(ids):
                 if k == len(names):
                     continue
                 s, e = np.searchsorted(ids, k), np.searchsorted(ids, k, side="right")
-                table = tables_dev[l, s:e]
+                table = tables_dev[layer, s:e]
                 arg, matrix, size = table[:, 0], table[:, 1:7], table[:, 7:9]
                 if names[k] in GEOMETRIC_OPS:
                     x[s:e] = _warp(x[s:e], matrix, size, self.fill, self.mode)
@@ -600,27 +600,29 @@ class DeviceAugment:
         neighbours clamped to the box as when cropping first), normalised, then erased."""
         n, t, c, h, w = x.shape
         size = self.input_size
-        boxes = np.array([params[i].crop for i in order], dtype=np.float64)  # top, left, bh, bw
+        crops = np.array([params[i].crop for i in order], dtype=np.float64)  # top, left, h, w
         j = (np.arange(size) + 0.5) / size
-        sy = boxes[:, 0:1] + np.clip(j[None] * boxes[:, 2:3] - 0.5, 0, boxes[:, 2:3] - 1)
-        sx = boxes[:, 1:2] + np.clip(j[None] * boxes[:, 3:4] - 0.5, 0, boxes[:, 3:4] - 1)
-        erase = np.zeros((n, size, size), dtype=bool)
-        for i, p in enumerate(params):
-            for top, left, eh, ew in p.erase:
-                erase[i, top:top + eh, left:left + ew] = True
-        erased = np.flatnonzero(erase.any(axis=(1, 2)))
-        inverse = np.argsort(order)
+        sy = crops[:, 0:1] + np.clip(j[None] * crops[:, 2:3] - 0.5, 0, crops[:, 2:3] - 1)
+        sx = crops[:, 1:2] + np.clip(j[None] * crops[:, 3:4] - 0.5, 0, crops[:, 3:4] - 1)
+        erased = np.array([i for i, p in enumerate(params) if p.erase], dtype=np.int64)
+        most = max((len(p.erase) for p in params), default=0)
+        boxes = np.zeros((len(erased), most, 4), dtype=np.int64)  # top, left, h, w; empty boxes pad
+        for row, i in enumerate(erased):
+            boxes[row, :len(params[i].erase)] = params[i].erase
         coords = self._to_device(np.concatenate([(2 * sy + 1) / h - 1, (2 * sx + 1) / w - 1], axis=1), torch.float32)
-        index = self._to_device(np.concatenate([inverse, erased]), torch.int64)
+        index = self._to_device(np.concatenate([np.argsort(order), erased, boxes.ravel()]), torch.int64)
         gy, gx = coords[:, :size], coords[:, size:]
         grid = torch.stack([gx.view(n, 1, size).expand(n, size, size), gy.view(n, size, 1).expand(n, size, size)], -1)
         y = F.grid_sample(x.view(n, t * c, h, w), grid, mode="bilinear", padding_mode="border", align_corners=False)
-        y = y.view(n, t, c, size, size).index_select(0, index[:n])
+        y = y.view(n, t, c, size, size).index_select(0, index[:n])  # back to the batch's clip order
         out = torch.empty((n, c, t, size, size), device=y.device)  # N 3 T S S, contiguous
         torch.mul(y.permute(0, 2, 1, 3, 4), self.scale, out=out).add_(self.shift)
         if len(erased):
-            idx = index[n:]
-            mask = self._to_device(erase[erased], torch.bool).view(len(erased), 1, 1, size, size)
+            idx, b = index[n:n + len(erased)], index[n + len(erased):].view(len(erased), most, 4, 1, 1)
+            r = torch.arange(size, device=out.device)
+            inside = ((r.view(1, 1, size, 1) >= b[:, :, 0]) & (r.view(1, 1, size, 1) < b[:, :, 0] + b[:, :, 2])
+                      & (r.view(1, 1, 1, size) >= b[:, :, 1]) & (r.view(1, 1, 1, size) < b[:, :, 1] + b[:, :, 3]))
+            mask = inside.any(1).view(len(erased), 1, 1, size, size)
             shape = {"pixel": (len(erased), c, t, size, size), "rand": (len(erased), c, t, 1, 1)}.get(self.remode)
             fill = (torch.randn(shape, generator=self.noise, device=self.device) if shape is not None
                     else torch.zeros((), device=self.device))

@@ -224,16 +224,21 @@ def test_crop_resize_equals_cropping_then_interpolating(frames):
         assert (c.double() - (ref / 255 - mean) / std).abs().max() < 1e-4
 
 
-def test_erasing_boxes_are_the_sampled_ones_on_every_frame(frames):
-    aug = DeviceAugment("cpu", 48, None, reprob=1, remode="const", num_sample=2, seed=5)
-    replay = ClipSampler(None, 48, reprob=1, seed=5)
+@pytest.mark.parametrize("recount", [1, 3])
+def test_erasing_boxes_are_the_sampled_ones_on_every_frame(frames, recount):
+    aug = DeviceAugment("cpu", 48, None, reprob=1, remode="const", recount=recount, num_sample=6, seed=5)
+    replay = ClipSampler(None, 48, reprob=1, recount=recount, seed=5)
     clips, _ = aug(_batch([frames]))
+    counts = set()
     for c in clips:
-        (top, left, h, w), = replay.sample(120, 160).erase
-        zero = (c == 0).all(0).all(0)
+        boxes = replay.sample(120, 160).erase
+        counts.add(len(boxes))
+        zero = (c == 0).all(0).all(0)  # const mode: zeros in every channel and frame
         expected = torch.zeros(48, 48, dtype=torch.bool)
-        expected[top:top + h, left:left + w] = True
+        for top, left, h, w in boxes:
+            expected[top:top + h, left:left + w] = True
         assert torch.equal(zero, expected)
+    assert counts == {1} if recount == 1 else len(counts) > 1
 
 
 def test_state_dict_round_trip_through_a_checkpoint_gives_the_same_next_batch(frames, tmp_path):
