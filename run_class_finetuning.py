@@ -287,7 +287,7 @@ def _main(args) -> dict | None:
     test = partial(engine.final_test, run_model, loaders["test"], device, amp_dtype=amp_dtype,
                    gather=args.dist_eval, output_dir=args.output_dir if rank == 0 else "", class_names=class_names)
     if args.eval:
-        path = utils.load_for_eval(args, raw_model, checkpoint.safe_load)
+        path = checkpoint.load_for_eval(args, raw_model)
         return test(summary={"checkpoint": path, "model": args.model})
 
     steps_per_epoch = len(loaders["train"]) // args.update_freq
@@ -295,8 +295,7 @@ def _main(args) -> dict | None:
         raise SystemExit(f"error: {len(loaders['train'].dataset)} training videos give no optimizer step of "
                          f"batch_size {args.batch_size} x update_freq {args.update_freq} x {world} processes")
     t = build_training(args, raw_model, steps_per_epoch)
-    start_epoch, max_acc = utils.resume_training(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"],
-                                                 checkpoint.safe_load)
+    start_epoch, max_acc = checkpoint.resume_training(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"])
     print(f"lr {args.scaled_lr:.3e} for {args.batch_size * args.update_freq * world} videos per step, "
           f"{steps_per_epoch} steps per epoch, criterion {type(t['criterion']).__name__}", flush=True)
     if rank == 0 and args.output_dir:
@@ -324,15 +323,14 @@ def _main(args) -> dict | None:
                   f"(best {max(max_acc, val['acc1']):.2f}%)", flush=True)
         is_best = "val_acc1" in record and record["val_acc1"] > max_acc
         max_acc = max(max_acc, record.get("val_acc1", max_acc))
-        if args.output_dir and args.save_ckpt:
-            names = [f"checkpoint-{epoch}.pth"] if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs \
-                else []
-            names += ["checkpoint-best.pth"] if is_best else []
-            state = utils.training_state(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"], epoch,
-                                         max_acc) if names else None
+        names = checkpoint.epoch_checkpoint_names(epoch, args.epochs, args.save_ckpt_freq, is_best) \
+            if args.output_dir and args.save_ckpt else []
+        if names:
+            state = checkpoint.training_state(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"], epoch,
+                                              max_acc)
             for name in names:
-                path = utils.save_training_checkpoint(args.output_dir, name, state)
-                last_ckpt = path if name != "checkpoint-best.pth" else last_ckpt
+                path = checkpoint.save_training_checkpoint(args.output_dir, name, state)
+                last_ckpt = path if name != checkpoint.BEST_CHECKPOINT else last_ckpt
         if rank == 0 and args.output_dir:
             utils.append_json_line(os.path.join(args.output_dir, "log.txt"), {**record, "n_parameters": n_parameters})
         if log_writer is not None:

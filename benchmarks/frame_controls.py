@@ -54,7 +54,7 @@ def main() -> None:
     args = p.parse_args()
     model = create_model(args.model, num_classes=args.nb_classes, all_frames=args.num_frames,
                          img_size=args.input_size)
-    model.load_state_dict(checkpoint.safe_load(args.resume)["model"])
+    checkpoint.load_model_file(model, checkpoint.safe_load(args.resume), args.resume, args.model, allow_bare=True)
     model.eval()
     videos = read_video_list(os.path.join(args.data_path, args.csv))
     videos = videos[:args.limit] if args.limit else videos

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from checkpoint import interpolate_pos_embed, load_finetune_weights, safe_load
+from checkpoint import (epoch_checkpoint_names, interpolate_pos_embed, load_finetune_weights, load_model_file,
+                        model_state, resume_training, safe_load, save_checkpoint, training_state)
 from fakes import single_thread, write_videomae_pretrain, write_zoo_checkpoint  # noqa: F401 (autouse fixture)
 from modeling_finetune import create_model
 
@@ -151,3 +152,87 @@ def test_zoo_checkpoint_loads_strictly_and_reproduces_logits(tmp_path):
     loader.load_state_dict(ckpt["model"], strict=True)
     assert torch.equal(loader(x), expect)
     assert isinstance(loader.llama_dim_mapper1, nn.Linear)
+
+
+def test_safe_load_passes_mmap(tmp_path):
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(safe_load(str(legacy))["w"], torch.ones(3))
+    with pytest.raises(RuntimeError, match=r"cannot read LLaMA weights .*legacy.pth.*mmap"):
+        safe_load(str(legacy), mmap=True, what="LLaMA weights")  # mmap needs the zip format: the flag got through
+
+
+def test_model_state_acceptance_rules():
+    sd = {"a.weight": torch.ones(2), "b.bias": torch.zeros(1)}
+    other = {"c": torch.ones(1)}
+    assert model_state({"model": sd, "epoch": 1}) is sd
+    assert model_state({"module": sd}) is sd
+    assert model_state({"weights": sd, "model": other}, "weights|model") is sd  # first listed entry wins
+    assert model_state({"weights": sd, "model": other}, ["model", "weights"]) is other
+    assert model_state(sd, allow_bare=True) == sd
+    with pytest.raises(RuntimeError, match=r"x.pth holds no weights under 'model' or 'module'; its entries: "
+                                           r"\['a.weight', 'b.bias'\]"):
+        model_state(sd, path="x.pth")
+    with pytest.raises(RuntimeError, match=r"no weights under 'model_ema' \(nor is it a bare state dict\); its "
+                                           r"entries: \['epoch', 'model'\]"):
+        model_state({"model": sd, "epoch": 1}, "model_ema", allow_bare=True)
+    with pytest.raises(RuntimeError, match="holds a list, not a dict"):
+        model_state([sd], allow_bare=True)
+
+
+def test_load_strict_refuses_misfit_with_report_and_loads_a_fit():
+    torch.manual_seed(0)
+    model, src = vit(), vit(num_classes=5)
+    state = {k: v for k, v in src.state_dict().items() if k != "fc_norm.bias"}
+    state["extra.weight"] = torch.ones(1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = {"model": state, "args": argparse.Namespace(model="vit_small_patch16_224")}
+    with pytest.raises(RuntimeError) as err:
+        load_model_file(model, ckpt, "ck.pth", "vit_tiny_patch16", "(nb_classes 7)")
+    assert str(err.value).splitlines() == [
+        "checkpoint ck.pth does not fit --model vit_tiny_patch16 (nb_classes 7):",
+        "  it holds a 5-class head; the model has 7 classes (--nb_classes)",
+        "  its saved args say --model vit_small_patch16_224",
+        "  2 shape mismatches: head.weight: checkpoint (5, 192) vs model (7, 192), head.bias: checkpoint (5,) vs "
+        "model (7,)",
+        "  1 missing keys: fc_norm.bias",
+        "  1 unexpected keys: extra.weight"]
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing half-loaded
+    fit = vit()
+    load_model_file(model, {"model": fit.state_dict(), "args": {"model": "vit_tiny_patch16"}}, "ok.pth",
+                    "vit_tiny_patch16")
+    assert all(torch.equal(v, fit.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("epoch, epochs, freq, best, names", [
+    (0, 3, 1, False, ["checkpoint-0.pth"]),
+    (0, 3, 2, True, ["checkpoint-best.pth"]),
+    (1, 3, 2, False, ["checkpoint-1.pth"]),
+    (2, 3, 100, True, ["checkpoint-2.pth", "checkpoint-best.pth"]),  # the last epoch is always saved
+])
+def test_epoch_checkpoint_names(epoch, epochs, freq, best, names):
+    assert epoch_checkpoint_names(epoch, epochs, freq, best) == names
+
+
+def test_training_state_extra_entries_round_trip_through_resume(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = vit()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(7)
+    args = argparse.Namespace(resume=str(tmp_path / "checkpoint-4.pth"), auto_resume=False, output_dir="",
+                              model="vit_tiny_patch16", model_key="model|module", start_epoch=0, seed=0)
+    state = training_state(args, model, opt, None, None, epoch=4, max_accuracy=12.5, aug_rng=gen.get_state())
+    save_checkpoint(args.resume, state)
+    expected = torch.rand(3, generator=gen)
+    gen.manual_seed(99)
+    restored = vit()
+    start, best = resume_training(args, restored, torch.optim.AdamW(restored.parameters()), None, None,
+                                  restore={"aug_rng": gen.set_state})
+    assert (start, best) == (5, 12.5) and torch.equal(torch.rand(3, generator=gen), expected)
+    assert torch.equal(restored.head.weight, model.head.weight)
+    calls = []
+    resume_training(args, restored, torch.optim.AdamW(restored.parameters()), None, None,
+                    restore={"sampler": calls.append})  # an entry an older file lacks: warned, not called
+    assert calls == [] and "holds no 'sampler' state" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"\['rng_states'\] would overwrite"):
+        training_state(args, model, opt, None, None, epoch=4, max_accuracy=0.0, rng_states=[])

@@ -144,7 +144,7 @@ def test_resume_from_best_continues_after_its_epoch(straight, data_dir, tmp_path
     model = run.build_model(args)
     t = run.build_training(args, model, steps_per_epoch=4)
     best = checkpoint.safe_load(os.path.join(out, "checkpoint-best.pth"))
-    start, max_acc = utils.resume_training(args, model, t["optimizer"], None, None, checkpoint.safe_load)
+    start, max_acc = checkpoint.resume_training(args, model, t["optimizer"], None, None)
     assert start == best["epoch"] + 1 and max_acc == best["max_accuracy"]
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import predict
 import run_class_finetuning
 
@@ -97,12 +98,12 @@ def test_flags_default_to_checkpoint_args_and_match_explicit_ones(trained):
 
 def test_ema_weights_and_bare_state_dict(trained, tmp_path):
     video = trained["test_videos"][0]
-    ckpt = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
+    ckpt = checkpoint.safe_load(trained["checkpoint"])
     ema = {k: torch.zeros_like(v) if k.startswith("head.") else v for k, v in ckpt["model"].items()}
     torch.save({"model": ckpt["model"], "model_ema": ema, "args": ckpt["args"]}, tmp_path / "ema.pth")
     uniform = predict.main([video, "--resume", str(tmp_path / "ema.pth"), "--use_ema"])
     assert [t["prob"] for t in uniform[0]["top5"]] == pytest.approx([1 / 3] * 3)
-    with pytest.raises(predict.PredictError, match="no model_ema weights"):
+    with pytest.raises(predict.PredictError, match="no weights under 'model_ema'"):
         predict.main([video, "--resume", trained["checkpoint"], "--use_ema"])
     torch.save(ckpt["model"], tmp_path / "bare.pth")
     bare = predict.main([video, "--resume", str(tmp_path / "bare.pth"), "--model", "vit_tiny_patch16",
@@ -138,7 +139,7 @@ def test_llama_checkpoint_equals_direct_forward(trained, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--nb_classes", "5"], r"saved from a model with a 3-class head; --nb_classes 5 was asked for"),
+    (["--nb_classes", "5"], r"it holds a 3-class head; the model has 5 classes \(--nb_classes\)"),
     (["--model", "vit_llama_tiny_patch16"], r"(?s)its saved args say --model vit_tiny_patch16.*missing keys: llama\."),
     (["--model", "vit_nope"], r"--model vit_nope: unknown model"),
     (["--labels", "LABELS_10"], r"names 10 classes; the checkpoint's head has 3"),

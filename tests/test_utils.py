@@ -58,7 +58,7 @@ def test_rng_state_round_trip_through_weights_only_file(tmp_path):
     state = utils.capture_rng_state()
     a = (torch.rand(3), np.random.rand(3), random.random())
     path = str(tmp_path / "rng.pth")
-    utils.save_checkpoint(path, {"model": {}, "rng": state})
+    checkpoint.save_checkpoint(path, {"model": {}, "rng": state})
     loaded = checkpoint.safe_load(path)["rng"]
     torch.manual_seed(99), np.random.seed(99), random.seed(99)
     utils.restore_rng_state(loaded)
@@ -77,7 +77,7 @@ def test_seed_worker_follows_torch_seed():
 
 def test_atomic_save_keeps_previous_file_when_interrupted(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint-0.pth")
-    utils.save_checkpoint(path, {"model": {"w": torch.ones(2)}})
+    checkpoint.save_checkpoint(path, {"model": {"w": torch.ones(2)}})
     real_save = torch.save
 
     def dying_save(obj, f, *a, **k):
@@ -85,7 +85,7 @@ def test_atomic_save_keeps_previous_file_when_interrupted(tmp_path, monkeypatch)
         raise KeyboardInterrupt("killed mid-save")
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        utils.save_checkpoint(path, {"model": {"w": torch.zeros(2)}})
+        checkpoint.save_checkpoint(path, {"model": {"w": torch.zeros(2)}})
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.equal(checkpoint.safe_load(path)["model"]["w"], torch.ones(2))
     assert os.listdir(tmp_path) == ["checkpoint-0.pth"]  # no temporary file left behind
@@ -93,15 +93,15 @@ def test_atomic_save_keeps_previous_file_when_interrupted(tmp_path, monkeypatch)
 
 def test_find_resume_skips_damaged_newest(tmp_path):
     for e in (1, 2, 10):
-        utils.save_checkpoint(str(tmp_path / f"checkpoint-{e}.pth"), {"model": {"e": torch.tensor(e)}})
+        checkpoint.save_checkpoint(str(tmp_path / f"checkpoint-{e}.pth"), {"model": {"e": torch.tensor(e)}})
     (tmp_path / "checkpoint-best.pth").write_bytes(b"ignored by auto-resume")
     data = (tmp_path / "checkpoint-10.pth").read_bytes()
     (tmp_path / "checkpoint-10.pth").write_bytes(data[: len(data) // 2])  # truncated
-    assert [e for e, _ in utils.list_epoch_checkpoints(str(tmp_path))] == [10, 2, 1]
+    assert [e for e, _ in checkpoint.list_epoch_checkpoints(str(tmp_path))] == [10, 2, 1]
     with pytest.warns(UserWarning, match="checkpoint-10.pth"):
-        path, ckpt = utils.find_resume_checkpoint(str(tmp_path), checkpoint.safe_load)
+        path, ckpt = checkpoint.find_resume_checkpoint(str(tmp_path))
     assert path.endswith("checkpoint-2.pth") and int(ckpt["model"]["e"]) == 2
-    assert utils.find_resume_checkpoint(str(tmp_path / "empty"), checkpoint.safe_load) == (None, None)
+    assert checkpoint.find_resume_checkpoint(str(tmp_path / "empty")) == (None, None)
 
 
 def test_to_jsonable_and_json_line(tmp_path):
