@@ -1,16 +1,18 @@
 """Safe loading, the --finetune adapter (VideoMAE pretrain files) and strict loading of model-zoo files."""
 import argparse
+import math
 import os
 import pickle
 import warnings
 
 import pytest
 import torch
-import torch.nn as nn
+import torch.nn.functional as F
 
 from checkpoint import (epoch_checkpoint_names, interpolate_pos_embed, load_finetune_weights, load_model_file,
                         model_state, resume_training, safe_load, save_checkpoint, training_state)
-from fakes import single_thread, write_videomae_pretrain, write_zoo_checkpoint  # noqa: F401 (autouse fixture)
+from fakes import (published_model_shapes, single_thread, write_videomae_pretrain,  # noqa: F401 (autouse fixture)
+                   write_zoo_checkpoint)
 from modeling_finetune import create_model
 
 TINY = dict(all_frames=4, img_size=32, num_classes=7)
@@ -137,21 +139,75 @@ def test_pos_embed_interpolation_and_fixed_table_drop(tmp_path):
     assert "pos_embed" in report["dropped"] and "pos_embed" not in report["unexpected"]
 
 
-def test_zoo_checkpoint_loads_strictly_and_reproduces_logits(tmp_path):
-    torch.manual_seed(0)
+def reference_logits(sd: dict, x: torch.Tensor, heads: int, llama_heads: int, eps: float = 1e-6) -> torch.Tensor:
+    """The released ViT-LLaMA's forward written from its description, on a plain state dict: tubelet conv + sinusoid
+    table, pre-norm blocks (q/v biases, k bias 0), mapper1, LLaMA layer without RoPE or mask (RMSNorm, SwiGLU),
+    llama.norm, mapper2, mean over tokens, fc_norm, head."""
+    w = sd["patch_embed.proj.weight"]
+    h = F.conv3d(x, w, sd["patch_embed.proj.bias"], stride=w.shape[2:]).flatten(2).transpose(1, 2)
+    B, N, D = h.shape
+    angle = torch.tensor([[p / 10000 ** (2 * (j // 2) / D) for j in range(D)] for p in range(N)], dtype=x.dtype)
+    h = h + torch.where(torch.arange(D) % 2 == 0, angle.sin(), angle.cos())
+
+    def attend(q, k, v, n_heads):
+        q, k, v = (t.reshape(B, N, n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        a = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1) @ v
+        return a.transpose(1, 2).reshape(B, N, -1)
+
+    for i in range(sum(k.endswith("attn.qkv.weight") for k in sd)):
+        p = f"blocks.{i}."
+        y = F.layer_norm(h, (D,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], 1e-6)
+        q, k, v = (y @ sd[p + "attn.qkv.weight"].T).chunk(3, -1)
+        h = h + attend(q + sd[p + "attn.q_bias"], k, v + sd[p + "attn.v_bias"], heads) @ sd[p + "attn.proj.weight"].T \
+            + sd[p + "attn.proj.bias"]
+        y = F.layer_norm(h, (D,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], 1e-6)
+        h = h + F.gelu(y @ sd[p + "mlp.fc1.weight"].T + sd[p + "mlp.fc1.bias"]) @ sd[p + "mlp.fc2.weight"].T \
+            + sd[p + "mlp.fc2.bias"]
+
+    def rms(t, weight):
+        return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+    z = h @ sd["llama_dim_mapper1.weight"].T
+    p = "llama.layers.0."
+    y = rms(z, sd[p + "attention_norm.weight"])
+    z = z + attend(*(y @ sd[p + f"attention.w{c}.weight"].T for c in "qkv"), llama_heads) @ sd[p + "attention.wo.weight"].T
+    y = rms(z, sd[p + "ffn_norm.weight"])
+    z = z + (F.silu(y @ sd[p + "feed_forward.w1.weight"].T) * (y @ sd[p + "feed_forward.w3.weight"].T)) \
+        @ sd[p + "feed_forward.w2.weight"].T
+    h = rms(z, sd["llama.norm.weight"]) @ sd["llama_dim_mapper2.weight"].T
+    feat = F.layer_norm(h.mean(1), (D,), sd["fc_norm.weight"], sd["fc_norm.bias"], 1e-6)
+    return feat @ sd["head.weight"].T + sd["head.bias"]
+
+
+@pytest.mark.parametrize("name, dim, llama", [("vit_small_patch16_224", 384, None),
+                                              ("vit_base_patch16_224", 768, None),
+                                              ("vit_llama_small_patch16_224", 384, (4096, 11008)),
+                                              ("vit_llama_base_patch16_224", 768, (4096, 11008))])
+def test_models_have_the_published_keys_and_shapes(name, dim, llama):
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = create_model(name)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == published_model_shapes(dim, 12, 174, *(llama or (None, None)))
+
+
+def test_zoo_checkpoint_loads_strictly_and_gives_the_published_forward(tmp_path):
+    """A zoo file built from the published key list (not from this project's model) fills every tensor of
+    vit_llama_tiny_patch16, which then computes the published forward on those weights."""
+    shapes = published_model_shapes(192, 4, 7, llama_dim=256, llama_hidden=768)  # LLaMA rule: 256 * ceil(682 / 256)
+    sd = write_zoo_checkpoint(str(tmp_path / "zoo.pth"), shapes, args={"model": "vit_llama_tiny_patch16"})
+    ckpt = safe_load(str(tmp_path / "zoo.pth"))
+    assert set(ckpt) == {"model", "optimizer", "epoch", "scaler", "args"} and isinstance(ckpt["args"], argparse.Namespace)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        saver = create_model("vit_llama_tiny_patch16", **TINY).eval()
-        loader = create_model("vit_llama_tiny_patch16", **TINY).eval()
+        model = create_model("vit_llama_tiny_patch16", **TINY).eval()
+    load_model_file(model, ckpt, str(tmp_path / "zoo.pth"), "vit_llama_tiny_patch16")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
     x = torch.randn(2, 3, 4, 32, 32)
-    expect = saver(x)
-    write_zoo_checkpoint(str(tmp_path / "zoo.pth"), saver, args={"model": "vit_llama_tiny_patch16"})
-    ckpt = safe_load(str(tmp_path / "zoo.pth"))
-    assert set(ckpt) == {"model", "optimizer", "epoch", "scaler", "args"}
-    assert isinstance(ckpt["args"], argparse.Namespace)
-    loader.load_state_dict(ckpt["model"], strict=True)
-    assert torch.equal(loader(x), expect)
-    assert isinstance(loader.llama_dim_mapper1, nn.Linear)
+    with torch.no_grad():
+        got = model(x)
+    torch.testing.assert_close(got, reference_logits(sd, x, heads=3, llama_heads=4), rtol=1e-5, atol=2e-5)
 
 
 def test_safe_load_passes_mmap(tmp_path):
