@@ -190,7 +190,7 @@ def build_loaders(args, eval_only: bool) -> dict:
     eval_args = argparse.Namespace(**{**vars(args), "data_path": args.eval_data_path or args.data_path})
     shard = dict(num_replicas=world, rank=rank) if args.dist_eval else dict(num_replicas=1, rank=0)
     pin = args.pin_mem and torch.device(args.device).type == "cuda"  # pinning needs an accelerator
-    common = dict(num_workers=args.num_workers, pin_memory=pin, worker_init_fn=utils.seed_worker)
+    common = dict(num_workers=args.num_workers, pin_memory=pin)
     out = {}
     test_set, _ = build_dataset(is_train=False, test_mode=True, args=eval_args)
     out["test"] = torch.utils.data.DataLoader(test_set, batch_size=args.batch_size, generator=torch.Generator(),
@@ -210,6 +210,14 @@ def build_loaders(args, eval_only: bool) -> dict:
                                                  sampler=engine.ShardSampler(val_set, **shard),
                                                  generator=torch.Generator(), **common)
     return out
+
+
+def set_train_epoch(loaders: dict, args, epoch: int) -> None:
+    """Shuffle order and DataLoader worker seeds (python, numpy and torch, each worker its own: PyTorch derives them
+    from the loader's generator) as functions of (seed, epoch, rank) alone, so a resumed run draws what an
+    uninterrupted one does."""
+    loaders["train"].sampler.set_epoch(epoch)
+    loaders["generator"].manual_seed(args.seed + 1000 * epoch + utils.get_rank())
 
 
 def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
@@ -303,8 +311,7 @@ def _main(args) -> dict | None:
     log_writer = utils.TensorboardLogger(args.log_dir) if rank == 0 and args.log_dir else None
     last_ckpt, t0 = None, time.time()
     for epoch in range(start_epoch, args.epochs):
-        loaders["train"].sampler.set_epoch(epoch)
-        loaders["generator"].manual_seed(args.seed + 1000 * epoch + rank)
+        set_train_epoch(loaders, args, epoch)
         train_stats = engine.train_one_epoch(
             run_model, t["criterion"], loaders["train"], t["optimizer"], device, epoch,
             lr_schedule=t["lr_schedule"], wd_schedule=t["wd_schedule"], start_step=epoch * steps_per_epoch,

@@ -148,13 +148,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: numpy and python seeds follow the worker's torch seed (set from the generator)."""
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
-
-
 def capture_rng_state() -> dict:
     """This process's RNG states, as tensors and plain python types (loadable with weights_only=True)."""
     np_state = np.random.get_state()

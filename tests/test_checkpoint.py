@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checkpoint import (epoch_checkpoint_names, interpolate_pos_embed, load_finetune_weights, load_model_file,
-                        model_state, resume_training, safe_load, save_checkpoint, training_state)
+from checkpoint import (epoch_checkpoint_names, find_resume_checkpoint, interpolate_pos_embed, list_epoch_checkpoints,
+                        load_finetune_weights, load_model_file, model_state, resume_training, safe_load,
+                        save_checkpoint, training_state)
 from fakes import (published_model_shapes, single_thread, write_videomae_pretrain,  # noqa: F401 (autouse fixture)
                    write_zoo_checkpoint)
 from modeling_finetune import create_model
@@ -292,3 +293,32 @@ def test_training_state_extra_entries_round_trip_through_resume(tmp_path, capsys
     assert calls == [] and "holds no 'sampler' state" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"\['rng_states'\] would overwrite"):
         training_state(args, model, opt, None, None, epoch=4, max_accuracy=0.0, rng_states=[])
+
+
+def test_atomic_save_keeps_previous_file_when_interrupted(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint-0.pth")
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}})
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        f.write(b"partial garbage")
+        raise KeyboardInterrupt("killed mid-save")
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"model": {"w": torch.zeros(2)}})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(safe_load(path)["model"]["w"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["checkpoint-0.pth"]  # no temporary file left behind
+
+
+def test_find_resume_skips_damaged_newest(tmp_path):
+    for e in (1, 2, 10):
+        save_checkpoint(str(tmp_path / f"checkpoint-{e}.pth"), {"model": {"e": torch.tensor(e)}})
+    (tmp_path / "checkpoint-best.pth").write_bytes(b"ignored by auto-resume")
+    data = (tmp_path / "checkpoint-10.pth").read_bytes()
+    (tmp_path / "checkpoint-10.pth").write_bytes(data[: len(data) // 2])  # truncated
+    assert [e for e, _ in list_epoch_checkpoints(str(tmp_path))] == [10, 2, 1]
+    with pytest.warns(UserWarning, match="checkpoint-10.pth"):
+        path, ckpt = find_resume_checkpoint(str(tmp_path))
+    assert path.endswith("checkpoint-2.pth") and int(ckpt["model"]["e"]) == 2
+    assert find_resume_checkpoint(str(tmp_path / "empty")) == (None, None)

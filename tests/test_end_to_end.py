@@ -169,6 +169,39 @@ def test_torchrun_two_processes_matches_single_process(data_dir, tmp_path):
     assert single["top1"] == ddp_summary["top1"] and single["top5"] == ddp_summary["top5"]
 
 
+def _epoch_clips(data_dir, tmp_path, epoch, fresh=None):
+    """The train loader's clips in one epoch (2 workers; every item is the same video, so only augmentation
+    draws differ), the loader built and seeded as run_class_finetuning does. Returns {worker: [clips]}."""
+    same = (tmp_path / "same")
+    same.mkdir(exist_ok=True)
+    first = open(os.path.join(data_dir, "train.csv")).readline().split()[0]
+    (same / "train.csv").write_text(f"{os.path.join(data_dir, first)} 0\n" * 4)
+    for split in ("val.csv", "test.csv"):
+        shutil.copy(os.path.join(data_dir, split), same / split)
+    loaders = fresh or run.build_loaders(run.parse_args(base_argv(
+        str(same), tmp_path, "--num_workers", "2", "--batch_size", "1", "--num_sample", "1")), eval_only=False)
+    run.set_train_epoch(loaders, run.parse_args(base_argv(str(same), tmp_path)), epoch)
+    clips = {0: [], 1: []}
+    for i, (x, _, _) in enumerate(loaders["train"]):
+        clips[i % 2].append(x)  # batches alternate between the two workers
+    return clips, loaders
+
+
+def test_train_workers_and_epochs_draw_their_own_augmentation_and_reruns_equal(data_dir, tmp_path):
+    torch.manual_seed(0), np.random.seed(0)
+    e0, loaders = _epoch_clips(data_dir, tmp_path, 0)
+    e1, _ = _epoch_clips(data_dir, tmp_path, 1, fresh=loaders)  # the next epoch of the same loaders
+    torch.manual_seed(1), np.random.seed(1)
+    again, _ = _epoch_clips(data_dir, tmp_path, 1)  # a resumed run: new loaders (and processes) for epoch 1
+    for a, b in zip(e1[0] + e1[1], again[0] + again[1]):
+        assert torch.equal(a, b)
+    clips = e0[0] + e0[1] + e1[0] + e1[1]
+    assert len(clips) == 8
+    for i in range(8):
+        for j in range(i):
+            assert not torch.equal(clips[i], clips[j]), (i, j)  # across workers, steps and epochs
+
+
 def test_merge_views_deduplicates_padding_and_sorts():
     rng = np.random.default_rng(0)
     vids = np.array(["b", "a", "b", "a", "a"])  # last row: a padded duplicate of ("a", 0, 0)
