@@ -16,12 +16,12 @@ import warnings
 import torch
 
 import checkpoint
-from datasets import load_class_names, read_test_views
+from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, load_class_names, read_test_views
 from video_transforms import normalize_clips
 from modeling_finetune import create_model
 
-DEFAULTS = dict(model=None, num_frames=16, input_size=224, short_side_size=224, test_num_segment=2,
-                test_num_crop=3, tubelet_size=2, llama_layer=15, llama_dtype="float32")
+DEFAULTS = dict(model=None, num_frames=16, input_size=224, short_side_size=224, test_num_segment=TEST_NUM_SEGMENT,
+                test_num_crop=TEST_NUM_CROP, tubelet_size=2, llama_layer=15, llama_dtype="float32")
 
 
 class PredictError(RuntimeError):

@@ -18,7 +18,22 @@ import checkpoint
 import engine_for_finetuning as engine
 import optim_factory
 import utils
+from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT
 from video_transforms import DeviceAugment
+
+
+# VideoMAE flags that cannot act here: each is accepted at its default only. flag -> (default, type, why);
+# type bool: a switch that must stay off.
+COMPAT_FLAGS = {
+    "data_set": ("SSV2", str, "the SSv2 list format; other datasets in that format work as SSV2"),
+    "num_segments": (1, int, "VideoMAE's SSv2 setting: one clip of --num_frames segments"),
+    "sampling_rate": (4, int, "Kinetics-only in VideoMAE; SSv2 takes one frame per segment"),
+    "color_jitter": (0.4, float, "unused for video in VideoMAE too; colour augmentation comes from --aa"),
+    "crop_pct": (None, float, "image-only; use --short_side_size / --input_size"),
+    "resplit": (False, bool, "image-only; random erasing applies to every clip"),
+    "enable_deepspeed": (False, bool, "this code uses native mixed precision, --amp bf16|fp16, and "
+                                      "DistributedDataParallel"),
+}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -58,7 +73,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--warmup_epochs", default=5, type=int)
     a("--warmup_steps", default=-1, type=int, help="overrides --warmup_epochs when > 0")
     # augmentation
-    a("--color_jitter", default=0.4, type=float, help="unused by the video pipeline (as in VideoMAE); only 0.4")
     a("--num_sample", default=2, type=int, help="augmented clips per video (repeated augmentation)")
     a("--augment_on", default=None, choices=["workers", "device"],
       help="where training clips are augmented: 'device' (workers only decode; RandAugment, crop, normalise and "
@@ -67,14 +81,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--aa", default="rand-m7-n4-mstd0.5-inc1", type=str, help="RandAugment policy; '' or 'none' turns it off")
     a("--smoothing", default=0.1, type=float)
     a("--train_interpolation", default="bicubic", type=str)
-    a("--crop_pct", default=None, type=float, help="image-only flag of VideoMAE; not supported")
     a("--short_side_size", default=224, type=int)
-    a("--test_num_segment", default=5, type=int)
-    a("--test_num_crop", default=3, type=int)
+    a("--test_num_segment", default=TEST_NUM_SEGMENT, type=int, help="temporal views per test video")
+    a("--test_num_crop", default=TEST_NUM_CROP, type=int, help="spatial views per temporal view")
     a("--reprob", default=0.25, type=float)
     a("--remode", default="pixel", type=str)
     a("--recount", default=1, type=int)
-    a("--resplit", action="store_true", help="image-only flag of VideoMAE; not supported")
     a("--mixup", default=0.8, type=float)
     a("--cutmix", default=1.0, type=float)
     a("--cutmix_minmax", default=None, type=float, nargs="+")
@@ -94,11 +106,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--eval_data_path", default=None, type=str, help="folder with val.csv/test.csv if not --data_path")
     a("--data_root", default=None, help="prefix for relative video paths (default: the CSV's folder)")
     a("--nb_classes", default=174, type=int)
-    a("--imagenet_default_mean_and_std", action="store_true", default=True, help="always on (ImageNet mean/std)")
-    a("--num_segments", default=1, type=int, help="only 1 (VideoMAE's SSv2 setting)")
     a("--num_frames", default=16, type=int)
-    a("--sampling_rate", default=4, type=int, help="Kinetics-only in VideoMAE; SSv2 samples by segments")
-    a("--data_set", default="SSV2", choices=["SSV2"], type=str)
     a("--decoder", default="auto", choices=["auto", "decord", "pyav"])
     a("--decode_threads", default=1, type=int)
     a("--max_bad_videos", default=10, type=int, help="unreadable training videos tolerated per epoch")
@@ -127,26 +135,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--local_rank", "--local-rank", default=-1, type=int)
     a("--dist_on_itp", action="store_true", help="read ranks from OpenMPI's environment")
     a("--dist_url", default="env://")
-    a("--enable_deepspeed", action="store_true", help="not supported: native AMP (--amp) and DDP are used")
+    compat = p.add_argument_group("VideoMAE compatibility", "accepted so that VideoMAE command lines parse; each "
+                                                            "takes only its default, anything else is an error")
+    for flag, (default, kind, why) in COMPAT_FLAGS.items():
+        if kind is bool:
+            compat.add_argument(f"--{flag}", action="store_true", help=f"not supported: {why}")
+        else:
+            compat.add_argument(f"--{flag}", default=default, type=kind,
+                                help=f"not supported: {why}" if default is None else f"only {default}: {why}")
     return p
 
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Reject flags that cannot act here, with what to use instead; fill derived defaults."""
-    errors = {
-        "enable_deepspeed": (args.enable_deepspeed, "DeepSpeed is not supported; drop --enable_deepspeed: this code "
-                             "uses native mixed precision (--amp bf16|fp16) and DistributedDataParallel"),
-        "crop_pct": (args.crop_pct is not None, "--crop_pct is image-only; use --short_side_size/--input_size"),
-        "resplit": (args.resplit, "--resplit is image-only (random erasing applies to every clip)"),
-        "num_segments": (args.num_segments != 1, "--num_segments must be 1 (VideoMAE's SSv2 setting)"),
-        "sampling_rate": (args.sampling_rate != 4, "--sampling_rate does not apply to SSv2 (segment sampling)"),
-        "color_jitter": (args.color_jitter != 0.4, "--color_jitter is unused for video (as in VideoMAE); "
-                         "colour augmentation comes from --aa"),
-        "opt_betas": (args.opt_betas is not None and len(args.opt_betas) != 2, "--opt_betas takes two numbers"),
-        "cutmix_minmax": (args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2,
-                          "--cutmix_minmax takes two numbers"),
-    }
-    bad = [msg for cond, msg in errors.values() if cond]
+    bad = [f"--{flag} is not supported ({why})" if default in (None, False) else
+           f"--{flag} {getattr(args, flag)}: only {default} is supported ({why})"
+           for flag, (default, kind, why) in COMPAT_FLAGS.items() if getattr(args, flag) != default]
+    if args.opt_betas is not None and len(args.opt_betas) != 2:
+        bad.append("--opt_betas takes two numbers")
+    if args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2:
+        bad.append("--cutmix_minmax takes two numbers")
     if bad:
         raise SystemExit("error: " + "; ".join(bad))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -169,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_model(args) -> torch.nn.Module:
     from modeling_finetune import create_model
-    kw = dict(num_classes=args.nb_classes, all_frames=args.num_frames * args.num_segments, img_size=args.input_size,
+    kw = dict(num_classes=args.nb_classes, all_frames=args.num_frames, img_size=args.input_size,
               tubelet_size=args.tubelet_size, drop_rate=args.drop, attn_drop_rate=args.attn_drop_rate,
               drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
               use_checkpoint=args.use_checkpoint, use_mean_pooling=args.use_mean_pooling)
@@ -273,7 +281,6 @@ def _main(args) -> dict | None:
     rank, world = utils.get_rank(), utils.get_world_size()
     device = torch.device(args.device, args.gpu) if args.device == "cuda" else torch.device(args.device)
     utils.seed_everything(args.seed + rank)
-    torch.backends.cudnn.benchmark = True
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     if args.output_dir and rank == 0:
         os.makedirs(args.output_dir, exist_ok=True)

@@ -190,13 +190,14 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_p
                      warmup_epochs: int = 0, start_warmup_value: float = 0.0, warmup_steps: int = -1) -> np.ndarray:
     """One value per iteration: linear warmup from start_warmup_value to base_value, then cosine to final_value.
 
-    warmup_steps > 0 overrides warmup_epochs. Warmup longer than the run is cut at the run's length.
+    As VideoMAE's: the W warmup values include both ends (start + i (base - start) / (W - 1)), the cosine starts
+    again at base_value and stops one step short of final_value (step i of N: angle pi i / N). warmup_steps > 0
+    overrides warmup_epochs; a run shorter than its warmup ends partway up the ramp.
     """
     total = epochs * niter_per_ep
     warmup = warmup_steps if warmup_steps > 0 else warmup_epochs * niter_per_ep
-    warmup = min(warmup, total)
-    warm = np.linspace(start_warmup_value, base_value, warmup, endpoint=False) if warmup else np.zeros(0)
-    n = total - warmup
+    warm = np.linspace(start_warmup_value, base_value, warmup)[:total]
+    n = total - len(warm)
     cos = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * np.arange(n) / max(n, 1)))
     sched = np.concatenate([warm, cos])
     assert len(sched) == total
