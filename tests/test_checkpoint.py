@@ -171,7 +171,8 @@ def reference_logits(sd: dict, x: torch.Tensor, heads: int, llama_heads: int, ep
     z = h @ sd["llama_dim_mapper1.weight"].T
     p = "llama.layers.0."
     y = rms(z, sd[p + "attention_norm.weight"])
-    z = z + attend(*(y @ sd[p + f"attention.w{c}.weight"].T for c in "qkv"), llama_heads) @ sd[p + "attention.wo.weight"].T
+    q, k, v = (y @ sd[p + f"attention.w{c}.weight"].T for c in "qkv")
+    z = z + attend(q, k, v, llama_heads) @ sd[p + "attention.wo.weight"].T
     y = rms(z, sd[p + "ffn_norm.weight"])
     z = z + (F.silu(y @ sd[p + "feed_forward.w1.weight"].T) * (y @ sd[p + "feed_forward.w3.weight"].T)) \
         @ sd[p + "feed_forward.w2.weight"].T
@@ -198,7 +199,8 @@ def test_zoo_checkpoint_loads_strictly_and_gives_the_published_forward(tmp_path)
     shapes = published_model_shapes(192, 4, 7, llama_dim=256, llama_hidden=768)  # LLaMA rule: 256 * ceil(682 / 256)
     sd = write_zoo_checkpoint(str(tmp_path / "zoo.pth"), shapes, args={"model": "vit_llama_tiny_patch16"})
     ckpt = safe_load(str(tmp_path / "zoo.pth"))
-    assert set(ckpt) == {"model", "optimizer", "epoch", "scaler", "args"} and isinstance(ckpt["args"], argparse.Namespace)
+    assert set(ckpt) == {"model", "optimizer", "epoch", "scaler", "args"}
+    assert isinstance(ckpt["args"], argparse.Namespace)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = create_model("vit_llama_tiny_patch16", **TINY).eval()

@@ -386,7 +386,8 @@ def _pooled_logits(b, pool):
 
 S = 4 / 256  # base_argv: batch_size 4 x update_freq 1 x 1 process, lr per 256 videos
 FLAG_TABLE = [
-    (["--batch_size", "2"], lambda b: b.loaders["train"].batch_size == 2 and _peak_lr(b) == pytest.approx(5e-2 * 2 / 256)),
+    (["--batch_size", "2"], lambda b: b.loaders["train"].batch_size == 2 and
+     _peak_lr(b) == pytest.approx(5e-2 * 2 / 256)),
     (["--epochs", "3"], lambda b: len(b.t["lr_schedule"]) == 3 * len(b.loaders["train"])),
     (["--update_freq", "2"], lambda b: _peak_lr(b) == pytest.approx(5e-2 * 8 / 256) and
      b.t["lr_schedule"].max() == pytest.approx(5e-2 * 8 / 256)),
@@ -411,7 +412,8 @@ FLAG_TABLE = [
      max(g["weight_decay"] for g in b.t["optimizer"].param_groups) == 0.2),
     (["--weight_decay_end", "0.5"], lambda b: b.t["wd_schedule"][0] == pytest.approx(0.05) and
      b.t["wd_schedule"][-1] == pytest.approx(0.5 - 0.45 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))),
-    (["--lr", "1e-2"], lambda b: b.t["lr_schedule"].max() == pytest.approx(1e-2 * S) and _peak_lr(b) == b.t["lr_schedule"].max()),
+    (["--lr", "1e-2"], lambda b: b.t["lr_schedule"].max() == pytest.approx(1e-2 * S) and
+     _peak_lr(b) == b.t["lr_schedule"].max()),
     (["--layer_decay", "0.5"], lambda b: sorted({g["lr_scale"] for g in b.t["optimizer"].param_groups}) ==
      [0.5 ** k for k in range(5, -1, -1)]),  # patch_embed 0.5^5, blocks 0.5^4..0.5^1, head/fc_norm/mappers 1
     (["--warmup_lr", "2.56e-1"], lambda b: b.t["lr_schedule"][0] == pytest.approx(2.56e-1 * S)),
@@ -442,7 +444,8 @@ FLAG_TABLE = [
         for x, y, o, t in (_mixed(b, s) for s in range(10)))),
     (["--mixup_switch_prob", "1"], lambda b: {_kind(*_mixed(b, s)[::2]) for s in range(10)} == {"cutmix"}),
     (["--mixup_switch_prob", "0"], lambda b: {_kind(*_mixed(b, s)[::2]) for s in range(10)} == {"mixup"}),
-    (["--cutmix", "0", "--mixup_mode", "elem"], lambda b: len({round(float(v), 6) for v in _lams(*_mixed(b)[::2])}) == 4),
+    (["--cutmix", "0", "--mixup_mode", "elem"],
+     lambda b: len({round(float(v), 6) for v in _lams(*_mixed(b)[::2])}) == 4),
     (["--cutmix", "0", "--mixup_mode", "pair"], lambda b: (lambda lam: torch.allclose(lam, lam.flip(0), atol=1e-6) and
                                                           abs(lam[0] - lam[1]) > 1e-4)(_lams(*_mixed(b)[::2]))),
     (["--aa", "none", "--reprob", "0", "--remode", "const"], lambda b: _erase_rate(b) == 0),
@@ -456,13 +459,14 @@ FLAG_TABLE = [
         (lambda c, m: bool(m.any()) and torch.all(c[..., m].std(-1) == 0) and bool((c[..., m] != 0).all()))(
             _clip(b, s), _clip(b, s, remode="const") .eq(0).all(0).all(0)) for s in range(3))),  # a colour per plane
     (["--short_side_size", "40"], lambda b: b.loaders["test"].dataset[0][0].shape[-2:] == (32, 32) and not torch.equal(
-        b.loaders["test"].dataset[0][0], run.build_loaders(argparse.Namespace(**{**vars(b.args), "short_side_size": 32}),
-                                                          eval_only=True)["test"].dataset[0][0])),
+        b.loaders["test"].dataset[0][0],
+        run.build_loaders(argparse.Namespace(**{**vars(b.args), "short_side_size": 32}), True)["test"].dataset[0][0])),
     (["--test_num_segment", "3", "--test_num_crop", "1"],
      lambda b: b.loaders["test"].dataset[0][3].tolist() == [[0, 0], [1, 0], [2, 0]]),
     (["--input_size", "48", "--short_side_size", "48"],
      lambda b: b.loaders["train"].dataset[0][0].shape[-2:] == (48, 48) and _tokens(b, 8, 48) == 4 * 3 * 3),
-    (["--num_frames", "4"], lambda b: b.loaders["train"].dataset[0][0].shape[2] == 4 and _tokens(b, 4, 32) == 2 * 2 * 2),
+    (["--num_frames", "4"],
+     lambda b: b.loaders["train"].dataset[0][0].shape[2] == 4 and _tokens(b, 4, 32) == 2 * 2 * 2),
     (["--nb_classes", "11"], lambda b: b.model.eval()(torch.zeros(1, 3, 8, 32, 32)).shape == (1, 11)),
     (["--decoder", "pyav", "--decode_threads", "2"], lambda b: _decoder_calls(b) == [("pyav", 2)]),
     (["--max_bad_videos", "3"], lambda b: _bad_videos_stop_after(b) == 4),
