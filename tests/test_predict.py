@@ -32,18 +32,25 @@ def write_video(path: str, rgb, seed: int, frames: int = 10, height: int = 40, w
     writer.close()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """3-class colour dataset, vit_tiny trained a few epochs by run_class_finetuning (ending in its multi-view test)."""
-    root = tmp_path_factory.mktemp("colours")
+def write_colour_videos(root) -> dict[str, list[str]]:
+    """4 train + 2 test videos per colour under root/videos, each seeded by its position in the lists (the same
+    pixels in every run; hash() of a tuple would change with PYTHONHASHSEED). Returns the CSV lines per split."""
     os.makedirs(root / "videos")
     lists = {"train": [], "test": []}
     for split, count in (("train", 4), ("test", 2)):
         for label, (name, rgb) in enumerate(COLOURS.items()):
             for i in range(count):
                 rel = f"videos/{split}_{name}_{i}.mp4"
-                write_video(str(root / rel), rgb, seed=hash((split, name, i)) % 1000)
+                write_video(str(root / rel), rgb, seed=len(lists["train"]) + len(lists["test"]))
                 lists[split].append(f"{rel} {label}")
+    return lists
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """3-class colour dataset, vit_tiny trained a few epochs by run_class_finetuning (ending in its multi-view test)."""
+    root = tmp_path_factory.mktemp("colours")
+    lists = write_colour_videos(root)
     for split, lines in (("train.csv", lists["train"]), ("val.csv", lists["test"]), ("test.csv", lists["test"])):
         (root / split).write_text("\n".join(lines) + "\n")
     labels_json = root / "something-something-v2-labels.json"

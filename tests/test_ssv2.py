@@ -292,7 +292,20 @@ def test_build_dataset_defaults_and_errors(synthetic_dir):
         build_dataset(True, False, argparse.Namespace(data_path=synthetic_dir, data_set="Kinetics-400"))
     with pytest.raises(ValueError, match=r"val.csv:\d+: label \d outside \[0, 4\)"):
         build_dataset(False, False, argparse.Namespace(data_path=synthetic_dir, nb_classes=4))
-    assert datasets.decoding.resolve_decoder("auto") in ("decord", "pyav")
+    test_set, _ = build_dataset(False, True, argparse.Namespace(data_path=synthetic_dir, nb_classes=8))
+    assert (test_set.test_num_segment, test_set.test_num_crop) == (2, 3)  # the SSv2 recipe's 2 x 3 views
+
+
+def test_auto_decoder_is_decord_only_when_installed(monkeypatch):
+    resolve = datasets.decoding.resolve_decoder
+    monkeypatch.setattr(datasets.decoding, "decord", None)
+    assert (resolve("auto"), resolve("pyav")) == ("pyav", "pyav")
+    with pytest.raises(ImportError, match="decord is not installed .*--decoder pyav"):
+        resolve("decord")
+    monkeypatch.setattr(datasets.decoding, "decord", object())  # importable
+    assert (resolve("auto"), resolve("decord"), resolve("pyav")) == ("decord", "decord", "pyav")
+    with pytest.raises(ValueError, match="decoder must be one of .*got 'opencv'"):
+        resolve("opencv")
 
 
 def _reference_views(video, view_indices, input_size, short_side_size, J):
