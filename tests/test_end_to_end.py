@@ -186,7 +186,7 @@ def _epoch_clips(data_dir, tmp_path, epoch, fresh=None):
         str(same), tmp_path, "--num_workers", "2", "--batch_size", "1", "--num_sample", "1")), eval_only=False)
     run.set_train_epoch(loaders, run.parse_args(base_argv(str(same), tmp_path)), epoch)
     clips = {0: [], 1: []}
-    for i, (x, _, _) in enumerate(loaders["train"]):
+    for i, (x, _) in enumerate(loaders["train"]):
         clips[i % 2].append(x)  # batches alternate between the two workers
     return clips, loaders
 
@@ -458,8 +458,8 @@ FLAG_TABLE = [
     (["--aa", "none", "--reprob", "1", "--remode", "rand"], lambda b: all(
         (lambda c, m: bool(m.any()) and torch.all(c[..., m].std(-1) == 0) and bool((c[..., m] != 0).all()))(
             _clip(b, s), _clip(b, s, remode="const") .eq(0).all(0).all(0)) for s in range(3))),  # a colour per plane
-    (["--short_side_size", "40"], lambda b: b.loaders["test"].dataset[0][0].shape[-2:] == (32, 32) and not torch.equal(
-        b.loaders["test"].dataset[0][0],
+    (["--short_side_size", "40"], lambda b: b.loaders["test"].dataset[0][0].shape[-3:] == (32, 32, 3) and
+     not torch.equal(b.loaders["test"].dataset[0][0],  # uint8 V x T x H x W x C: 32 px crops of 40 px frames
         run.build_loaders(argparse.Namespace(**{**vars(b.args), "short_side_size": 32}), True)["test"].dataset[0][0])),
     (["--test_num_segment", "3", "--test_num_crop", "1"],
      lambda b: b.loaders["test"].dataset[0][3].tolist() == [[0, 0], [1, 0], [2, 0]]),
