@@ -22,10 +22,10 @@ import sys
 
 import numpy as np
 import torch
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import predict
 from models import model_spec
+from video_transforms import normalize_clips
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -109,16 +109,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise predict.PredictError(f"--view {view}: the test has {args.test_num_segment * args.test_num_crop} "
                                    f"views (test_num_segment x test_num_crop)")
     os.makedirs(args.out_dir, exist_ok=True)
-    mean, std = (torch.tensor(v).view(3, 1, 1, 1) for v in (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
     tubelet, patch = model.patch_embed.tubelet_size, model.patch_embed.patch_size
     results = []
     for path in args.videos:
-        clip = predict.decode_views(path, args)[view]
+        raw = predict.decode_views(path, args)[view]  # uint8 T x H x W x C, the pixels the model sees
+        clip = normalize_clips(raw.to(args.device))
         maps = token_maps(model, clip, has_llama)
         with torch.inference_mode():
-            probs = model(clip[None].to(args.device)).float().softmax(-1)[0].cpu()
+            probs = model(clip[None]).float().softmax(-1)[0].cpu()
         best = predict.top5(probs, class_names)[0]
-        frames = (clip * std + mean).clamp(0, 1)[:, ::tubelet].permute(1, 2, 3, 0).numpy()
+        frames = raw[::tubelet].float().div(255).numpy()
         stem = os.path.join(args.out_dir, os.path.splitext(os.path.basename(path))[0] + "_tokens")
         label = best["name"] or f"class {best['class_id']}"
         draw(frames, maps, tubelet, f"{os.path.basename(path)} (view {view}) - {args.model} - predicted {label} "

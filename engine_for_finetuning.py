@@ -10,7 +10,8 @@ import datetime
 import json
 import os
 import time
-from typing import Callable, Iterable
+from functools import partial
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import utils
+from video_transforms import normalize_clips
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -49,9 +51,15 @@ def apply_mixup(mixup_fn: Callable, clips: torch.Tensor, labels: torch.Tensor) -
     return mixed.reshape(b, c, t, h, w), targets
 
 
+def to_device(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clips, labels) of a worker-augmented batch, moved to the device."""
+    return batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, *, lr_schedule: np.ndarray, wd_schedule: np.ndarray,
                     start_step: int, steps_per_epoch: int, update_freq: int = 1,
+                    prepare_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
                     scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
                     clip_grad: float | None = None, model_ema=None, mixup_fn: Callable | None = None,
                     log_writer: utils.TensorboardLogger | None = None, print_freq: int = 20) -> dict:
@@ -59,6 +67,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
 
     lr and weight decay are set per optimizer step from the per-iteration schedules (lr * group lr_scale; weight
     decay only on groups that have it). DDP gradients are all-reduced only on the last micro-batch of a step.
+    prepare_batch turns a loader batch into (clips, labels) on the device: to_device for worker-augmented batches,
+    video_transforms.DeviceAugment for decoded videos.
     Returns epoch means: loss, lr (largest group lr), min_lr, wd, grad_norm, clips_per_s, bad_videos, time.
     """
     model.train(True)
@@ -70,6 +80,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
     n_micro = n_steps = win_micro = clips_seen = 0
     data_time = step_time = 0.0
     total_micro = steps_per_epoch * update_freq
+    prepare_batch = prepare_batch or partial(to_device, device=device)
     optimizer.zero_grad(set_to_none=True)
     t_epoch = t_last = time.time()
     for i, batch in enumerate(loader):
@@ -77,7 +88,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
             break
         t_data = time.time()
         data_time += t_data - t_last
-        clips, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        clips, labels = prepare_batch(batch)
         step = i // update_freq
         it = start_step + step
         last_micro = (i + 1) % update_freq == 0
@@ -172,7 +183,8 @@ def validate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
     model.eval()
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # correct1, correct5, loss_sum, count
     for batch in loader:
-        clips, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        clips = normalize_clips(batch[0].to(device, non_blocking=True))
+        labels = batch[1].to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(clips)
         logits = logits.float()
@@ -220,7 +232,7 @@ def multi_view_predict(model: nn.Module, loader: Iterable, device: torch.device,
     for i, (views, label, video_id, vid_views) in enumerate(loader):
         b, v = views.shape[:2]
         with autocast(device, amp_dtype):
-            logits = model(views.flatten(0, 1).to(device, non_blocking=True))
+            logits = model(normalize_clips(views.flatten(0, 1).to(device, non_blocking=True)))
         probs.append(logits.float().softmax(dim=1).cpu())
         view_ids.append(vid_views.reshape(b * v, 2))
         labels.append(torch.as_tensor(label).repeat_interleave(v))

@@ -6,9 +6,9 @@ other. Weights come from a Meta folder (``params.json`` + ``consolidated.00.pth`
 (``config.json`` + ``*.safetensors`` / ``pytorch_model*.bin``) of LLaMA-1/2/3, Mistral or Qwen2; the chosen layers are
 read one at a time, memory-mapped, so one 7B layer costs ~800 MB of RAM (fp32), not the whole checkpoint.
 
-Every block records which LLM and which layers it holds (``LLaMATransformer.identity``: the config, the layer
+Every block records which LLM and which layers it holds (``LLaMATransformer.llm_identity``: the config, the layer
 indices and a SHA-256 of each layer's weights as stored in the folder); checkpoints carry it, and
-``check_llm_identity`` refuses a checkpoint whose block differs from the one a model was built with.
+``checkpoint.check_llm_identity`` refuses a checkpoint whose block differs from the one a model was built with.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import glob
 import hashlib
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -25,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+
+from checkpoint import safe_load
 
 # Per-layer tensor names in Meta's layout (the one the model's state_dict uses); biases only in the q/k/v-bias families.
 LAYER_KEYS = (
@@ -182,7 +183,7 @@ class LLaMATransformer(nn.Module):
     """``layers.{k}`` blocks then a final RMSNorm ``norm`` (kept at ones, as in the released video models).
 
     Tokens are cast to the weights' dtype on entry and the output is returned in float32, so the frozen blocks can
-    be held in bf16/fp16 inside an fp32 model. ``identity`` says which LLM and layers the block holds (see
+    be held in bf16/fp16 inside an fp32 model. ``llm_identity`` says which LLM and layers the block holds (see
     ``block_identity``); it is not part of the state dict.
     """
 
@@ -192,7 +193,7 @@ class LLaMATransformer(nn.Module):
         self.use_checkpoint = use_checkpoint
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(num_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.identity = block_identity(cfg, list(range(num_layers)), None, "random")
+        self.llm_identity = block_identity(cfg, list(range(num_layers)), None, "random")
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """The residual stream after the last layer, before the final norm (in the weights' dtype)."""
@@ -341,13 +342,6 @@ def load_llama_config(path: str) -> LLaMAConfig:
     return _config_from_meta(cfg, file) if fmt == "meta" else _config_from_hf(cfg, file)
 
 
-def _torch_load_mmap(file: str) -> dict:
-    try:
-        return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # truncated file, old non-zip format, pickled code
-        raise RuntimeError(f"cannot read LLM weights {file}: {e}") from e
-
-
 def _take(sd: dict, key: str, file: str, shape: tuple[int, ...]) -> torch.Tensor:
     """sd[key], checked to exist and to have the shape the folder's config implies."""
     if key not in sd:
@@ -393,7 +387,7 @@ class LLMFolder:
             raise IndexError(f"LLM layer {i} out of range: {self.path} has {self.config.n_layers} layers")
         shapes = self.config.layer_shapes()
         if self.format == "meta":
-            sd = _torch_load_mmap(self.files[0])
+            sd = safe_load(self.files[0], mmap=True, what="LLM weights")
             return {k: _take(sd, f"layers.{i}.{k}", self.files[0], s) for k, s in shapes.items()}
         names = {f"model.layers.{i}.{HF_LAYER_KEYS[k]}": k for k in shapes}
         if self.weight_map is not None:
@@ -417,7 +411,7 @@ class LLMFolder:
                 except Exception as e:
                     raise RuntimeError(f"cannot read LLM weights {file}: {e}") from e
             else:
-                sd = _torch_load_mmap(file)
+                sd = safe_load(file, mmap=True, what="LLM weights")
                 part = {n: sd[n] for n in wanted if n in sd}
             found.update(part)
             origin.update(dict.fromkeys(part, file))
@@ -459,7 +453,7 @@ def build_llama(path: str | None, layers: str | int | Sequence[int], cfg: LLaMAC
             raise ValueError("build_llama needs an LLM folder or a config")
         chosen = resolve_layers(layers, cfg.n_layers, check_range=False)
         model = LLaMATransformer(cfg, len(chosen), use_checkpoint)
-        model.identity = block_identity(cfg, chosen, None, "random")
+        model.llm_identity = block_identity(cfg, chosen, None, "random")
     else:
         folder = LLMFolder(path)
         cfg = folder.config
@@ -473,77 +467,8 @@ def build_llama(path: str | None, layers: str | int | Sequence[int], cfg: LLaMAC
             block.load_state_dict({k: t.to(DTYPES[dtype], copy=True) for k, t in state.items()}, assign=True)
             del state  # releases this layer's memory map / source copy before the next layer is read
         model.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        model.identity = block_identity(cfg, chosen, hashes, os.path.abspath(path))
+        model.llm_identity = block_identity(cfg, chosen, hashes, os.path.abspath(path))
     model.to(DTYPES[dtype])
     for p in model.parameters():
         p.requires_grad = False
     return model
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Which LLM a checkpoint holds
-
-_SHAPE_KEYS = ("model_type", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
-               "intermediate_size", "qkv_bias", "rms_norm_eps")
-
-
-class LLMMismatchError(ValueError):
-    """A checkpoint's LLM block is not the one the model was built with."""
-
-
-def _block_of(model: nn.Module) -> LLaMATransformer | None:
-    return next((m for m in model.modules() if isinstance(m, LLaMATransformer)), None)
-
-
-def llm_identity(model: nn.Module) -> dict | None:
-    """The identity of the model's frozen LLM block (``block_identity``), or None for a model without one. Saved
-    in checkpoints under 'llm'."""
-    block = _block_of(model)
-    return None if block is None else dict(block.identity)
-
-
-def describe_identity(ident: dict) -> str:
-    """One line: family, shape, layers and where the weights came from."""
-    heads, kv = ident["num_attention_heads"], ident["num_key_value_heads"]
-    shape = (f"hidden {ident['hidden_size']}, {heads} heads" + (f" / {kv} KV" if kv != heads else "")
-             + f", FFN {ident['intermediate_size']}" + (", q/k/v biases" if ident["qkv_bias"] else "")
-             + f", eps {ident['rms_norm_eps']:g}")
-    if ident.get("sha256"):
-        weights = f"from {ident['source']} (sha256 {', '.join(ident['sha256'])})"
-    else:
-        weights = "random weights" if ident.get("source") == "random" else f"weights of unrecorded origin " \
-                                                                          f"({ident.get('source')})"
-    return f"{ident['model_type']} ({shape}) layers {ident['layers']}, {weights}"
-
-
-def check_llm_identity(recorded: dict | None, model: nn.Module, path: str) -> None:
-    """Refuse (LLMMismatchError naming both) a checkpoint whose recorded LLM block differs from ``model``'s.
-
-    Shapes must always agree. When the model's block was read from a folder, the checkpoint's layers and weight
-    hashes must equal it (a checkpoint with a random block is refused too: its weights would replace the folder's).
-    When the model's block is random (no folder given), the checkpoint's weights will fill it: the model takes the
-    checkpoint's identity. A checkpoint without a record (model zoo, older files) loads, with a warning when the
-    model's block came from a folder.
-    """
-    block = _block_of(model)
-    if block is None:  # a model without an LLM block: the strict load reports the checkpoint's llama.* tensors
-        return
-    own = block.identity
-    if recorded is None or (recorded.get("sha256") is None and recorded.get("source") != "random"
-                            and own["sha256"] is not None):
-        if own["sha256"] is None:  # nothing to check: the checkpoint's weights fill the block
-            block.identity = {**own, "source": f"{path} (unrecorded)"}
-        else:
-            warnings.warn(f"checkpoint {path} records no LLM identity (a model-zoo or older file): its frozen LLM "
-                          f"weights replace the model's {describe_identity(own)} unchecked", stacklevel=2)
-        return
-    same_shape = all(recorded.get(k) == own[k] for k in _SHAPE_KEYS) and len(recorded["layers"]) == len(own["layers"])
-    same_weights = own["sha256"] is None or (recorded["layers"], recorded["sha256"]) == (own["layers"], own["sha256"])
-    if not (same_shape and same_weights):
-        raise LLMMismatchError(
-            f"checkpoint {path} holds another LLM block than the model built:\n"
-            f"  checkpoint: {describe_identity(recorded)}\n  model:      {describe_identity(own)}\n"
-            f"Build the model with the checkpoint's LLM (the --llama_path and --llama_layer it was trained with), or "
-            f"give no --llama_path to take the frozen weights from the checkpoint.")
-    if own["sha256"] is None:
-        block.identity = dict(recorded)

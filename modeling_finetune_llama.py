@@ -36,6 +36,15 @@ class ViTLLaMA(VisionTransformer):
         self.llama_dim_mapper1 = nn.Linear(self.embed_dim, width, bias=False)  # PyTorch default init, as released
         self.llama_dim_mapper2 = nn.Linear(width, self.embed_dim, bias=False)
 
+    @property
+    def llm_identity(self) -> dict:
+        """Which LLM and layers the frozen block holds (``llama.block_identity``); checkpoints record it ('llm')."""
+        return self.llama.llm_identity
+
+    @llm_identity.setter
+    def llm_identity(self, value: dict) -> None:
+        self.llama.llm_identity = value
+
     def llm_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the LLM block's input: llama_dim_mapper1's output, its output before the final norm), B x N x width each.
         The block's final RMSNorm makes every token's norm sqrt(width), so the norm is read before it."""

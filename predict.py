@@ -15,13 +15,14 @@ import warnings
 
 import torch
 
-from checkpoint import safe_load
-from datasets import load_class_names, read_test_views
-from llama import LLaMAConfig, LLMMismatchError, check_llm_identity, layer_spec_arg
+import checkpoint
+from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, load_class_names, read_test_views
+from llama import LLaMAConfig, layer_spec_arg
 from models import create_model, model_spec
+from video_transforms import normalize_clips
 
-DEFAULTS = dict(model=None, num_frames=16, input_size=224, short_side_size=224, test_num_segment=2,
-                test_num_crop=3, tubelet_size=2)
+DEFAULTS = dict(model=None, num_frames=16, input_size=224, short_side_size=224, test_num_segment=TEST_NUM_SEGMENT,
+                test_num_crop=TEST_NUM_CROP, tubelet_size=2)
 LLAMA_FLAGS = ("llama_layer", "llama_dtype")  # default to the checkpoint's args for the models with an LLM block
 
 
@@ -51,30 +52,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _saved_args(ckpt: dict) -> dict:
-    saved = ckpt.get("args")
-    if isinstance(saved, argparse.Namespace):
-        return vars(saved)
-    return saved if isinstance(saved, dict) else {}
-
-
-def _state_dict(ckpt: dict, path: str, use_ema: bool) -> dict:
-    if use_ema:
-        if not isinstance(ckpt.get("model_ema"), dict):
-            raise PredictError(f"checkpoint {path} has no model_ema weights (it was trained without --model_ema)")
-        return ckpt["model_ema"]
-    for key in ("model", "module"):
-        if isinstance(ckpt.get(key), dict):
-            return ckpt[key]
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return ckpt
-    raise PredictError(f"checkpoint {path} holds no model weights: expected a 'model' entry, found keys "
-                       f"{sorted(ckpt)[:10]}")
+def _weights_rule(args: argparse.Namespace) -> dict:
+    """model_state's acceptance rule here: the EMA weights on request, else 'model'/'module' or a bare state dict."""
+    return dict(keys="model_ema", allow_bare=False) if args.use_ema else dict(keys=checkpoint.MODEL_KEYS,
+                                                                              allow_bare=True)
 
 
 def resolve_args(args: argparse.Namespace, ckpt: dict) -> argparse.Namespace:
     """Fill flags left out from the checkpoint's saved args, then from DEFAULTS; nb_classes from head.weight."""
-    saved = _saved_args(ckpt)
+    saved = checkpoint.saved_args(ckpt)
     for name, default in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, saved.get(name, default))
@@ -88,17 +74,17 @@ def resolve_args(args: argparse.Namespace, ckpt: dict) -> argparse.Namespace:
         if getattr(args, name) is None and has_llama:
             setattr(args, name, saved.get(name))
     if args.nb_classes is None:
-        head = _state_dict(ckpt, args.resume, args.use_ema).get("head.weight")
+        head = checkpoint.model_state(ckpt, path=args.resume, **_weights_rule(args)).get("head.weight")
         if head is None:
             raise PredictError(f"checkpoint {args.resume} has no head.weight to infer the classes from: "
                                f"pass --nb_classes")
         args.nb_classes = head.shape[0]
-    args.saved_model = saved.get("model")
     return args
 
 
 def load_model(args: argparse.Namespace, ckpt: dict) -> torch.nn.Module:
-    """Build args.model and load the checkpoint strictly; a mismatch names the tensors and the likely cause."""
+    """Build args.model and load the checkpoint strictly; a mismatch names the tensors (or the LLM blocks) and the
+    likely cause. Without --llama_path, the LLM block takes the shape the checkpoint records."""
     recorded = ckpt.get("llm")
     kwargs = dict(num_classes=args.nb_classes, all_frames=args.num_frames, img_size=args.input_size,
                   tubelet_size=args.tubelet_size, llama_path=args.llama_path, llama_layer=args.llama_layer,
@@ -114,36 +100,17 @@ def load_model(args: argparse.Namespace, ckpt: dict) -> torch.nn.Module:
             model = create_model(args.model, **kwargs)
     except ValueError as e:  # unknown name or an impossible configuration
         raise PredictError(f"--model {args.model}: {e}") from None
+    details = (f"(num_frames {args.num_frames}, input_size {args.input_size}, tubelet_size {args.tubelet_size}, "
+               f"nb_classes {args.nb_classes})")
     try:
-        check_llm_identity(recorded, model, args.resume)
-    except LLMMismatchError as e:
+        checkpoint.load_model_file(model, ckpt, args.resume, args.model, details, **_weights_rule(args))
+    except RuntimeError as e:
         raise PredictError(str(e)) from None
-    state = _state_dict(ckpt, args.resume, args.use_ema)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        lines = [f"checkpoint {args.resume} does not fit --model {args.model} "
-                 f"(num_frames {args.num_frames}, input_size {args.input_size}, tubelet_size {args.tubelet_size}, "
-                 f"nb_classes {args.nb_classes}):"]
-        if "head.weight" in state and state["head.weight"].shape[0] != args.nb_classes:
-            lines.append(f"  it was saved from a model with a {state['head.weight'].shape[0]}-class head; "
-                         f"--nb_classes {args.nb_classes} was asked for")
-        if args.saved_model and args.saved_model != args.model:
-            lines.append(f"  its saved args say --model {args.saved_model}")
-        for title, keys in (("shape mismatches", mismatched), ("missing keys", missing),
-                            ("unexpected keys", unexpected)):
-            if keys:
-                lines.append(f"  {len(keys)} {title}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
-        raise PredictError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
     return model.to(args.device).eval()
 
 
 def decode_views(path: str, args: argparse.Namespace) -> torch.Tensor:
-    """The test views of one video (V x C x T x H x W); PredictError naming the file when it cannot be read."""
+    """The test views of one video (uint8 V x T x H x W x C); PredictError naming the file when it cannot be read."""
     if not os.path.isfile(path):
         raise PredictError(f"video {path}: no such file")
     try:
@@ -155,7 +122,7 @@ def decode_views(path: str, args: argparse.Namespace) -> torch.Tensor:
 @torch.inference_mode()
 def predict_video(model: torch.nn.Module, path: str, args: argparse.Namespace) -> torch.Tensor:
     """Mean of the view softmaxes of one video (nb_classes,), float32 on the CPU."""
-    logits = model(decode_views(path, args).to(args.device, torch.float32))
+    logits = model(normalize_clips(decode_views(path, args).to(args.device)))
     return logits.float().softmax(-1).mean(0).cpu()
 
 
@@ -177,12 +144,10 @@ def setup(args: argparse.Namespace) -> tuple[argparse.Namespace, torch.nn.Module
     if not os.path.isfile(args.resume):
         raise PredictError(f"checkpoint {args.resume}: no such file")
     try:
-        ckpt = safe_load(args.resume)
-    except RuntimeError as e:
+        ckpt = checkpoint.safe_load(args.resume)
+        args = resolve_args(args, ckpt)
+    except RuntimeError as e:  # unreadable, or no weights under the expected entries
         raise PredictError(str(e)) from None
-    if not isinstance(ckpt, dict):
-        raise PredictError(f"checkpoint {args.resume} holds a {type(ckpt).__name__}, not a dict of weights")
-    args = resolve_args(args, ckpt)
     try:
         class_names = load_class_names(args.labels) if args.labels else None
     except (OSError, ValueError) as e:

@@ -25,7 +25,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from llama import describe_identity, layer_spec_arg, llm_identity  # noqa: E402
+from checkpoint import describe_llm  # noqa: E402
+from llama import layer_spec_arg  # noqa: E402
 from models import create_model  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -162,7 +163,7 @@ def main() -> None:
     peak_after, cpu_peak_after, _ = matmul_peak(device, args.gemm_size)
     peak, cpu_peak = max(peak_before, peak_after), max(cpu_peak_before, cpu_peak_after)
     n_tok = (args.num_frames // model.patch_embed.tubelet_size) * (args.input_size // 16) ** 2
-    llm = llm_identity(model)
+    llm = getattr(model, "llm_identity", None)
     heads = sum(b.attn.num_heads for b in model.blocks)
     heads += llm["num_attention_heads"] * len(llm["layers"]) if llm else 0
     materialised = args.batch_size * heads * n_tok ** 2 * 4 * 2 / 2 ** 20  # scores + softmax kept for backward
@@ -172,7 +173,7 @@ def main() -> None:
           f"({n_tok} tokens), dtype {args.dtype}, llama_dtype {args.llama_dtype or 'float32'}, "
           f"use_checkpoint {args.use_checkpoint}")
     if llm:
-        print(f"LLM block: {describe_identity(llm)}")
+        print(f"LLM block: {describe_llm(llm)}")
     print(f"device: {device_name(device)}; load average {os.getloadavg()[0]:.2f} (1 min); "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}" if device.type == "cpu"
           else f"device: {device_name(device)}")

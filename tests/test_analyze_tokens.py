@@ -13,8 +13,8 @@ import torch.nn.functional as F
 import analyze_tokens
 from datasets import read_test_views
 from fakes import single_thread, write_hf_family  # noqa: F401 (autouse fixture)
-from llama import llm_identity
 from models import create_model
+from video_transforms import normalize_clips
 
 ARGS = {"num_frames": 4, "input_size": 32, "short_side_size": 32, "test_num_segment": 2, "test_num_crop": 3}
 
@@ -28,7 +28,7 @@ def tiny_trained(path, name, **kw):
         F.cross_entropy(model(torch.randn(2, 3, 4, 32, 32)), torch.tensor([0, 2])).backward()
         opt.step()
         opt.zero_grad()
-    torch.save({"model": model.state_dict(), "args": {"model": name, **ARGS}, "llm": llm_identity(model)}, path)
+    torch.save({"model": model.state_dict(), "args": {"model": name, **ARGS}, "llm": getattr(model, "llm_identity", None)}, path)
     return model.eval()
 
 
@@ -70,7 +70,7 @@ def test_llm_maps_equal_the_model_s_intermediate_tensors(synthetic_dir, tmp_path
     out = tmp_path / "maps"
     result, = analyze_tokens.main([video, "--resume", str(tmp_path / "ck.pth"), "--out_dir", str(out), "--top", "3",
                                    "--json", str(tmp_path / "top.json")])
-    clip = read_test_views(video, argparse.Namespace(**ARGS))[0][1]  # view 1: centre crop of temporal view 0
+    clip = normalize_clips(read_test_views(video, argparse.Namespace(**ARGS))[0][1])  # centre crop, temporal view 0
     before, logits = hooked_norms(model, clip, model.llama_dim_mapper1)
     after, _ = hooked_norms(model, clip, model.llama.layers[-1])  # before the block's final RMSNorm
     expect = {"llm_input": before, "llm_output": after, "change": after - before}
@@ -94,7 +94,7 @@ def test_plain_vit_maps_its_last_block(synthetic_dir, tmp_path, figures):
     video = first_val_video(synthetic_dir)
     result, = analyze_tokens.main([video, "--resume", str(tmp_path / "vit.pth"), "--out_dir", str(tmp_path),
                                    "--view", "4"])
-    clip = read_test_views(video, argparse.Namespace(**ARGS))[0][4]
+    clip = normalize_clips(read_test_views(video, argparse.Namespace(**ARGS))[0][4])
     norms, _ = hooked_norms(model, clip, model.blocks[-1])
     assert list(np.load(result["npz"])) == ["last_block"]
     np.testing.assert_allclose(np.load(result["npz"])["last_block"], norms, rtol=1e-5, atol=1e-5)

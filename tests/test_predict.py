@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import predict
 import run_class_finetuning
 
@@ -31,18 +32,25 @@ def write_video(path: str, rgb, seed: int, frames: int = 10, height: int = 40, w
     writer.close()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """3-class colour dataset, vit_tiny trained a few epochs by run_class_finetuning (ending in its multi-view test)."""
-    root = tmp_path_factory.mktemp("colours")
+def write_colour_videos(root) -> dict[str, list[str]]:
+    """4 train + 2 test videos per colour under root/videos, each seeded by its position in the lists (the same
+    pixels in every run; hash() of a tuple would change with PYTHONHASHSEED). Returns the CSV lines per split."""
     os.makedirs(root / "videos")
     lists = {"train": [], "test": []}
     for split, count in (("train", 4), ("test", 2)):
         for label, (name, rgb) in enumerate(COLOURS.items()):
             for i in range(count):
                 rel = f"videos/{split}_{name}_{i}.mp4"
-                write_video(str(root / rel), rgb, seed=hash((split, name, i)) % 1000)
+                write_video(str(root / rel), rgb, seed=len(lists["train"]) + len(lists["test"]))
                 lists[split].append(f"{rel} {label}")
+    return lists
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """3-class colour dataset, vit_tiny trained a few epochs by run_class_finetuning (ending in its multi-view test)."""
+    root = tmp_path_factory.mktemp("colours")
+    lists = write_colour_videos(root)
     for split, lines in (("train.csv", lists["train"]), ("val.csv", lists["test"]), ("test.csv", lists["test"])):
         (root / split).write_text("\n".join(lines) + "\n")
     labels_json = root / "something-something-v2-labels.json"
@@ -97,12 +105,12 @@ def test_flags_default_to_checkpoint_args_and_match_explicit_ones(trained):
 
 def test_ema_weights_and_bare_state_dict(trained, tmp_path):
     video = trained["test_videos"][0]
-    ckpt = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
+    ckpt = checkpoint.safe_load(trained["checkpoint"])
     ema = {k: torch.zeros_like(v) if k.startswith("head.") else v for k, v in ckpt["model"].items()}
     torch.save({"model": ckpt["model"], "model_ema": ema, "args": ckpt["args"]}, tmp_path / "ema.pth")
     uniform = predict.main([video, "--resume", str(tmp_path / "ema.pth"), "--use_ema"])
     assert [t["prob"] for t in uniform[0]["top5"]] == pytest.approx([1 / 3] * 3)
-    with pytest.raises(predict.PredictError, match="no model_ema weights"):
+    with pytest.raises(predict.PredictError, match="no weights under 'model_ema'"):
         predict.main([video, "--resume", trained["checkpoint"], "--use_ema"])
     torch.save(ckpt["model"], tmp_path / "bare.pth")
     bare = predict.main([video, "--resume", str(tmp_path / "bare.pth"), "--model", "vit_tiny_patch16",
@@ -112,6 +120,8 @@ def test_ema_weights_and_bare_state_dict(trained, tmp_path):
 
 def test_llama_checkpoint_equals_direct_forward(trained, tmp_path):
     """A ViT-LLaMA checkpoint (LLaMA block weights inside) loads strictly; probs = mean of the views' softmaxes."""
+    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
     from datasets import read_test_views
     from models import create_model
     torch.manual_seed(0)
@@ -128,7 +138,9 @@ def test_llama_checkpoint_equals_direct_forward(trained, tmp_path):
         num_frames=4, input_size=32, short_side_size=32, test_num_segment=3, test_num_crop=2))
     assert views.shape[0] == 6 and view_ids.tolist() == [[k, j] for k in range(3) for j in range(2)]
     with torch.no_grad():
-        expected = model(views).softmax(-1).mean(0)
+        mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)
+        clips = ((views.float() / 255 - mean) / std).permute(0, 4, 1, 2, 3)  # uint8 V x T x H x W x C views
+        expected = model(clips).softmax(-1).mean(0)
     assert {t["class_id"]: t["prob"] for t in got[0]["top5"]} == pytest.approx(
         {c: float(p) for c, p in enumerate(expected)}, abs=1e-6)
 
@@ -139,8 +151,8 @@ def test_llm_checkpoint_needs_no_folder_and_refuses_another(trained, tmp_path):
     another Qwen2 folder naming both blocks."""
     from datasets import read_test_views
     from fakes import write_hf_family
-    from llama import llm_identity
     from models import create_model
+    from video_transforms import normalize_clips
     small = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
                  num_hidden_layers=2, vocab_size=32)
     write_hf_family(str(tmp_path / "qwen"), "qwen2", seed=1, **small)
@@ -148,7 +160,7 @@ def test_llm_checkpoint_needs_no_folder_and_refuses_another(trained, tmp_path):
     torch.manual_seed(0)
     model = create_model("vit_llama_tiny_patch16", num_classes=3, all_frames=4, img_size=32,
                          llama_path=str(tmp_path / "qwen"), llama_layer="-1").eval()
-    torch.save({"model": model.state_dict(), "llm": llm_identity(model),
+    torch.save({"model": model.state_dict(), "llm": model.llm_identity,
                 "args": {"model": "vit_llama_tiny_patch16", "num_frames": 4, "input_size": 32, "short_side_size": 32}},
                tmp_path / "qwen.pth")
     video = trained["test_videos"][1]
@@ -159,7 +171,7 @@ def test_llm_checkpoint_needs_no_folder_and_refuses_another(trained, tmp_path):
     views, _ = read_test_views(video, argparse.Namespace(num_frames=4, input_size=32, short_side_size=32,
                                                          test_num_segment=1, test_num_crop=2))
     with torch.no_grad():
-        expected = model(views).softmax(-1).mean(0)
+        expected = model(normalize_clips(views)).softmax(-1).mean(0)
     assert {t["class_id"]: t["prob"] for t in got[0]["top5"]} == pytest.approx(
         {c: float(p) for c, p in enumerate(expected)}, abs=1e-6)
     assert predict.main(argv + ["--llama_path", str(tmp_path / "qwen")]) == got
@@ -170,7 +182,7 @@ def test_llm_checkpoint_needs_no_folder_and_refuses_another(trained, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--nb_classes", "5"], r"saved from a model with a 3-class head; --nb_classes 5 was asked for"),
+    (["--nb_classes", "5"], r"it holds a 3-class head; the model has 5 classes \(--nb_classes\)"),
     (["--model", "vit_llama_tiny_patch16"], r"(?s)its saved args say --model vit_tiny_patch16.*missing keys: llama\."),
     (["--model", "vit_nope"], r"--model vit_nope: unknown model"),
     (["--labels", "LABELS_10"], r"names 10 classes; the checkpoint's head has 3"),
