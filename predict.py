@@ -17,6 +17,7 @@ import torch
 
 from checkpoint import safe_load
 from datasets import load_class_names, read_test_views
+from engine_for_finetuning import predict_views
 from modeling_finetune import create_model
 
 DEFAULTS = dict(model=None, num_frames=16, input_size=224, short_side_size=224, test_num_segment=2,
@@ -60,7 +61,8 @@ def _state_dict(ckpt: dict, path: str, use_ema: bool) -> dict:
     if use_ema:
         if not isinstance(ckpt.get("model_ema"), dict):
             raise PredictError(f"checkpoint {path} has no model_ema weights (it was trained without --model_ema)")
-        return ckpt["model_ema"]
+        # the EMA covers the trainable weights (older checkpoints: all of them); the frozen ones are in 'model'
+        return {**_state_dict(ckpt, path, use_ema=False), **ckpt["model_ema"]}
     for key in ("model", "module"):
         if isinstance(ckpt.get(key), dict):
             return ckpt[key]
@@ -134,8 +136,8 @@ def predict_video(model: torch.nn.Module, path: str, args: argparse.Namespace) -
         views, _ = read_test_views(path, args)
     except Exception as e:  # any decoder failure: name the file and pass on the decoder's reason
         raise PredictError(f"video {path}: cannot be decoded ({type(e).__name__}: {e})") from None
-    logits = model(views.to(args.device, torch.float32))
-    return logits.float().softmax(-1).mean(0).cpu()
+    _, probs = predict_views(model, views[None].to(args.device, torch.float32))
+    return probs[0].cpu()
 
 
 def top5(probs: torch.Tensor, class_names: list[str] | None) -> list[dict]:

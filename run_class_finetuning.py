@@ -17,6 +17,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 import checkpoint
 import engine_for_finetuning as engine
 import optim_factory
+import reports
 import utils
 
 
@@ -178,7 +179,7 @@ def build_model(args) -> torch.nn.Module:
 
 def build_loaders(args, eval_only: bool) -> dict:
     """Datasets and loaders. Train: DistributedSampler (any world size); val/test: disjoint shards when dist_eval."""
-    from datasets import build_dataset, multiple_samples_collate
+    from datasets import ShardSampler, build_dataset, multiple_samples_collate
     world, rank = utils.get_world_size(), utils.get_rank()
     eval_args = argparse.Namespace(**{**vars(args), "data_path": args.eval_data_path or args.data_path})
     shard = dict(num_replicas=world, rank=rank) if args.dist_eval else dict(num_replicas=1, rank=0)
@@ -187,7 +188,7 @@ def build_loaders(args, eval_only: bool) -> dict:
     out = {}
     test_set, _ = build_dataset(is_train=False, test_mode=True, args=eval_args)
     out["test"] = torch.utils.data.DataLoader(test_set, batch_size=args.batch_size, generator=torch.Generator(),
-                                              sampler=engine.ShardSampler(test_set, **shard), **common)
+                                              sampler=ShardSampler(test_set, **shard), **common)
     if eval_only:
         return out
     train_set, _ = build_dataset(is_train=True, test_mode=False, args=args)
@@ -199,7 +200,7 @@ def build_loaders(args, eval_only: bool) -> dict:
     if not args.disable_eval_during_finetuning:
         val_set, _ = build_dataset(is_train=False, test_mode=False, args=eval_args)
         out["val"] = torch.utils.data.DataLoader(val_set, batch_size=int(1.5 * args.batch_size),
-                                                 sampler=engine.ShardSampler(val_set, **shard),
+                                                 sampler=ShardSampler(val_set, **shard),
                                                  generator=torch.Generator(), **common)
     return out
 
@@ -228,14 +229,47 @@ def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
         criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
     else:
         criterion = torch.nn.CrossEntropyLoss()
-    scaler = torch.amp.GradScaler(torch.device(args.device).type) if args.amp == "fp16" else None
+    scaler = torch.amp.GradScaler(torch.device(args.device).type, enabled=args.amp == "fp16")
     model_ema = None
-    if args.model_ema:
-        from timm.utils import ModelEmaV3
-        model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
-                               device=torch.device("cpu") if args.model_ema_force_cpu else None)
+    if args.model_ema:  # trainable parameters only; on the CPU with --model_ema_force_cpu
+        model_ema = optim_factory.TrainableEma(model, args.model_ema_decay,
+                                               device="cpu" if args.model_ema_force_cpu else None)
     return dict(optimizer=optimizer, lr_schedule=lr_schedule, wd_schedule=wd_schedule, mixup_fn=mixup_fn,
                 criterion=criterion, scaler=scaler, model_ema=model_ema)
+
+
+def wrap_model(args, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The module the loop runs: torch.compile'd with --compile, inside DDP when distributed."""
+    run_model = torch.compile(model) if args.compile else model
+    if args.distributed:
+        run_model = torch.nn.parallel.DistributedDataParallel(
+            run_model, device_ids=[args.gpu] if device.type == "cuda" else None, find_unused_parameters=False,
+            broadcast_buffers=False)  # the only buffer is the fixed position table: identical on every rank
+    return run_model
+
+
+def checkpoint_names(args, epoch: int, is_best: bool) -> list[str]:
+    """Files to write after `epoch`: checkpoint-N.pth every --save_ckpt_freq epochs and at the end, and
+    checkpoint-best.pth on a new best validation top-1; none without an output_dir or with --no_save_ckpt."""
+    if not (args.output_dir and args.save_ckpt):
+        return []
+    names = [f"checkpoint-{epoch}.pth"] if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs else []
+    return names + (["checkpoint-best.pth"] if is_best else [])
+
+
+def run_test(args, run_model: torch.nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
+             summary: dict, class_names: list[str] | None) -> dict | None:
+    """Multi-view test; rank 0 writes the arrays, reports and test_summary.json to output_dir and gets the summary."""
+    result = engine.final_test(run_model, loader, device, amp_dtype=amp_dtype, gather=args.dist_eval)
+    if result is None:
+        return None
+    summary = {**{k: result[k] for k in ("top1", "top5", "videos", "views_per_video")}, **summary}
+    if args.output_dir:
+        summary = reports.write_test_outputs(args.output_dir, result["per_view"], result["per_video"], summary,
+                                             class_names)
+    print(json.dumps(utils.to_jsonable({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})),
+          flush=True)
+    return summary
 
 
 def main(args: argparse.Namespace) -> dict | None:
@@ -265,13 +299,8 @@ def _main(args) -> dict | None:
     if args.labels:
         from datasets import load_class_names
         class_names = load_class_names(args.labels)
-    run_model = torch.compile(model) if args.compile else model
-    if args.distributed:
-        run_model = torch.nn.parallel.DistributedDataParallel(
-            run_model, device_ids=[args.gpu] if device.type == "cuda" else None, find_unused_parameters=False,
-            broadcast_buffers=False)  # the only buffer is the fixed position table: identical on every rank
-    test = partial(engine.final_test, run_model, loaders["test"], device, amp_dtype=amp_dtype,
-                   gather=args.dist_eval, output_dir=args.output_dir if rank == 0 else "", class_names=class_names)
+    run_model = wrap_model(args, model, device)
+    test = partial(run_test, args, run_model, loaders["test"], device, amp_dtype, class_names=class_names)
     if args.eval:
         path = utils.load_for_eval(args, raw_model, checkpoint.safe_load)
         return test(summary={"checkpoint": path, "model": args.model})
@@ -303,21 +332,19 @@ def _main(args) -> dict | None:
             val = engine.validate(run_model, loaders["val"], device, amp_dtype, reduce=args.dist_eval)
             record.update({f"val_{k}": v for k, v in val.items()})
             if t["model_ema"] is not None:
-                ema = engine.validate(t["model_ema"].module, loaders["val"], device, amp_dtype, args.dist_eval)
+                with t["model_ema"].applied():  # the EMA weights in the model, wherever the EMA is kept
+                    ema = engine.validate(run_model, loaders["val"], device, amp_dtype, args.dist_eval)
                 record.update({f"val_ema_{k}": v for k, v in ema.items()})
             print(f"Epoch {epoch}: val top-1 {val['acc1']:.2f}% top-5 {val['acc5']:.2f}% "
                   f"(best {max(max_acc, val['acc1']):.2f}%)", flush=True)
         is_best = "val_acc1" in record and record["val_acc1"] > max_acc
         max_acc = max(max_acc, record.get("val_acc1", max_acc))
-        if args.output_dir and args.save_ckpt:
-            names = [f"checkpoint-{epoch}.pth"] if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs \
-                else []
-            names += ["checkpoint-best.pth"] if is_best else []
-            state = utils.training_state(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"], epoch,
-                                         max_acc) if names else None
-            for name in names:
-                path = utils.save_training_checkpoint(args.output_dir, name, state)
-                last_ckpt = path if name != "checkpoint-best.pth" else last_ckpt
+        names = checkpoint_names(args, epoch, is_best)
+        state = utils.training_state(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"], epoch,
+                                     max_acc) if names else None
+        for name in names:
+            path = utils.save_training_checkpoint(args.output_dir, name, state)
+            last_ckpt = path if name != "checkpoint-best.pth" else last_ckpt
         if rank == 0 and args.output_dir:
             utils.append_json_line(os.path.join(args.output_dir, "log.txt"), {**record, "n_parameters": n_parameters})
         if log_writer is not None:

@@ -83,6 +83,7 @@ def init_distributed(args) -> None:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     cuda = str(args.device).startswith("cuda")
     if cuda:
+        check_local_gpu(args.gpu, args.world_size)
         torch.cuda.set_device(args.gpu)
     backend = "nccl" if cuda else "gloo"
     print(f"| distributed init rank {args.rank}/{args.world_size} (local {args.gpu}, {backend}): {args.dist_url}",
@@ -92,6 +93,15 @@ def init_distributed(args) -> None:
                             device_id=torch.device("cuda", args.gpu) if cuda else None)
     dist.barrier()
     _quiet_non_master(args.rank == 0)
+
+
+def check_local_gpu(local_rank: int, world_size: int) -> None:
+    """Stop with a message (not a CUDA error) when this process's local rank has no GPU of its own."""
+    visible = torch.cuda.device_count()
+    if local_rank >= visible:
+        raise SystemExit(f"error: process with local rank {local_rank} (of {world_size} processes) has no GPU: "
+                         f"{visible} visible on this node. Start at most {visible} processes per node "
+                         f"(torchrun --nproc_per_node / NPROC), or pass --device cpu")
 
 
 def _quiet_non_master(is_master: bool) -> None:
@@ -236,6 +246,14 @@ class TensorboardLogger:
         self.writer.close()
 
 
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory so far in GiB: tensors allocated on a CUDA device, else the process's peak resident set (CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 def to_jsonable(obj: Any) -> Any:
     """Plain python types for JSON and weights_only checkpoints (tuples -> lists, tensors/arrays -> lists)."""
     if isinstance(obj, dict):
@@ -368,7 +386,7 @@ def training_state(args, model: torch.nn.Module, optimizer, scaler, model_ema, e
     """Everything a resume needs; gathers every rank's RNG state (collective: call on all ranks)."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
-            "args": to_jsonable(vars(args)), "model_ema": model_ema.module.state_dict() if model_ema else None,
+            "args": to_jsonable(vars(args)), "model_ema": model_ema.state_dict() if model_ema else None,
             "max_accuracy": max_acc, "rng_states": gather_rng_states()}
 
 
@@ -402,7 +420,7 @@ def resume_training(args, model: torch.nn.Module, optimizer, scaler, model_ema, 
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     if model_ema is not None:  # no EMA in the file: restart the average from the loaded weights
-        model_ema.module.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None else model.state_dict())
+        model_ema.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None else model.state_dict())
     epoch = ckpt.get("epoch")
     if not isinstance(epoch, int):
         print(f"WARNING: {path} has no integer epoch ({epoch!r}); starting at epoch {args.start_epoch}", flush=True)

@@ -9,9 +9,10 @@ import torch
 
 from datasets.ssv2 import (SSv2Dataset, load_class_names, multiple_samples_collate, read_video_list, read_views,
                            train_indices, eval_indices, val_indices, video_id)
+from datasets.samplers import ShardSampler
 
 __all__ = ["build_dataset", "read_test_views", "load_class_names", "multiple_samples_collate", "SSv2Dataset",
-           "read_video_list", "train_indices", "eval_indices", "val_indices", "video_id"]
+           "ShardSampler", "read_video_list", "train_indices", "eval_indices", "val_indices", "video_id"]
 
 LABELS_FILE = "something-something-v2-labels.json"
 
