@@ -80,6 +80,9 @@ def test_outputs_and_logs(straight):
     assert {"model", "optimizer", "epoch", "args", "model_ema", "rng_states", "scaler"} <= set(ck)
     assert isinstance(ck["args"], dict) and ck["epoch"] == 1
     assert any(k.startswith("llama.") for k in ck["model"])  # frozen LLaMA weights saved (zoo format)
+    trainable = [n for n, p in run.build_model(run.parse_args(base_argv("", out))).named_parameters()
+                 if p.requires_grad]
+    assert list(ck["model_ema"]) == trainable  # the EMA: trainable weights only, the frozen block is stored once
 
 
 def test_resume_after_epoch_0_matches_uninterrupted_and_skips_damaged(straight, data_dir, tmp_path):
@@ -136,6 +139,20 @@ def test_eval_wrong_model_names_file(straight, data_dir, tmp_path):
     with pytest.raises(RuntimeError, match="checkpoint-1.pth does not fit --model vit_tiny_patch16"):
         train(base_argv(data_dir, tmp_path, "--eval", "--model", "vit_tiny_patch16", "--resume",
                         os.path.join(out, "checkpoint-1.pth")))
+
+
+def test_resume_loads_an_old_checkpoint_whose_ema_is_the_whole_model(straight, data_dir, tmp_path):
+    out, _ = straight
+    ck = checkpoint.safe_load(os.path.join(out, "checkpoint-0.pth"))
+    ck["model_ema"] = {k: v + 1.0 if v.is_floating_point() else v for k, v in ck["model"].items()}
+    torch.save(ck, tmp_path / "old.pth")
+    args = run.parse_args(base_argv(data_dir, tmp_path, "--resume", str(tmp_path / "old.pth"), "--model_ema"))
+    model = run.build_model(args)
+    t = run.build_training(args, model, steps_per_epoch=4)
+    utils.resume_training(args, model, t["optimizer"], t["scaler"], t["model_ema"], checkpoint.safe_load)
+    assert list(t["model_ema"].state_dict()) == [n for n, p in model.named_parameters() if p.requires_grad]
+    for n, v in t["model_ema"].state_dict().items():
+        assert torch.equal(v, ck["model_ema"][n]), n
 
 
 def test_resume_from_best_continues_after_its_epoch(straight, data_dir, tmp_path):
@@ -411,6 +428,33 @@ def test_loop_flags_act(data_dir, tmp_path, recorded):
     assert json.load(open(out / "args.json"))["clip_grad"] == 0.5
     best = checkpoint.safe_load(str(out / "checkpoint-best.pth"))
     assert best["epoch"] == 2 and best["max_accuracy"] == 50.0  # fake val acc1 grows: 10, 30, 50 (EMA calls between)
+
+
+def test_ema_is_validated_inside_the_model_on_the_training_device(data_dir, tmp_path, recorded, monkeypatch):
+    """--model_ema_force_cpu: the EMA (kept on the CPU) is validated by putting its weights into the model that runs
+    on --device, not by feeding the CPU copy the device's clips; the training weights come back after, and the
+    checkpoint holds both."""
+    seen = []
+
+    def fake_train(model, criterion, loader, optimizer, device, epoch, **kw):
+        with torch.no_grad():
+            engine.unwrap(model).head.bias.add_(1.0)
+        kw["model_ema"].update()  # decay 0.5: the average is 0.5 behind the model
+        return {"loss": 1.0}
+
+    def fake_validate(model, loader, device, amp_dtype=None, reduce=False):
+        engine.check_device(model, device)
+        seen.append((model, engine.unwrap(model).head.bias.detach().clone()))
+        return {"acc1": 10.0, "acc5": 50.0, "loss": 1.0, "videos": 7}
+    monkeypatch.setattr(engine, "train_one_epoch", fake_train)
+    monkeypatch.setattr(engine, "validate", fake_validate)
+    train(base_argv(data_dir, tmp_path, "--epochs", "1", "--model_ema", "--model_ema_decay", "0.5",
+                    "--model_ema_force_cpu"))
+    (model, trained_bias), (ema_model, ema_bias) = seen
+    assert ema_model is model
+    torch.testing.assert_close(ema_bias, trained_bias - 0.5)
+    ck = checkpoint.safe_load(str(tmp_path / "checkpoint-0.pth"))
+    assert torch.equal(ck["model"]["head.bias"], trained_bias) and torch.equal(ck["model_ema"]["head.bias"], ema_bias)
 
 
 def test_loop_flags_no_save_no_eval_start_epoch_no_auto_resume(data_dir, tmp_path, recorded):

@@ -19,6 +19,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = {"red": (210, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 220)}  # one class each
 
 
+@pytest.fixture(autouse=True)
+def cpu_only(monkeypatch):
+    """predict.py picks CUDA where it exists; these are CPU tests and must mean the same on a GPU node."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 def write_video(path: str, rgb, seed: int, frames: int = 10, height: int = 40, width: int = 56) -> None:
     """A noisy clip of one dominant colour: clearly separable classes that a tiny ViT learns in a few steps."""
     rng = np.random.default_rng(seed)

@@ -44,6 +44,20 @@ def test_single_process_init_needs_no_launcher(monkeypatch):
     assert (args.rank, args.world_size, args.distributed) == (0, 1, False) and not utils.is_dist()
 
 
+def test_more_processes_than_gpus_is_an_error_not_a_crash(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU node: rank 1 stops with a message before touching CUDA."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set_device reached"))
+    args = type("A", (), dict(dist_on_itp=False, world_size=1, local_rank=-1, device="cuda", dist_url="env://"))()
+    with pytest.raises(SystemExit, match=r"local rank 1 \(of 2 processes\) has no GPU: 1 visible on this node\. "
+                                         r"Start at most 1 processes per node"):
+        utils.init_distributed(args)
+    assert not utils.is_dist()
+
+
 def test_cosine_scheduler_warmup_steps_and_edges():
     s = utils.cosine_scheduler(1.0, 0.0, epochs=2, niter_per_ep=5, warmup_epochs=1, warmup_steps=2)
     np.testing.assert_allclose(s[:2], [0.0, 0.5])
