@@ -481,36 +481,65 @@ def test_empty_output_dir_writes_nothing(data_dir, tmp_path, recorded, monkeypat
     assert os.listdir(tmp_path) == [] and len(recorded["test"]) == 1
 
 
-@pytest.mark.parametrize("script, nproc, expect", [
-    ("ssv2_vits.sh", 1, ("vit_small_patch16_224", "6", "4", "1e-3", "0.7", "40")),
-    ("ssv2_vits.sh", 4, ("vit_small_patch16_224", "6", "1", "1e-3", "0.7", "40")),
-    ("ssv2_vits_llama.sh", 8, ("vit_llama_small_patch16_224", "3", "1", "1e-3", "0.7", "40")),
-    ("ssv2_vitb.sh", 2, ("vit_base_patch16_224", "3", "2", "5e-4", "0.75", "30")),
-    ("ssv2_vitb_llama.sh", 4, ("vit_llama_base_patch16_224", "3", "1", "5e-4", "0.75", "30")),
-])
-def test_training_scripts_keep_the_published_step(tmp_path, script, nproc, expect):
-    """The scripts hand torchrun the published recipe with batch x update_freq x GPUs = 24 (ViT-S) / 12 (ViT-B)."""
+SCRIPT_ENV = ("MODEL", "TOTAL_BATCH", "LR", "LAYER_DECAY", "EPOCHS", "MAX_BATCH_PER_GPU", "PUBLISHED_BATCH_PER_GPU",
+              "COMPILE", "NPROC", "NNODES", "DATA_ROOT", "FINETUNE")
+
+
+def run_script(tmp_path, script, env, gpu_mib=None):
+    """Run a training script with a fake torchrun (prints its argv) and a fake nvidia-smi (gpu_mib per GPU, or
+    absent); returns (returncode, torchrun argv, stdout, stderr)."""
     fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "torchrun").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
-    (fake / "torchrun").chmod(0o755)
-    (tmp_path / "llama").mkdir()
-    (tmp_path / "llama" / "params.json").write_text("{}")
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "NPROC": str(nproc), "OUTPUT_DIR": str(tmp_path / "o"),
-           "LLAMA_PATH": str(tmp_path / "llama")}
+    fake.mkdir(exist_ok=True)
+    (fake / "torchrun").write_text('#!/bin/sh\nfor a in "$@"; do echo "ARG $a"; done\n')
+    smi = ('#!/bin/sh\ncase "$*" in *--query-gpu=memory.total*) for i in $(seq ${NPROC}); do echo %s; done ;; '
+           '*) for i in $(seq ${NPROC}); do echo "GPU $i"; done ;; esac\n' % gpu_mib) if gpu_mib else "#!/bin/sh\nexit 1\n"
+    (fake / "nvidia-smi").write_text(smi)
+    for f in ("torchrun", "nvidia-smi"):
+        (fake / f).chmod(0o755)
+    (tmp_path / "llama").mkdir(exist_ok=True)
+    own = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV}  # the caller's settings must not leak in
+    env = {**own, "PATH": f"{fake}:{os.environ['PATH']}", "OUTPUT_DIR": str(tmp_path / "o"),
+           "LLAMA_PATH": str(tmp_path / "llama"), **env}
     res = subprocess.run(["bash", os.path.join(ROOT, "scripts", script), "--extra_flag"], env=env,
                          capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    argv = res.stdout.split("\n")
+    argv = [x[4:] for x in res.stdout.splitlines() if x.startswith("ARG ")]
+    return res.returncode, argv, res.stdout, res.stderr
+
+
+H100_MIB, GPU24_MIB = 81559, 24576  # what nvidia-smi reports for an 80 GB H100 and a 24 GiB card
+
+
+@pytest.mark.parametrize("script, nproc, gpu_mib, env, expect", [
+    ("ssv2_vits.sh", 1, H100_MIB, {}, ("vit_small_patch16_224", "24", "1", "1e-3", "0.7", "40")),
+    ("ssv2_vits.sh", 1, GPU24_MIB, {}, ("vit_small_patch16_224", "8", "3", "1e-3", "0.7", "40")),
+    ("ssv2_vits.sh", 1, H100_MIB, {"MAX_BATCH_PER_GPU": "6"}, ("vit_small_patch16_224", "6", "4", "1e-3", "0.7", "40")),
+    ("ssv2_vits.sh", 1, None, {}, ("vit_small_patch16_224", "6", "4", "1e-3", "0.7", "40")),
+    ("ssv2_vits.sh", 4, GPU24_MIB, {}, ("vit_small_patch16_224", "6", "1", "1e-3", "0.7", "40")),
+    ("ssv2_vits_llama.sh", 8, H100_MIB, {}, ("vit_llama_small_patch16_224", "3", "1", "1e-3", "0.7", "40")),
+    ("ssv2_vitb.sh", 2, None, {}, ("vit_base_patch16_224", "3", "2", "5e-4", "0.75", "30")),
+    ("ssv2_vitb_llama.sh", 1, H100_MIB, {}, ("vit_llama_base_patch16_224", "12", "1", "5e-4", "0.75", "30")),
+    ("ssv2_vitb_llama.sh", 1, 16384, {}, ("vit_llama_base_patch16_224", "6", "2", "5e-4", "0.75", "30")),
+    ("ssv2_vitb_llama.sh", 1, H100_MIB, {"MODEL": "vit_large_patch16_224"},
+     ("vit_large_patch16_224", "3", "4", "5e-4", "0.75", "30")),
+])
+def test_training_scripts_fit_the_gpu_and_keep_the_published_step(tmp_path, script, nproc, gpu_mib, env, expect):
+    """The per-GPU batch is the largest divisor of the GPU's share that fits its memory (1.6 GiB per video, 25% kept
+    free), MAX_BATCH_PER_GPU overrides it, no nvidia-smi or an unmeasured model gives the published split; always
+    batch x update_freq x GPUs = 24 (ViT-S) / 12 (ViT-B) videos per step, and the published recipe."""
+    code, argv, out, err = run_script(tmp_path, script, {"NPROC": str(nproc), **env}, gpu_mib)
+    assert code == 0, err
     value = lambda flag: argv[argv.index(flag) + 1]  # noqa: E731
     got = tuple(value(f) for f in ("--model", "--batch_size", "--update_freq", "--lr", "--layer_decay", "--epochs"))
     assert got == expect
     assert int(got[1]) * int(got[2]) * nproc == (24 if "vits" in script else 12)
     assert value("--test_num_segment") == "2" and value("--test_num_crop") == "3" and "--extra_flag" in argv
-    assert ("--llama_path" in argv) == ("llama" in script)
+    assert ("--llama_path" in argv) == ("llama" in script) and "--compile" in argv
 
 
-def test_script_rejects_gpu_count_that_cannot_keep_the_step(tmp_path):
-    res = subprocess.run(["bash", os.path.join(ROOT, "scripts", "ssv2_vits.sh")], capture_output=True, text=True,
-                         env={**os.environ, "NPROC": "5", "OUTPUT_DIR": str(tmp_path)}, timeout=60)
-    assert res.returncode == 1 and "cannot be split over 5 GPUs" in res.stderr
+def test_script_compile_off_and_bad_inputs(tmp_path):
+    code, argv, _, _ = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "COMPILE": "0"}, H100_MIB)
+    assert code == 0 and "--compile" not in argv and argv[argv.index("--batch_size") + 1] == "24"
+    code, _, _, err = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "5"}, H100_MIB)
+    assert code == 1 and "cannot be split over 5 GPUs" in err
+    code, _, _, err = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "MAX_BATCH_PER_GPU": "0"}, H100_MIB)
+    assert code == 1 and "MAX_BATCH_PER_GPU=0: expected a whole number of videos >= 1" in err
