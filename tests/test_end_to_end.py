@@ -543,3 +543,18 @@ def test_script_compile_off_and_bad_inputs(tmp_path):
     assert code == 1 and "cannot be split over 5 GPUs" in err
     code, _, _, err = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "MAX_BATCH_PER_GPU": "0"}, H100_MIB)
     assert code == 1 and "MAX_BATCH_PER_GPU=0: expected a whole number of videos >= 1" in err
+
+
+@pytest.mark.parametrize("compile_env, expect", [({}, True), ({"COMPILE": "0"}, False)])
+def test_slurm_example_passes_compile_unless_turned_off(tmp_path, compile_env, expect):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text('#!/bin/sh\nfor a in "$@"; do echo "ARG $a"; done\n')
+    (fake / "srun").chmod(0o755)
+    own = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV}
+    res = subprocess.run(["bash", os.path.join(ROOT, "scripts", "slurm_example.sh")], capture_output=True, text=True,
+                         env={**own, "PATH": f"{fake}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": ROOT,
+                              **compile_env}, timeout=60)
+    argv = [x[4:] for x in res.stdout.splitlines() if x.startswith("ARG ")]
+    assert res.returncode == 0 and argv[:2] == ["python", "run_class_finetuning.py"], res.stderr
+    assert ("--compile" in argv) == expect and argv[argv.index("--batch_size") + 1] == "3"
