@@ -37,6 +37,7 @@ def tiny(seed: int = 0, depth: int | None = None) -> nn.Module:
 
 
 def batches(n: int, seed: int = 1) -> list:
+    """n batches of 2 random clips (3 x 4 x 32 x 32) with labels in [0, 4)."""
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(2, 3, 4, 32, 32, generator=g), torch.randint(0, 4, (2,), generator=g)) for _ in range(n)]
 
@@ -46,9 +47,10 @@ def sgd(model: nn.Module, lr: float = 0.1) -> torch.optim.Optimizer:
                            lr=lr)
 
 
-def run_epoch(model, loader, steps, **kw):
-    return engine.train_one_epoch(model, nn.CrossEntropyLoss(), loader, kw.pop("optimizer", None) or sgd(model), CPU,
-                                  0, lr_schedule=np.full(steps, 0.1), wd_schedule=np.zeros(steps), start_step=0,
+def run_epoch(model, loader, steps, device=CPU, **kw):
+    """`steps` SGD steps (lr 0.1) of train_one_epoch, epoch 0."""
+    return engine.train_one_epoch(model, nn.CrossEntropyLoss(), loader, sgd(model), device, 0,
+                                  lr_schedule=np.full(steps, 0.1), wd_schedule=np.zeros(steps), start_step=0,
                                   steps_per_epoch=steps, **kw)
 
 
