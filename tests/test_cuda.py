@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import engine_for_finetuning as engine
 import optim_factory
