@@ -10,7 +10,8 @@ import contextlib
 import datetime
 import itertools
 import time
-from typing import Callable, Iterable
+from functools import partial
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import utils
+from video_transforms import normalize_clips
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -63,6 +65,11 @@ def apply_mixup(mixup_fn: Callable, clips: torch.Tensor, labels: torch.Tensor) -
     return mixed.reshape(b, c, t, h, w), targets
 
 
+def to_device(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clips, labels) of a worker-augmented batch, moved to the device."""
+    return batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+
+
 def set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
     """This step's lr (times each group's lr_scale) and weight decay (on the groups that decay)."""
     for g in optimizer.param_groups:
@@ -94,25 +101,29 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, *, lr_schedule: np.ndarray, wd_schedule: np.ndarray,
                     start_step: int, steps_per_epoch: int, update_freq: int = 1,
+                    prepare_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
                     scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
                     clip_grad: float | None = None, model_ema=None, mixup_fn: Callable | None = None,
                     log_writer: utils.TensorboardLogger | None = None, print_freq: int = 20) -> dict:
     """One epoch of steps_per_epoch optimizer steps, each accumulating update_freq micro-batches.
 
     lr and weight decay follow the per-iteration schedules; DDP all-reduces gradients on a step's last micro-batch
-    only. scaler: an enabled GradScaler for fp16 (None: a disabled one). Returns the epoch's numbers (_Meter.stats).
+    only. prepare_batch turns a loader batch into (clips, labels) on the device: to_device (the default) for
+    worker-augmented batches, video_transforms.DeviceAugment for decoded videos. scaler: an enabled GradScaler for
+    fp16 (None: a disabled one). Returns the epoch's numbers (_Meter.stats).
     """
     check_device(model, device)
     model.train(True)
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     no_sync = model.no_sync if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext
+    prepare_batch = prepare_batch or partial(to_device, device=device)
     total = steps_per_epoch * update_freq
     meter = _Meter(device, epoch, total, print_freq, log_writer, start_step * update_freq, is_compiled(model))
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(itertools.islice(loader, total)):
         meter.data_ready()
-        clips, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        clips, labels = prepare_batch(batch)
         step, last_micro = start_step + i // update_freq, (i + 1) % update_freq == 0
         if i % update_freq == 0:
             set_schedules(optimizer, float(lr_schedule[step]), float(wd_schedule[step]))
@@ -166,7 +177,8 @@ class _Meter:
             row += [torch.zeros((), device=self.device)] * 3
         else:
             finite = torch.isfinite(grad_norm).to(self.device)
-            row += [torch.where(finite, grad_norm.to(self.device), 0.0), finite.float(), skipped.float().to(self.device)]
+            grad_norm = torch.where(finite, grad_norm.to(self.device), 0.0)
+            row += [grad_norm, finite.float(), skipped.float().to(self.device)]
             self.steps += 1
             self.win_steps += 1
         self.window += torch.stack(row)
@@ -249,7 +261,8 @@ def validate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
     model.eval()
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # correct1, correct5, loss_sum, count
     for batch in loader:
-        clips, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        clips = normalize_clips(batch[0].to(device, non_blocking=True))
+        labels = batch[1].to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(clips)
         logits = logits.float()
@@ -298,7 +311,7 @@ def multi_view_predict(model: nn.Module, loader: Iterable, device: torch.device,
     cols = {k: [] for k in ("video_ids", "view_ids", "view_probs", "labels", "probs", "views")}
     t0 = time.time()
     for i, (views, label, video_id, view_ids) in enumerate(loader):
-        views = views.to(device, non_blocking=True)
+        views = normalize_clips(views.to(device, non_blocking=True))  # uint8 B x V x T x H x W x C -> float, C first
         view_probs, probs = predict_views(model, views, amp_dtype)
         cols["view_probs"].append(view_probs.flatten(0, 1).cpu())
         cols["probs"].append(probs.cpu())

@@ -18,6 +18,7 @@ import torch
 from checkpoint import safe_load
 from datasets import load_class_names, read_test_views
 from engine_for_finetuning import predict_views
+from video_transforms import normalize_clips
 from modeling_finetune import create_model
 
 DEFAULTS = dict(model=None, num_frames=16, input_size=224, short_side_size=224, test_num_segment=2,
@@ -136,7 +137,7 @@ def predict_video(model: torch.nn.Module, path: str, args: argparse.Namespace) -
         views, _ = read_test_views(path, args)
     except Exception as e:  # any decoder failure: name the file and pass on the decoder's reason
         raise PredictError(f"video {path}: cannot be decoded ({type(e).__name__}: {e})") from None
-    _, probs = predict_views(model, views[None].to(args.device, torch.float32))
+    _, probs = predict_views(model, normalize_clips(views.to(args.device))[None])
     return probs[0].cpu()
 
 

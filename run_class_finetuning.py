@@ -19,6 +19,7 @@ import engine_for_finetuning as engine
 import optim_factory
 import reports
 import utils
+from video_transforms import DeviceAugment
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -60,6 +61,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     # augmentation
     a("--color_jitter", default=0.4, type=float, help="unused by the video pipeline (as in VideoMAE); only 0.4")
     a("--num_sample", default=2, type=int, help="augmented clips per video (repeated augmentation)")
+    a("--augment_on", default=None, choices=["workers", "device"],
+      help="where training clips are augmented: 'device' (workers only decode; RandAugment, crop, normalise and "
+           "erase run batched on the training device) or 'workers' (the published PIL path). Default: device on "
+           "CUDA, workers on CPU")
     a("--aa", default="rand-m7-n4-mstd0.5-inc1", type=str, help="RandAugment policy; '' or 'none' turns it off")
     a("--smoothing", default=0.1, type=float)
     a("--train_interpolation", default="bicubic", type=str)
@@ -149,6 +154,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("error: --device cuda but no CUDA device is available; pass --device cpu")
     if args.amp is None:
         args.amp = "bf16" if args.device.startswith("cuda") else "none"
+    if args.augment_on is None:
+        args.augment_on = "device" if args.device.startswith("cuda") else "workers"
     if args.log_dir is None and args.output_dir:
         args.log_dir = args.output_dir
     if args.labels is None:
@@ -179,7 +186,7 @@ def build_model(args) -> torch.nn.Module:
 
 def build_loaders(args, eval_only: bool) -> dict:
     """Datasets and loaders. Train: DistributedSampler (any world size); val/test: disjoint shards when dist_eval."""
-    from datasets import ShardSampler, build_dataset, multiple_samples_collate
+    from datasets import ShardSampler, build_dataset, multiple_samples_collate, pack_videos_collate
     world, rank = utils.get_world_size(), utils.get_rank()
     eval_args = argparse.Namespace(**{**vars(args), "data_path": args.eval_data_path or args.data_path})
     shard = dict(num_replicas=world, rank=rank) if args.dist_eval else dict(num_replicas=1, rank=0)
@@ -194,7 +201,8 @@ def build_loaders(args, eval_only: bool) -> dict:
     train_set, _ = build_dataset(is_train=True, test_mode=False, args=args)
     out["generator"] = torch.Generator()
     out["train"] = torch.utils.data.DataLoader(
-        train_set, batch_size=args.batch_size, drop_last=True, collate_fn=multiple_samples_collate,
+        train_set, batch_size=args.batch_size, drop_last=True,
+        collate_fn=pack_videos_collate if args.augment_on == "device" else multiple_samples_collate,
         sampler=torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed),
         generator=out["generator"], **common)
     if not args.disable_eval_during_finetuning:
@@ -234,8 +242,14 @@ def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
     if args.model_ema:  # trainable parameters only; on the CPU with --model_ema_force_cpu
         model_ema = optim_factory.TrainableEma(model, args.model_ema_decay,
                                                device="cpu" if args.model_ema_force_cpu else None)
-    return dict(optimizer=optimizer, lr_schedule=lr_schedule, wd_schedule=wd_schedule, mixup_fn=mixup_fn,
-                criterion=criterion, scaler=scaler, model_ema=model_ema)
+    device = torch.device(args.device, args.gpu) if args.device == "cuda" else torch.device(args.device)
+    prepare_batch = partial(engine.to_device, device=device)
+    if args.augment_on == "device":  # per-rank parameter streams, independent of the global RNGs
+        prepare_batch = DeviceAugment(device, args.input_size, args.aa, args.train_interpolation, reprob=args.reprob,
+                                      remode=args.remode, recount=args.recount, num_sample=args.num_sample,
+                                      seed=10_000 + 100 * args.seed + utils.get_rank())
+    return dict(prepare_batch=prepare_batch, optimizer=optimizer, lr_schedule=lr_schedule, wd_schedule=wd_schedule,
+                mixup_fn=mixup_fn, criterion=criterion, scaler=scaler, model_ema=model_ema)
 
 
 def wrap_model(args, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -324,7 +338,8 @@ def _main(args) -> dict | None:
         train_stats = engine.train_one_epoch(
             run_model, t["criterion"], loaders["train"], t["optimizer"], device, epoch,
             lr_schedule=t["lr_schedule"], wd_schedule=t["wd_schedule"], start_step=epoch * steps_per_epoch,
-            steps_per_epoch=steps_per_epoch, update_freq=args.update_freq, scaler=t["scaler"], amp_dtype=amp_dtype,
+            steps_per_epoch=steps_per_epoch, update_freq=args.update_freq, prepare_batch=t["prepare_batch"],
+            scaler=t["scaler"], amp_dtype=amp_dtype,
             clip_grad=args.clip_grad, model_ema=t["model_ema"], mixup_fn=t["mixup_fn"], log_writer=log_writer,
             print_freq=args.print_freq)
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()}}

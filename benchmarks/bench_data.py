@@ -1,6 +1,7 @@
 """Per-process data throughput on 240 px mp4s: decode only, the train pipeline, the test pipeline.
 
-  python benchmarks/bench_data.py [--videos 24] [--height 240] [--frames 48] [--decoder auto] [--threads 1]
+  python benchmarks/bench_data.py [--augment_on workers|device] [--videos 24] [--height 240] [--frames 48]
+                                  [--decoder auto] [--threads 1]
 
 Generates synthetic H.264 videos at SSv2's size (240 px high, ~4 s at 12 fps) once, then measures one process with
 one torch thread (what each DataLoader worker gets):
@@ -9,7 +10,10 @@ one torch thread (what each DataLoader worker gets):
                 normalise, erase); reported as clips/s (2 per item), plus one clip's augmentation with and without
                 RandAugment (same seeds, so the same ops, in both)
   test          one test item: decode once + all 2 x 3 views (resize, crop, normalise); reported as videos/s
-and the share of each pipeline's time spent outside decoding.
+and the share of each pipeline's time spent outside decoding. With --augment_on device the train item is the decoded
+video only (uint8, plus its share of pack_videos_collate over a batch of --batch_size videos), reported as a ratio
+to the decode, and the device module (video_transforms.DeviceAugment) is timed on this CPU per clip, with one
+thread and with all of them.
 """
 import argparse
 import json
@@ -24,9 +28,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from datasets.decoding import read_frames  # noqa: E402
-from datasets.ssv2 import SSv2Dataset, eval_indices, read_video_list, train_indices  # noqa: E402
+from datasets.ssv2 import (SSv2Dataset, eval_indices, pack_videos_collate, read_video_list,  # noqa: E402
+                           train_indices)
 from datasets.synthetic import make_synthetic_dataset  # noqa: E402
-from video_transforms import TrainTransform  # noqa: E402
+from video_transforms import DeviceAugment, TrainTransform  # noqa: E402
 
 
 def _rate(fn, n: int, repeats: int) -> float:
@@ -38,6 +43,19 @@ def _rate(fn, n: int, repeats: int) -> float:
             fn(i)
         best = min(best, (time.perf_counter() - t) / n)
     return best
+
+
+def _interleaved(fns, n: int, repeats: int) -> list[float]:
+    """Seconds per call of each fn(i): the pipelines run in turn on each item, each item's time is its best over
+    `repeats` passes, so that the ratios between pipelines do not drift with other load on the machine."""
+    best = np.full((len(fns), n), np.inf)
+    for _ in range(repeats):
+        for i in range(n):
+            for k, fn in enumerate(fns):
+                t = time.perf_counter()
+                fn(i)
+                best[k, i] = min(best[k, i], time.perf_counter() - t)
+    return best.mean(1).tolist()
 
 
 def _seed(i: int) -> None:
@@ -56,6 +74,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="decoder threads")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--train_interpolation", default="bicubic", help="RandAugment's resampling (VideoMAE: bicubic)")
+    p.add_argument("--augment_on", default="workers", choices=["workers", "device"])
+    p.add_argument("--batch_size", type=int, default=6, help="videos per batch for the collate and the device module")
     p.add_argument("--json", default=None, help="also write the figures here")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -66,15 +86,20 @@ def main() -> None:
     paths = [p for p, _ in read_video_list(csv)][:a.videos]
     n = len(paths)
     common = dict(num_frames=16, input_size=224, short_side_size=224, decoder=a.decoder, decode_threads=a.threads)
-    train = SSv2Dataset(csv, "train", num_sample=2, train_interpolation=a.train_interpolation, **common)
+    train = SSv2Dataset(csv, "train", num_sample=2, train_interpolation=a.train_interpolation,
+                        augment_on=a.augment_on, **common)
     test = SSv2Dataset(csv, "test", test_num_segment=2, test_num_crop=3, **common)
     train[0], test[0]  # warm up (imports, first decoder open)
 
-    t_decode = _rate(lambda i: read_frames(paths[i], lambda m: train_indices(m, 16), a.decoder, a.threads), n, a.repeats)
-    t_decode_test = _rate(lambda i: read_frames(
-        paths[i], lambda m: eval_indices(m, 16, 0, 2) + eval_indices(m, 16, 1, 2), a.decoder, a.threads), n, a.repeats)
-    t_train = _rate(lambda i: (_seed(i), train[i]), n, a.repeats)
-    t_test = _rate(lambda i: test[i], n, a.repeats)
+    t_decode, t_decode_test, t_train, t_test = _interleaved([
+        lambda i: (_seed(i), read_frames(paths[i], lambda m: train_indices(m, 16), a.decoder, a.threads)),
+        lambda i: read_frames(paths[i], lambda m: eval_indices(m, 16, 0, 2) + eval_indices(m, 16, 1, 2), a.decoder,
+                              a.threads),
+        lambda i: (_seed(i), train[i]),
+        lambda i: test[i]], n, a.repeats)
+    if a.augment_on == "device":
+        device_figures(a, train, t_decode, t_train, t_decode_test, t_test)
+        return
     frames = [read_frames(p, lambda m: train_indices(m, 16), a.decoder, a.threads)[0] for p in paths]
     aug = TrainTransform(224, interpolation=a.train_interpolation)
     # Seeded per clip (and per train item above), so that RandAugment draws the same ops in every pass and in both
@@ -108,6 +133,47 @@ def main() -> None:
     print(f"test (2x3 views, 16x224x224):     {figures['test_videos_per_s']:7.1f} videos/s "
           f"({1e3 * t_test:.1f} ms/video, decode {1e3 * t_decode_test:.1f} ms; "
           f"{100 * figures['test_share_outside_decoding']:.0f}% outside decoding)")
+    print(f"1-min load average during the run: {figures['loadavg_1min']:.2f} on {os.cpu_count()} cores")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(figures, f, indent=1)
+
+
+def device_figures(a, train: SSv2Dataset, t_decode: float, t_train: float, t_decode_test: float,
+                   t_test: float) -> None:
+    """--augment_on device: what a worker does per video (decode + its share of the collate) against one decode,
+    the test item against its decode, and the device module's cost per clip on this CPU."""
+    items = [train[i] for i in range(a.batch_size)]
+    t_collate = _rate(lambda i: pack_videos_collate(items), 3, a.repeats) / a.batch_size
+    batch = pack_videos_collate(items)
+    aug = DeviceAugment("cpu", 224, num_sample=2, seed=0)
+    clips = 2 * a.batch_size
+    device_ms = {}
+    for threads in sorted({1, os.cpu_count()}):
+        torch.set_num_threads(threads)
+        device_ms[threads] = 1e3 * _rate(lambda i: aug(batch), 2, 1) / clips
+    torch.set_num_threads(1)
+    worker = t_train + t_collate
+    h, w = items[0][0].shape[1:3]
+    figures = {
+        "video": f"{w}x{h}, {a.frames} frames, H.264 mp4", "decoder": train.decoder, "augment_on": "device",
+        "decode_ms": 1e3 * t_decode, "train_item_ms": 1e3 * t_train, "collate_ms_per_video": 1e3 * t_collate,
+        "worker_ms_per_train_video": 1e3 * worker, "worker_cost_over_decode": worker / t_decode,
+        "test_ms_per_video": 1e3 * t_test, "test_decode_ms": 1e3 * t_decode_test,
+        "test_cost_over_decode": t_test / t_decode_test,
+        **{f"device_module_cpu_ms_per_clip_{k}_threads": v for k, v in device_ms.items()},
+        "loadavg_1min": os.getloadavg()[0],
+    }
+    print(f"{figures['video']}, decoder {figures['decoder']} ({a.threads} thread), 1 torch thread per worker, "
+          f"--augment_on device")
+    print(f"worker, per training video (num_sample 2 drawn on the device): {1e3 * worker:.1f} ms = item "
+          f"{1e3 * t_train:.1f} ms + collate {1e3 * t_collate:.2f} ms; one 16-frame decode {1e3 * t_decode:.1f} ms "
+          f"-> {figures['worker_cost_over_decode']:.2f}x the decode")
+    print(f"worker, per test video (2x3 uint8 views): {1e3 * t_test:.1f} ms; its decode {1e3 * t_decode_test:.1f} ms "
+          f"-> {figures['test_cost_over_decode']:.2f}x the decode")
+    print("device module on this CPU (RandAugment + crop + normalise + erase, batch of "
+          f"{a.batch_size} videos x 2 clips): " + ", ".join(f"{v:.0f} ms/clip with {k} thread(s)"
+                                                            for k, v in device_ms.items()))
     print(f"1-min load average during the run: {figures['loadavg_1min']:.2f} on {os.cpu_count()} cores")
     if a.json:
         with open(a.json, "w") as f:

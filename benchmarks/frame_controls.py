@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import checkpoint  # noqa: E402
 from datasets import read_test_views, read_video_list  # noqa: E402
 from engine_for_finetuning import predict_views  # noqa: E402
+from video_transforms import normalize_clips  # noqa: E402
 from modeling_finetune import create_model  # noqa: E402
 
 
@@ -29,7 +30,7 @@ def controls(model: torch.nn.Module, videos: list[tuple[str, int]], args) -> dic
     hits = {"normal": 0, "first_frame": 0, "middle_frame": 0}
     t = args.num_frames
     for path, label in videos:
-        views, _ = read_test_views(path, args)
+        views = normalize_clips(read_test_views(path, args)[0])
         for name, frame in (("normal", None), ("first_frame", 0), ("middle_frame", t // 2)):
             x = views if frame is None else views[:, :, [frame] * t]
             _, probs = predict_views(model, x[None])

@@ -7,12 +7,13 @@ import os
 
 import torch
 
-from datasets.ssv2 import (SSv2Dataset, load_class_names, multiple_samples_collate, read_video_list, read_views,
-                           train_indices, eval_indices, val_indices, video_id)
 from datasets.samplers import ShardSampler
+from datasets.ssv2 import (SSv2Dataset, load_class_names, multiple_samples_collate, pack_videos_collate,
+                           read_video_list, read_views, train_indices, eval_indices, val_indices, video_id)
 
-__all__ = ["build_dataset", "read_test_views", "load_class_names", "multiple_samples_collate", "SSv2Dataset",
-           "ShardSampler", "read_video_list", "train_indices", "eval_indices", "val_indices", "video_id"]
+__all__ = ["build_dataset", "read_test_views", "load_class_names", "multiple_samples_collate",
+           "pack_videos_collate", "SSv2Dataset", "ShardSampler",
+           "read_video_list", "train_indices", "eval_indices", "val_indices", "video_id"]
 
 LABELS_FILE = "something-something-v2-labels.json"
 
@@ -37,12 +38,14 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> tuple[SSv2Dataset, i
         train_interpolation=getattr(args, "train_interpolation", "bicubic"), reprob=getattr(args, "reprob", 0.25),
         remode=getattr(args, "remode", "pixel"), recount=getattr(args, "recount", 1),
         test_num_segment=getattr(args, "test_num_segment", 2), test_num_crop=getattr(args, "test_num_crop", 3),
-        max_bad_videos=getattr(args, "max_bad_videos", 10), **_common(args))
+        max_bad_videos=getattr(args, "max_bad_videos", 10), augment_on=getattr(args, "augment_on", "workers"),
+        **_common(args))
     return dataset, nb_classes
 
 
 def read_test_views(path: str, args) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test pipeline for one video file (predict.py): (views V x C x T x H x W, view_ids V x 2)."""
+    """The test pipeline for one video file (predict.py): (views V x C x T x H x W uint8, view_ids V x 2); normalise
+    with video_transforms.normalize_clips."""
     c = _common(args)
     return read_views(path, c["num_frames"], c["input_size"], c["short_side_size"],
                       getattr(args, "test_num_segment", 2), getattr(args, "test_num_crop", 3), c["decoder"],

@@ -24,9 +24,10 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.decoding import VideoDecodeError, read_frames, resolve_decoder
-from video_transforms import TrainTransform, center_crop, normalize, resize_short_side, sliding_crops, to_tchw
+from video_transforms import TrainTransform, center_crop, resize_short_side, sliding_crops, to_tchw
 
 MODES = ("train", "validation", "test")
+AUGMENT_ON = ("workers", "device")
 
 
 def read_video_list(csv_path: str, data_root: str | None = None, nb_classes: int | None = None) -> list[tuple[str, int]]:
@@ -94,21 +95,36 @@ def val_indices(n: int, num_segments: int) -> list[int]:
 
 
 def multiple_samples_collate(batch):
-    """Flattens num_sample: [(clips S x C x T x H x W, label, index)] -> (B*S x C x T x H x W, labels, indices)."""
+    """Flattens num_sample (worker augmentation): [(clips S x C x T x H x W, label)] -> (B*S x C x T x H x W, labels)."""
     clips = torch.cat([item[0] for item in batch])
-    repeats = [item[0].shape[0] for item in batch]
-    labels = torch.tensor([item[1] for item, r in zip(batch, repeats) for _ in range(r)], dtype=torch.int64)
-    indices = torch.tensor([item[2] for item, r in zip(batch, repeats) for _ in range(r)], dtype=torch.int64)
-    return clips, labels, indices
+    labels = torch.tensor([item[1] for item in batch], dtype=torch.int64).repeat_interleave(
+        torch.tensor([item[0].shape[0] for item in batch]))
+    return clips, labels
+
+
+def pack_videos_collate(batch):
+    """Decoded videos of different sizes in one batch (device augmentation): [(frames T x H x W x 3 uint8, label)]
+    -> (frames B x T x Hmax x Wmax x 3 uint8, zero-padded at the bottom/right; sizes B x 2 int64 valid (h, w);
+    labels B)."""
+    sizes = torch.tensor([item[0].shape[1:3] for item in batch], dtype=torch.int64)
+    t = batch[0][0].shape[0]
+    frames = torch.zeros((len(batch), t, *sizes.amax(0).tolist(), 3), dtype=torch.uint8)
+    for out, (video, _), (h, w) in zip(frames, batch, sizes.tolist()):
+        out[:, :h, :w].copy_(video)
+    return frames, sizes, torch.tensor([item[1] for item in batch], dtype=torch.int64)
 
 
 class SSv2Dataset(Dataset):
     """One dataset for the three modes; see the module docstring for sampling and views.
 
-    train       item (clips num_sample x C x T x H x W, label, index); bad videos are logged, counted across
-                DataLoader workers and replaced by another random video, with a RuntimeError past max_bad_videos.
-    validation  item (clip C x T x H x W, label, video_id)
-    test        item (views V x C x T x H x W, label, video_id, view_ids V x 2 int64 (temporal, spatial))
+    train       augment_on 'workers': item (clips num_sample x C x T x H x W float32, normalised, label);
+                augment_on 'device': item (frames T x H x W x 3 uint8 as decoded, label), for pack_videos_collate
+                and video_transforms.DeviceAugment. Bad videos are logged, counted across DataLoader workers and
+                replaced by another random video, with a RuntimeError past max_bad_videos.
+    validation  item (clip T x H x W x C uint8, label)
+    test        item (views V x T x H x W x C uint8, label, video_id, view_ids V x 2 int64 (temporal, spatial))
+    Evaluation items are uint8 in the decoder's layout: video_transforms.normalize_clips turns them into normalised
+    float ... x C x T x H x W clips on the device.
     Validation/test never substitute: a missing or unreadable video raises with its path and the decoder's error.
     """
 
@@ -116,9 +132,12 @@ class SSv2Dataset(Dataset):
                  num_frames: int = 16, input_size: int = 224, short_side_size: int = 224, num_sample: int = 1,
                  auto_augment: str | None = "rand-m7-n4-mstd0.5-inc1", train_interpolation: str = "bicubic",
                  reprob: float = 0.25, remode: str = "pixel", recount: int = 1, test_num_segment: int = 2,
-                 test_num_crop: int = 3, decoder: str = "auto", decode_threads: int = 1, max_bad_videos: int = 10):
+                 test_num_crop: int = 3, decoder: str = "auto", decode_threads: int = 1, max_bad_videos: int = 10,
+                 augment_on: str = "workers"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
         if mode != "train" and short_side_size < input_size:
             raise ValueError(f"short_side_size {short_side_size} must be >= input_size {input_size} for evaluation")
         self.samples = read_video_list(csv_path, data_root, nb_classes)
@@ -127,8 +146,9 @@ class SSv2Dataset(Dataset):
         self.test_num_segment, self.test_num_crop = test_num_segment, test_num_crop
         self.decoder, self.decode_threads = resolve_decoder(decoder), decode_threads
         self.max_bad_videos = max_bad_videos
+        self.augment_on = augment_on
         self.transform = TrainTransform(input_size, auto_augment, train_interpolation, reprob=reprob, remode=remode,
-                                        recount=recount) if mode == "train" else None
+                                        recount=recount) if mode == "train" and augment_on == "workers" else None
         # Shared memory: forked (and spawned) DataLoader workers inherit it, so the count is global to the run.
         self._bad = mp.Value("i", 0)
 
@@ -152,7 +172,7 @@ class SSv2Dataset(Dataset):
         if self.mode == "validation":
             frames, _ = self._read(path, lambda n: val_indices(n, self.num_frames))
             clip = resize_short_side(to_tchw(frames), self.short_side_size)
-            return normalize(center_crop(clip, self.input_size)), label, video_id(path)
+            return center_crop(clip, self.input_size).permute(0, 2, 3, 1).contiguous(), label
         views, view_ids = read_views(path, self.num_frames, self.input_size, self.short_side_size,
                                      self.test_num_segment, self.test_num_crop, self.decoder, self.decode_threads)
         return views, label, video_id(path), view_ids
@@ -177,22 +197,25 @@ class SSv2Dataset(Dataset):
                     raise RuntimeError(f"the only training video is unreadable: {e}") from e
                 other = random.randrange(len(self.samples) - 1)  # a different video, uniformly
                 tried = other if other < tried else other + 1
+        if self.transform is None:  # device augmentation: the decoded frames, no copy
+            return torch.from_numpy(frames), label
         size = self.input_size
         clips = torch.empty((self.num_sample, 3, len(frames), size, size))
         for clip in clips:  # each sample written in place, in order (same random draws as one call per sample)
             self.transform(frames, out=clip)
-        return clips, label, tried
+        return clips, label
 
 
 def read_views(path: str, num_frames: int, input_size: int, short_side_size: int, test_num_segment: int,
                test_num_crop: int, decoder: str = "auto", decode_threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """All K x J views of one video from a single decode: (V x C x T x H x W float32, V x 2 int64), view order
-    temporal-major (k, j)."""
+    """All K x J views of one video from a single decode: (V x T x H x W x C uint8, V x 2 int64), view order
+    temporal-major (k, j). No float work and no layout change: video_transforms.normalize_clips makes the
+    V x C x T x H x W float clips on the device."""
     K, J = test_num_segment, test_num_crop
     frames, indices = read_frames(
         path, lambda n: [i for k in range(K) for i in eval_indices(n, num_frames, k, K)], decoder, decode_threads)
-    # Resize and normalise each distinct frame once (uint8 resize, one float pass over the resized frames); every view
-    # is then written once, straight into its place in the V x C x T x H x W output, from crops that are views.
+    # Resize each distinct frame once (uint8, channels-last: the fast kernel); every view is then written once,
+    # straight into its place in the V x T x H x W x C output, by an index_select of its frames from a crop view.
     pos: dict[int, int] = {}  # frame index -> its row among the distinct frames, in order of first use
     keep = []
     for i, f in enumerate(indices):
@@ -200,12 +223,11 @@ def read_views(path: str, num_frames: int, input_size: int, short_side_size: int
             pos[f] = len(keep)
             keep.append(i)
     distinct = frames if len(keep) == len(indices) else frames[keep]
-    resized = normalize(resize_short_side(to_tchw(distinct), short_side_size))  # C x distinct x H x W
-    views = torch.empty((K * J, 3, num_frames, input_size, input_size))
+    resized = resize_short_side(to_tchw(distinct), short_side_size)  # T' x C x H x W, stored T' x H x W x C
+    views = torch.empty((K * J, num_frames, input_size, input_size, 3), dtype=torch.uint8)
     for k in range(K):
-        rows = [pos[f] for f in indices[k * num_frames:(k + 1) * num_frames]]
+        rows = torch.tensor([pos[f] for f in indices[k * num_frames:(k + 1) * num_frames]])
         for j, crop in enumerate(sliding_crops(resized, input_size, J)):
-            for t, r in enumerate(rows):
-                views[k * J + j, :, t].copy_(crop[:, r])
+            torch.index_select(crop.permute(0, 2, 3, 1), 0, rows, out=views[k * J + j])
     ids = [(k, j) for k in range(K) for j in range(J)]
     return views, torch.tensor(ids, dtype=torch.int64)

@@ -118,6 +118,8 @@ def test_ema_weights_and_bare_state_dict(trained, tmp_path):
 
 def test_llama_checkpoint_equals_direct_forward(trained, tmp_path):
     """A ViT-LLaMA checkpoint (LLaMA block weights inside) loads strictly; probs = mean of the views' softmaxes."""
+    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
     from datasets import read_test_views
     from modeling_finetune import create_model
     torch.manual_seed(0)
@@ -134,7 +136,9 @@ def test_llama_checkpoint_equals_direct_forward(trained, tmp_path):
         num_frames=4, input_size=32, short_side_size=32, test_num_segment=3, test_num_crop=2))
     assert views.shape[0] == 6 and view_ids.tolist() == [[k, j] for k in range(3) for j in range(2)]
     with torch.no_grad():
-        expected = model(views).softmax(-1).mean(0)
+        mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)
+        clips = ((views.float() / 255 - mean) / std).permute(0, 4, 1, 2, 3)  # uint8 V x T x H x W x C views
+        expected = model(clips).softmax(-1).mean(0)
     assert {t["class_id"]: t["prob"] for t in got[0]["top5"]} == pytest.approx(
         {c: float(p) for c, p in enumerate(expected)}, abs=1e-6)
 

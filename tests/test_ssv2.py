@@ -14,10 +14,11 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 import datasets
 import datasets.decoding as decoding
 import datasets.ssv2 as ssv2
-from datasets import build_dataset, load_class_names, multiple_samples_collate, read_test_views
+from datasets import (build_dataset, load_class_names, multiple_samples_collate, pack_videos_collate,
+                      read_test_views)
 from datasets.decoding import VideoDecodeError, read_frames
 from datasets.ssv2 import SSv2Dataset, read_video_list, eval_indices, train_indices, val_indices
-from video_transforms import normalize, resize_short_side, sliding_crops, to_tchw
+from video_transforms import normalize_clips, resize_short_side, sliding_crops, to_tchw
 
 MEAN = np.array(IMAGENET_DEFAULT_MEAN, dtype=np.float32)
 STD = np.array(IMAGENET_DEFAULT_STD, dtype=np.float32)
@@ -158,21 +159,21 @@ def test_missing_and_empty_files_raise_with_path(tmp_path):
 
 def test_validation_item_matches_independent_opencv_pipeline(synthetic_dir):
     ds, nb = build_dataset(False, False, _args(synthetic_dir))
-    clip, label, vid = ds[0]
+    clip, label = ds[0]
     path, ref_label = read_video_list(os.path.join(synthetic_dir, "val.csv"))[0]
-    assert nb == 8 and label == ref_label and vid == os.path.splitext(os.path.basename(path))[0]
+    assert nb == 8 and label == ref_label
     frames = _pyav_frames(path)[val_indices(16, 8)]
     # 48 x 64 -> short side 40, long side int(40 * 64 / 48) = 53; centre crop 32 at round(4), round(10.5)
     resized = np.stack([cv2.resize(f, (53, 40), interpolation=cv2.INTER_LINEAR) for f in frames])
     ref = _normalise_ref(resized[:, 4:36, 10:42])
-    assert clip.shape == (3, 8, 32, 32) and clip.dtype == torch.float32
-    assert (clip - ref).abs().max() <= 1.01 / 255 / STD.min()  # OpenCV's fixed-point weights: +-1 level
+    assert clip.shape == (8, 32, 32, 3) and clip.dtype == torch.uint8  # normalised on the device
+    assert (normalize_clips(clip) - ref).abs().max() <= 1.01 / 255 / STD.min()  # OpenCV's fixed-point weights
 
 
 def test_test_item_views_ids_and_pixels(synthetic_dir):
     ds, _ = build_dataset(False, True, _args(synthetic_dir))
     views, label, vid, view_ids = ds[1]
-    assert views.shape == (6, 3, 8, 32, 32) and view_ids.dtype == torch.int64
+    assert views.shape == (6, 8, 32, 32, 3) and views.dtype == torch.uint8 and view_ids.dtype == torch.int64
     assert view_ids.tolist() == [[k, j] for k in range(2) for j in range(3)]
     path = read_video_list(os.path.join(synthetic_dir, "test.csv"))[1][0]
     all_frames = _pyav_frames(path)
@@ -181,7 +182,7 @@ def test_test_item_views_ids_and_pixels(synthetic_dir):
         resized = np.stack([cv2.resize(f, (53, 40), interpolation=cv2.INTER_LINEAR) for f in frames])
         start = int(j * (53 - 32) / 2)  # 0, 10, 21
         ref = _normalise_ref(resized[:, 4:36, start:start + 32])
-        assert (views[v] - ref).abs().max() <= 1.01 / 255 / STD.min(), (k, j)
+        assert (normalize_clips(views[v]) - ref).abs().max() <= 1.01 / 255 / STD.min(), (k, j)
     views2, ids2 = read_test_views(path, _args(synthetic_dir))
     assert torch.equal(views2, views) and torch.equal(ids2, view_ids)
 
@@ -189,7 +190,7 @@ def test_test_item_views_ids_and_pixels(synthetic_dir):
 def test_any_k_and_j(synthetic_dir):
     views, ids = read_test_views(read_video_list(os.path.join(synthetic_dir, "val.csv"))[0][0],
                                  _args(synthetic_dir, test_num_segment=3, test_num_crop=1))
-    assert views.shape == (3, 3, 8, 32, 32) and ids.tolist() == [[0, 0], [1, 0], [2, 0]]
+    assert views.shape == (3, 8, 32, 32, 3) and ids.tolist() == [[0, 0], [1, 0], [2, 0]]
 
 
 def test_each_video_is_decoded_once(synthetic_dir, monkeypatch):
@@ -202,21 +203,35 @@ def test_each_video_is_decoded_once(synthetic_dir, monkeypatch):
 
     monkeypatch.setattr(ssv2, "read_frames", counting)
     train, _ = build_dataset(True, False, _args(synthetic_dir, num_sample=3))
-    clips, label, index = train[2]
-    assert clips.shape == (3, 3, 8, 32, 32) and index == 2 and len(calls) == 1
+    clips, label = train[2]
+    assert clips.shape == (3, 3, 8, 32, 32) and len(calls) == 1
     assert not torch.equal(clips[0], clips[1])  # independently augmented
     test, _ = build_dataset(False, True, _args(synthetic_dir))
     test[0]
     assert len(calls) == 2
+    device_train, _ = build_dataset(True, False, _args(synthetic_dir, num_sample=3, augment_on="device"))
+    frames, label = device_train[2]  # the num_sample clips are drawn on the device from this one decode
+    assert frames.shape == (8, 48, 64, 3) and frames.dtype == torch.uint8 and len(calls) == 3
 
 
 def test_train_item_and_collate(synthetic_dir):
     ds, _ = build_dataset(True, False, _args(synthetic_dir, num_sample=2))
     batch = [ds[i] for i in range(3)]
-    clips, labels, indices = multiple_samples_collate(batch)
+    clips, labels = multiple_samples_collate(batch)
     assert clips.shape == (6, 3, 8, 32, 32) and clips.dtype == torch.float32
-    assert labels.tolist() == [b[1] for b in batch for _ in range(2)] and indices.tolist() == [0, 0, 1, 1, 2, 2]
+    assert labels.tolist() == [b[1] for b in batch for _ in range(2)]
     assert torch.equal(clips[2:4], batch[1][0])
+
+
+def test_pack_videos_collate_pads_and_records_sizes():
+    rng = np.random.default_rng(0)
+    videos = [torch.from_numpy(rng.integers(0, 256, (4, h, w, 3), dtype=np.uint8)) for h, w in
+              [(30, 40), (32, 36), (28, 44)]]
+    frames, sizes, labels = pack_videos_collate([(v, i + 5) for i, v in enumerate(videos)])
+    assert frames.shape == (3, 4, 32, 44, 3) and frames.dtype == torch.uint8
+    assert sizes.tolist() == [[30, 40], [32, 36], [28, 44]] and labels.tolist() == [5, 6, 7]
+    for out, v, (h, w) in zip(frames, videos, sizes.tolist()):
+        assert torch.equal(out[:, :h, :w], v) and not out[:, h:].any() and not out[:, :, w:].any()
 
 
 def _bad_list(tmp_path, synthetic_dir, names):
@@ -228,11 +243,16 @@ def _bad_list(tmp_path, synthetic_dir, names):
     return str(csv)
 
 
-def test_bad_training_video_is_logged_counted_and_substituted(tmp_path, synthetic_dir, capfd):
+def test_bad_training_video_is_logged_counted_and_substituted(tmp_path, synthetic_dir, capfd, monkeypatch):
     csv = _bad_list(tmp_path, synthetic_dir, ["missing.mp4", "good", "good"])
     ds = SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, input_size=32, max_bad_videos=5)
-    clips, label, index = ds[0]
-    assert index in (1, 2) and clips.shape == (1, 3, 8, 32, 32) and ds.bad_video_count() == 1
+    read = []
+    real = ssv2.read_frames
+    monkeypatch.setattr(ssv2, "read_frames", lambda path, *a, **k: (read.append(path), real(path, *a, **k))[1])
+    clips, label = ds[0]
+    substitute = read[-1]
+    assert substitute in (ds.samples[1][0], ds.samples[2][0]) and label == dict(ds.samples)[substitute]
+    assert clips.shape == (1, 3, 8, 32, 32) and ds.bad_video_count() == 1
     assert "missing.mp4" in capfd.readouterr().err
     ds.reset_bad_video_count()
     assert ds.bad_video_count() == 0
@@ -276,11 +296,11 @@ def test_build_dataset_defaults_and_errors(synthetic_dir):
 
 
 def _reference_views(video, view_indices, input_size, short_side_size, J):
-    """The straightforward test pipeline: each temporal view resized, normalised and cropped on its own."""
+    """The straightforward test pipeline: each temporal view resized and cropped on its own (uint8)."""
     views = []
     for idx in view_indices:
-        clip = normalize(resize_short_side(to_tchw(video[idx]), short_side_size))
-        views += sliding_crops(clip, input_size, J)
+        clip = resize_short_side(to_tchw(video[idx]), short_side_size)  # T x C x H x W
+        views += [crop.permute(0, 2, 3, 1) for crop in sliding_crops(clip, input_size, J)]
     return torch.stack(views)
 
 
@@ -311,7 +331,7 @@ def test_train_item_equals_independent_transform_calls(synthetic_dir):
     path = ds.samples[4][0]
     for s in range(3):
         _seed_all(s)
-        clips, _, _ = ds[4]
+        clips, _ = ds[4]
         _seed_all(s)
         frames, _ = read_frames(path, lambda n: train_indices(n, 8))
         assert torch.equal(clips, torch.stack([ds.transform(frames) for _ in range(3)]))

@@ -1,0 +1,261 @@
+"""The device augmentation path (video_transforms.ClipSampler / DeviceAugment) against timm's PIL path.
+
+Parameters: the sampler draws exactly what timm draws from the same generator states, and follows timm's
+distributions over 10,000 independent draws. Pixels: every colour op equals timm's PIL op within one grey level
+(measured: exactly); geometric ops are within a mean of GEOMETRIC_MEAN_TOL grey levels (grid_sample's bicubic kernel
+uses a = -0.75, PIL's a = -0.5); the whole recipe matches the worker path given the same parameters.
+"""
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+from timm.data.auto_augment import NAME_TO_OP, rand_augment_transform
+from timm.data.random_erasing import RandomErasing
+from timm.data.transforms import RandomResizedCropAndInterpolation
+
+import checkpoint
+from datasets.synthetic import render_video
+from video_transforms import (GEOMETRIC_OPS, _DEVICE_OPS, ClipSampler, DeviceAugment, TrainTransform, _warp,
+                              pil_affine_matrix)
+
+AA = "rand-m7-n4-mstd0.5-inc1"
+FILL = (124, 116, 104)  # round(255 * ImageNet mean), as the worker path passes timm
+GEOMETRIC_MEAN_TOL = 0.75  # grey levels; measured 0.45-0.50 on rendered frames (max 8-16 at sharp edges)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """4 rendered synthetic frames, 120 x 160 (textured background, a moving polygon, distractors)."""
+    return render_video(3, 7, 120, 160, 4)
+
+
+def _timm_draws(seed: int, height: int, width: int, size: int, reprob: float, config: str = AA) -> tuple:
+    """What the worker path draws for one clip: timm's RandAugment ops (recorded instead of applied), timm's
+    RandomResizedCrop box, timm's RandomErasing box, all from the global generators seeded with `seed`."""
+    ra = rand_augment_transform(config, dict(translate_const=int(size * 0.45), img_mean=FILL))
+    applied = []
+    for op in ra.ops:
+        op.aug_fn = lambda img, *args, _name=op.name, **kw: (applied.append((_name, args[0] if args else None)), img)[1]
+    random.seed(seed)
+    np.random.seed(seed)
+    img = Image.new("RGB", (width, height))
+    ra(img)
+    crop = RandomResizedCropAndInterpolation.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3))
+    clip = torch.ones(3, size, size)
+    RandomErasing(reprob, mode="const", device="cpu")(clip)
+    erased = (clip == 0).all(0).nonzero()
+    erase = [] if len(erased) == 0 else [(int(erased[:, 0].min()), int(erased[:, 1].min()),
+                                          int(erased[:, 0].max() - erased[:, 0].min() + 1),
+                                          int(erased[:, 1].max() - erased[:, 1].min() + 1))]
+    return applied, tuple(crop), erase
+
+
+def _ours(sampler: ClipSampler, seed: int, height: int, width: int):
+    sampler.rng.seed(seed)
+    sampler.np_rng.seed(seed)
+    return sampler.sample(height, width)
+
+
+def test_sampler_draws_exactly_what_timm_draws():
+    sampler = ClipSampler(AA, input_size=48, reprob=0.5)
+    kinds = set()
+    for seed in range(300):
+        h, w = (120, 160) if seed % 2 else (240, 427)
+        ops, crop, erase = _timm_draws(seed, h, w, 48, 0.5)
+        p = _ours(sampler, seed, h, w)
+        assert [n for n, _ in p.ops] == [n for n, _ in ops], seed
+        for (name, a), (_, b) in zip(p.ops, ops):
+            assert (a is None and b is None) or a == pytest.approx(b, abs=1e-12), (seed, name)
+        assert p.crop == crop and p.erase == erase, seed
+        kinds |= {n for n, _ in ops}
+    assert len(kinds) == 15  # every op of the increasing set was drawn and compared
+
+
+def test_sampler_follows_timms_distributions_over_10000_draws():
+    """Independent streams (ours seeded 1, timm's global generators seeded 2): op choice, magnitudes, crop box."""
+    n = 10_000
+    ra = rand_augment_transform(AA, dict(translate_const=100, img_mean=FILL))
+    timm_ops, timm_boxes = [], []
+    for op in ra.ops:
+        op.aug_fn = lambda img, *args, _name=op.name, **kw: (timm_ops.append((_name, args[0] if args else 0.0)), img)[1]
+    random.seed(2)
+    np.random.seed(2)
+    img = Image.new("RGB", (320, 240))
+    for _ in range(n):
+        ra(img)
+        timm_boxes.append(RandomResizedCropAndInterpolation.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3)))
+    sampler = ClipSampler(AA, input_size=224, reprob=0, seed=1)
+    ours = [sampler.sample(240, 320) for _ in range(n)]
+    our_ops = [(name, a if a is not None else 0.0) for p in ours for name, a in p.ops]
+    names = [op.name for op in ra.ops]
+    counts = np.array([[sum(o[0] == k for o in our_ops) for k in names], [sum(o[0] == k for o in timm_ops) for k in names]])
+    assert counts.sum(1).min() > 0.45 * 4 * n  # apply-probability 0.5 per layer, 4 layers
+    assert stats.chi2_contingency(counts).pvalue > 1e-3  # op choice and apply-probability
+    assert stats.chisquare(counts.sum(0), np.full(len(names), counts.sum() / len(names))).pvalue > 1e-3  # uniform
+    for name in ("Rotate", "ColorIncreasing", "TranslateXRel", "SolarizeIncreasing", "PosterizeIncreasing"):
+        a = [v for k, v in our_ops if k == name]
+        b = [v for k, v in timm_ops if k == name]
+        assert stats.ks_2samp(a, b).pvalue > 1e-3, name  # magnitude noise, clamping, sign and level rule
+    for f in (lambda b: b[2] * b[3] / (240 * 320), lambda b: math.log(b[3] / b[2]), lambda b: b[0], lambda b: b[1]):
+        assert stats.ks_2samp([f(p.crop) for p in ours], [f(b) for b in timm_boxes]).pvalue > 1e-3
+
+
+def _pil_op(name: str, arg, frame: np.ndarray) -> np.ndarray:
+    img, fn = Image.fromarray(frame), NAME_TO_OP[name]
+    if arg is None:
+        return np.asarray(fn(img))
+    if name in GEOMETRIC_OPS:
+        return np.asarray(fn(img, arg, fillcolor=FILL, resample=Image.BICUBIC))
+    return np.asarray(fn(img, int(arg) if name.startswith(("Posterize", "Solarize")) else arg))
+
+
+def _device_op(name: str, arg, frames: np.ndarray, pad: int) -> np.ndarray:
+    """One op on a clip padded by `pad` pixels at the bottom and right (as in a batch of wider videos)."""
+    t, h, w, _ = frames.shape
+    x = torch.zeros(1, t, 3, h + pad, w + pad)
+    x[0, :, :, :h, :w] = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    hw = torch.tensor([[h, w]], dtype=torch.float32)
+    if name in GEOMETRIC_OPS:
+        matrix = torch.tensor([pil_affine_matrix(name, arg, h, w)], dtype=torch.float32)
+        y = _warp(x, matrix, hw, torch.tensor(FILL, dtype=torch.float32), "bicubic")
+    else:
+        valid = torch.zeros(1, 1, 1, h + pad, w + pad, dtype=torch.bool)
+        valid[..., :h, :w] = True
+        y = _DEVICE_OPS[name](x, torch.tensor([arg if arg is not None else 0.0]), hw, valid)
+    return y[0, :, :, :h, :w].permute(0, 2, 3, 1).numpy()
+
+
+COLOUR_CASES = [("AutoContrast", None), ("Equalize", None), ("Invert", None), ("PosterizeIncreasing", 2.0),
+                ("PosterizeIncreasing", 1.0), ("SolarizeIncreasing", 100.0), ("SolarizeAdd", 77.0),
+                ("ColorIncreasing", 0.3), ("ColorIncreasing", 1.7), ("ContrastIncreasing", 0.4),
+                ("ContrastIncreasing", 1.8), ("BrightnessIncreasing", 0.5), ("BrightnessIncreasing", 1.6),
+                ("SharpnessIncreasing", 0.2), ("SharpnessIncreasing", 1.9)]
+GEOMETRIC_CASES = [("Rotate", 17.3), ("Rotate", -25.0), ("ShearX", 0.21), ("ShearY", -0.13),
+                   ("TranslateXRel", 0.3), ("TranslateXRel", -0.137), ("TranslateYRel", -0.2), ("TranslateYRel", 0.071)]
+
+
+@pytest.mark.parametrize("name,arg", COLOUR_CASES)
+def test_colour_op_equals_pil_within_one_grey_level(frames, name, arg):
+    ref = np.stack([_pil_op(name, arg, f) for f in frames]).astype(int)
+    for pad in (0, 9):  # statistics (autocontrast, equalize, contrast) and sharpness borders ignore the padding
+        diff = np.abs(_device_op(name, arg, frames, pad).astype(int) - ref)
+        assert diff.max() <= 1 and diff.mean() <= 0.01, (name, pad, diff.mean())  # measured: 0 everywhere
+
+
+@pytest.mark.parametrize("name,arg", GEOMETRIC_CASES)
+def test_geometric_op_equals_pil_within_documented_tolerance(frames, name, arg):
+    ref = np.stack([_pil_op(name, arg, f) for f in frames]).astype(int)
+    for pad in (0, 9):  # edges replicate the clip's own last row/column, fill follows its own size
+        diff = np.abs(_device_op(name, arg, frames, pad).astype(int) - ref)
+        assert diff.mean() <= GEOMETRIC_MEAN_TOL and (diff <= 1).mean() >= 0.95, (name, pad, diff.mean())
+    padded = np.abs(_device_op(name, arg, frames, 9).astype(int) - _device_op(name, arg, frames, 0))
+    assert padded.max() <= 1 and padded.mean() <= 1e-3  # the padding never leaks in (grid rounding only)
+    fill_ref = (ref == FILL).all(-1)  # where PIL filled, we fill (up to the one-pixel boundary ring)
+    fill_ours = (_device_op(name, arg, frames, 0).astype(int) == FILL).all(-1)
+    assert (fill_ref != fill_ours).mean() <= 0.01
+
+
+def _batch(videos, labels=None):
+    from datasets import pack_videos_collate
+    labels = labels or list(range(len(videos)))
+    return pack_videos_collate([(torch.from_numpy(v), y) for v, y in zip(videos, labels)])
+
+
+def test_whole_recipe_matches_the_worker_path_given_the_same_draws(frames):
+    """TrainTransform (PIL RandAugment, uint8 crop-resize, normalise) vs DeviceAugment, same generator states."""
+    worker = TrainTransform(48, AA, reprob=0)
+    device = DeviceAugment("cpu", 48, AA, reprob=0)
+    level = 1 / (255 * 0.225)  # one grey level in normalised units (largest std)
+    means = []
+    for seed in range(12):
+        random.seed(seed)
+        np.random.seed(seed)
+        ref = worker(frames)
+        device.sampler.rng.seed(seed)
+        device.sampler.np_rng.seed(seed)
+        ops = _ours(ClipSampler(AA, 48, reprob=0), seed, 120, 160).ops
+        clips, labels = device(_batch([frames], [5]))
+        assert clips.shape == (1, 3, 4, 48, 48) and labels.tolist() == [5]
+        diff = (clips[0] - ref).abs()
+        means.append(diff.mean().item() / level)
+        if not any(n in GEOMETRIC_OPS for n, _ in ops):  # colour ops exact; uint8 vs float resize <= 1 level
+            assert diff.max().item() <= 1.01 * level, (seed, ops)
+    assert max(means) <= 1.5 and np.mean(means) <= 0.75, means
+
+
+def test_same_ops_on_every_frame_and_independent_clips():
+    rng = np.random.default_rng(0)
+    still = np.repeat(rng.integers(0, 256, (1, 40, 56, 3), dtype=np.uint8), 4, axis=0)
+    clips, labels = DeviceAugment("cpu", 32, AA, reprob=1, num_sample=3, seed=3)(_batch([still], [7]))
+    assert clips.shape == (3, 3, 4, 32, 32) and labels.tolist() == [7, 7, 7]
+    for c in clips:  # RandAugment, crop and the erasing box identical on every frame (noise is per pixel)
+        erased = (c[:, 0] != c[:, 1]).any(0)
+        assert torch.equal(c[:, 1:][..., ~erased], c[:, :1].expand(-1, 3, -1, -1)[..., ~erased])
+    assert not torch.equal(clips[0], clips[1]) and not torch.equal(clips[1], clips[2])
+
+
+def test_a_clip_does_not_depend_on_the_padding_of_its_batch(frames):
+    """8 clips of a small video (about 16 applied ops), alone and padded in a batch with a larger video."""
+    small = frames[:, 10:100, 20:150]
+    alone, _ = DeviceAugment("cpu", 48, AA, reprob=0, num_sample=8, seed=11)(_batch([small]))
+    padded, _ = DeviceAugment("cpu", 48, AA, reprob=0, num_sample=8, seed=11)(_batch([small, frames]))
+    level = 1 / (255 * 0.225)
+    diff = (alone - padded[:8]).abs()
+    assert diff.max() <= 1.01 * level and diff.mean() <= 0.01 * level  # float rounding of the grids only
+
+
+def test_crop_resize_equals_cropping_then_interpolating(frames):
+    """Without RandAugment: each clip is its box, bilinearly resized (F.interpolate, half-pixel, no antialias),
+    then normalised. Frames smaller than the output, so that boxes are upsampled and their edges clamp."""
+    small = np.ascontiguousarray(frames[:, 30:70, 40:92])
+    aug = DeviceAugment("cpu", 48, None, reprob=0, num_sample=4, seed=4)
+    replay = ClipSampler(None, 48, reprob=0, seed=4)
+    clips, _ = aug(_batch([small]))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
+    video = torch.from_numpy(small).permute(0, 3, 1, 2).double()
+    for c in clips:
+        top, left, h, w = replay.sample(40, 52).crop
+        ref = torch.nn.functional.interpolate(video[..., top:top + h, left:left + w], size=(48, 48), mode="bilinear",
+                                              align_corners=False).permute(1, 0, 2, 3)
+        assert (c.double() - (ref / 255 - mean) / std).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("recount", [1, 3])
+def test_erasing_boxes_are_the_sampled_ones_on_every_frame(frames, recount):
+    aug = DeviceAugment("cpu", 48, None, reprob=1, remode="const", recount=recount, num_sample=6, seed=5)
+    replay = ClipSampler(None, 48, reprob=1, recount=recount, seed=5)
+    clips, _ = aug(_batch([frames]))
+    counts = set()
+    for c in clips:
+        boxes = replay.sample(120, 160).erase
+        counts.add(len(boxes))
+        zero = (c == 0).all(0).all(0)  # const mode: zeros in every channel and frame
+        expected = torch.zeros(48, 48, dtype=torch.bool)
+        for top, left, h, w in boxes:
+            expected[top:top + h, left:left + w] = True
+        assert torch.equal(zero, expected)
+    assert counts == {1} if recount == 1 else len(counts) > 1
+
+
+def test_state_dict_round_trip_through_a_checkpoint_gives_the_same_next_batch(frames, tmp_path):
+    aug = DeviceAugment("cpu", 48, AA, reprob=1, num_sample=2, seed=2)
+    aug(_batch([frames]))
+    torch.save({"device_augment": aug.state_dict()}, tmp_path / "c.pth")
+    expected, _ = aug(_batch([frames]))
+    other = DeviceAugment("cpu", 48, AA, reprob=1, num_sample=2, seed=99)
+    other.load_state_dict(checkpoint.safe_load(str(tmp_path / "c.pth"))["device_augment"])
+    got, _ = other(_batch([frames]))
+    assert torch.equal(got, expected)
+
+
+def test_unsupported_configurations_are_refused_by_name():
+    with pytest.raises(ValueError, match="'Desaturate' has no device implementation"):
+        ClipSampler("rand-m9-n2-t3a")
+    with pytest.raises(ValueError, match="train_interpolation must be one of"):
+        DeviceAugment("cpu", 32, AA, interpolation="lanczos")
+    with pytest.raises(ValueError, match="remode must be"):
+        DeviceAugment("cpu", 32, AA, remode="noise")
