@@ -108,6 +108,10 @@ def test_ema_weights_and_bare_state_dict(trained, tmp_path):
     torch.save({"model": ckpt["model"], "model_ema": ema, "args": ckpt["args"]}, tmp_path / "ema.pth")
     uniform = predict.main([video, "--resume", str(tmp_path / "ema.pth"), "--use_ema"])
     assert [t["prob"] for t in uniform[0]["top5"]] == pytest.approx([1 / 3] * 3)
+    # today's checkpoints: the EMA holds the trainable weights only (frozen ones come from 'model'); here a subset
+    torch.save({"model": ckpt["model"], "model_ema": {k: v for k, v in ema.items() if k.startswith("head.")},
+                "args": ckpt["args"]}, tmp_path / "ema_subset.pth")
+    assert predict.main([video, "--resume", str(tmp_path / "ema_subset.pth"), "--use_ema"]) == uniform
     with pytest.raises(predict.PredictError, match="no model_ema weights"):
         predict.main([video, "--resume", trained["checkpoint"], "--use_ema"])
     torch.save(ckpt["model"], tmp_path / "bare.pth")
