@@ -62,6 +62,8 @@ def test_outputs_and_logs(straight):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
     lines = [json.loads(x) for x in open(os.path.join(out, "log.txt"))]
     assert [r["epoch"] for r in lines] == [0, 1]
+    saved = json.load(open(os.path.join(out, "args.json")))
+    assert (saved["device"], saved["amp"]) == ("cpu", "none")  # a CPU test on a GPU node too
     for key in ("train_loss", "train_lr", "train_clips_per_s", "val_acc1", "val_acc5", "val_loss", "n_parameters",
                 "val_ema_acc1"):
         assert key in lines[0], key

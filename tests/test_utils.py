@@ -1,6 +1,7 @@
 """utils: launcher environments, schedules, RNG capture, atomic checkpoints and damaged-checkpoint handling."""
 import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -125,3 +126,18 @@ def test_to_jsonable_and_json_line(tmp_path):
     utils.append_json_line(str(tmp_path / "log.txt"), {"epoch": 0})
     utils.append_json_line(str(tmp_path / "log.txt"), {"epoch": 1})
     assert (tmp_path / "log.txt").read_text().splitlines() == ['{"epoch": 0}', '{"epoch": 1}']
+
+
+# torch APIs this code calls, with the release that introduced them (PyTorch docs / release notes)
+TORCH_APIS = {"get_total_norm": (2, 6), "safe_globals": (2, 5)}
+
+
+def test_requirements_torch_bound_covers_the_apis_the_code_calls():
+    """requirements.txt's torch>= is at least the newest release among the APIs found in the sources."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sources = "".join(open(os.path.join(d, f)).read() for d, _, files in os.walk(root) if "/tests" not in d
+                      and "/." not in d for f in files if f.endswith(".py"))
+    used = [v for api, v in TORCH_APIS.items() if api in sources]
+    assert (2, 6) in used  # get_total_norm is called: the table is read against the real code
+    bound = re.search(r"^torch>=(\d+)\.(\d+)", open(os.path.join(root, "requirements.txt")).read(), re.M)
+    assert bound and (int(bound[1]), int(bound[2])) >= max(used)
