@@ -1,41 +1,280 @@
-"""Reading checkpoints safely, and adapting a VideoMAE self-supervised checkpoint to a fine-tuning model.
+"""Every checkpoint read and write: safe loading, the weights inside a file, strict and --finetune loading, atomic
+saving, and finding, resuming and evaluating a run's checkpoints.
 
 Every load uses ``weights_only=True`` (with argparse.Namespace allowed, which the model-zoo files store under
-'args'), so a downloaded file cannot run code.
+'args'), so a downloaded file cannot run code. The files read:
+- this project's training checkpoints: {'model', 'optimizer', 'scaler', 'model_ema', 'epoch', 'max_accuracy', 'args',
+  'rng_states'} plus any extra entries the caller adds (``training_state(..., **extra)``);
+- model-zoo fine-tuned files: {'model', 'optimizer', 'epoch', 'scaler', 'args': argparse.Namespace};
+- VideoMAE self-supervised files (``--finetune``): 'model' holding encoder.* / decoder.* keys;
+- bare state dicts, where a caller accepts them (``model_state(..., allow_bare=True)``).
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import math
 import os
+import re
+import warnings
 from collections import Counter
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import utils
+
+MODEL_KEYS = "model|module"  # where VideoMAE's files keep their weights (--model_key)
 DROP_PREFIXES = ("decoder.", "encoder_to_decoder.", "mask_token")
+EPOCH_CHECKPOINT = re.compile(r"checkpoint-(\d+)\.pth")
+BEST_CHECKPOINT = "checkpoint-best.pth"
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------------------------
 
 
-def safe_load(path: str, mmap: bool = False) -> dict:
-    """torch.load on CPU with weights_only=True and argparse.Namespace allowlisted; RuntimeError naming the file."""
+def safe_load(path: str, mmap: bool = False, what: str = "checkpoint") -> dict:
+    """torch.load on CPU with weights_only=True and argparse.Namespace allowlisted; RuntimeError naming the file.
+
+    The only torch.load of the project; ``what`` names the file in errors (e.g. "LLaMA weights")."""
     if not os.path.isfile(path):
-        raise RuntimeError(f"cannot read checkpoint {path}: no such file")
+        raise RuntimeError(f"cannot read {what} {path}: no such file")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated/corrupt archive, or a pickle that would need to run code
-        raise RuntimeError(f"cannot read checkpoint {path} (truncated, not a torch file, or holding objects other "
+        raise RuntimeError(f"cannot read {what} {path} (truncated, not a torch file, or holding objects other "
                            f"than tensors/containers/argparse.Namespace): {type(e).__name__}: {e}") from e
 
 
-def _state_dict_of(ckpt: dict, model_key: str, path: str) -> dict[str, torch.Tensor]:
-    for key in model_key.split("|"):
-        if key in ckpt and isinstance(ckpt[key], dict):
-            print(f"Loading weights from {path} ['{key}']")
+def model_state(ckpt: Mapping, keys: str | Sequence[str] = MODEL_KEYS, *, path: str = "checkpoint",
+                allow_bare: bool = False) -> dict[str, torch.Tensor]:
+    """The weights in a loaded checkpoint: the first of ``keys`` ("a|b" or a sequence) whose entry is a dict.
+
+    With ``allow_bare``, a file that is itself a state dict (every value a tensor) is accepted too. Otherwise a
+    RuntimeError names the file, the entries asked for and the entries found.
+    """
+    names = keys.split("|") if isinstance(keys, str) else list(keys)
+    if not isinstance(ckpt, Mapping):
+        raise RuntimeError(f"{path} holds a {type(ckpt).__name__}, not a dict of weights")
+    for key in names:
+        if isinstance(ckpt.get(key), Mapping):
             return ckpt[key]
-    print(f"Loading weights from {path} (no {model_key!r} key: using the file's top-level dict)")
-    return ckpt
+    if allow_bare and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return dict(ckpt)
+    found = sorted(map(str, ckpt))
+    raise RuntimeError(f"{path} holds no weights under {' or '.join(map(repr, names))}"
+                       f"{' (nor is it a bare state dict)' if allow_bare else ''}; its entries: "
+                       f"{found[:10]}{' ...' if len(found) > 10 else ''}")
+
+
+def ema_state(ckpt: Mapping, *, path: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The EMA weights of a training checkpoint as a full state dict: 'model' overlaid with 'model_ema' (which holds
+    the trainable weights only; older files hold the whole model, which overlays just the same)."""
+    return {**model_state(ckpt, MODEL_KEYS, path=path), **model_state(ckpt, "model_ema", path=path)}
+
+
+def saved_args(ckpt: Mapping) -> dict:
+    """The run arguments stored in a checkpoint ('args': an argparse.Namespace in zoo files, a dict in ours), or {}."""
+    args = ckpt.get("args") if isinstance(ckpt, Mapping) else None
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    return dict(args) if isinstance(args, Mapping) else {}
+
+
+def _listed(title: str, keys: list[str], limit: int = 8) -> str:
+    return f"  {len(keys)} {title}: {', '.join(keys[:limit])}{' ...' if len(keys) > limit else ''}"
+
+
+def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: str, model_name: str, details: str = "",
+                saved_model: str | None = None) -> None:
+    """model.load_state_dict(state, strict=True) after checking that every key and shape fits.
+
+    A misfit raises RuntimeError "checkpoint PATH does not fit --model MODEL_NAME DETAILS:" followed by the head
+    sizes when they differ, the model name the checkpoint was saved from (``saved_model``) when it differs, and the
+    shape mismatches, missing and unexpected keys.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    if not (missing or unexpected or mismatched):
+        model.load_state_dict(state, strict=True)
+        return
+    lines = [f"checkpoint {path} does not fit --model {model_name}{' ' + details if details else ''}:"]
+    if "head.weight" in state and "head.weight" in own and state["head.weight"].shape[0] != own["head.weight"].shape[0]:
+        lines.append(f"  it holds a {state['head.weight'].shape[0]}-class head; the model has "
+                     f"{own['head.weight'].shape[0]} classes (--nb_classes)")
+    if saved_model and saved_model != model_name:
+        lines.append(f"  its saved args say --model {saved_model}")
+    for title, keys in (("shape mismatches", mismatched), ("missing keys", missing), ("unexpected keys", unexpected)):
+        if keys:
+            lines.append(_listed(title, keys))
+    raise RuntimeError("\n".join(lines))
+
+
+def load_model_file(model: nn.Module, ckpt: Mapping, path: str, model_name: str, details: str = "",
+                    keys: str | Sequence[str] = MODEL_KEYS, allow_bare: bool = False) -> None:
+    """Strictly load the weights of a loaded checkpoint, found by model_state(keys, allow_bare), into ``model``
+    (see load_strict)."""
+    load_strict(model, model_state(ckpt, keys, path=path, allow_bare=allow_bare), path, model_name, details,
+                saved_args(ckpt).get("model"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """torch.save ``state`` atomically (temporary file in the same folder, flush + fsync, rename): a reader sees the
+    old file or the new one, never a partial one."""
+    utils.atomic_write(path, lambda f: torch.save(state, f))
+
+
+def _ema_state(model_ema) -> dict | None:
+    """The averaged trainable weights (optim_factory.TrainableEma): the frozen block is stored once, under 'model'."""
+    return model_ema.state_dict() if model_ema is not None else None
+
+
+def training_state(args, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, model_ema, epoch: int,
+                   max_accuracy: float, **extra: Any) -> dict:
+    """Everything a resume needs, plus ``extra`` entries (tensors / plain python, e.g. a generator's state) that
+    resume_training hands back through its ``restore`` callbacks. Gathers every rank's RNG state: call on all ranks."""
+    clash = set(extra) & {"model", "optimizer", "scaler", "epoch", "args", "model_ema", "max_accuracy", "rng_states"}
+    if clash:
+        raise ValueError(f"training_state: extra entries {sorted(clash)} would overwrite the standard ones")
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
+            "args": utils.to_jsonable(vars(args)), "model_ema": _ema_state(model_ema),
+            "max_accuracy": max_accuracy, "rng_states": utils.gather_rng_states(), **extra}
+
+
+def epoch_checkpoint_names(epoch: int, epochs: int, save_ckpt_freq: int, is_best: bool) -> list[str]:
+    """Files to write after ``epoch`` (0-based): checkpoint-N.pth every save_ckpt_freq epochs and after the last one,
+    checkpoint-best.pth when the validation top-1 improved."""
+    names = [f"checkpoint-{epoch}.pth"] if (epoch + 1) % save_ckpt_freq == 0 or epoch + 1 == epochs else []
+    return names + ([BEST_CHECKPOINT] if is_best else [])
+
+
+def save_training_checkpoint(output_dir: str, name: str, state: dict) -> str:
+    """Atomic save of output_dir/name on rank 0; every rank waits for it and gets the path."""
+    path = os.path.join(output_dir, name)
+    if utils.is_main_process():
+        save_checkpoint(path, state)
+        print(f"Saved {path}", flush=True)
+    utils.barrier()
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Finding, resuming, evaluating
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def list_epoch_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """(epoch, path) of output_dir/checkpoint-N.pth, newest first."""
+    found = []
+    for p in glob.glob(os.path.join(glob.escape(output_dir), "checkpoint-*.pth")):
+        m = EPOCH_CHECKPOINT.fullmatch(os.path.basename(p))
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def find_resume_checkpoint(output_dir: str) -> tuple[str, dict] | tuple[None, None]:
+    """The newest checkpoint-N.pth in output_dir that reads and holds 'model'; damaged ones are skipped with a
+    warning (a run killed while saving must restart from the previous file)."""
+    for _, path in list_epoch_checkpoints(output_dir):
+        try:
+            ckpt = safe_load(path)
+            model_state(ckpt, "model", path=path)
+            return path, ckpt
+        except RuntimeError as e:
+            warnings.warn(f"auto-resume: skipping damaged checkpoint {path}: {e}")
+            print(f"WARNING: auto-resume skips damaged checkpoint {path}: {e}", flush=True)
+    return None, None
+
+
+def checkpoint_to_load(args) -> tuple[str, dict] | tuple[None, None]:
+    """--resume exactly (an unreadable file is an error), else with --auto_resume the newest loadable
+    checkpoint-N.pth in --output_dir, else (None, None)."""
+    if args.resume:
+        return args.resume, safe_load(args.resume)
+    if args.auto_resume and args.output_dir:
+        return find_resume_checkpoint(args.output_dir)
+    return None, None
+
+
+def load_for_eval(args, model: nn.Module) -> str:
+    """Load the weights --eval evaluates: --resume exactly, else the newest loadable checkpoint-N.pth in output_dir
+    (auto-resume), else the --finetune weights already in the model. Returns the path; errors when there is none."""
+    path, ckpt = checkpoint_to_load(args)
+    if path:
+        load_model_file(model, ckpt, path, args.model, keys=args.model_key)
+        print(f"Evaluating {path}", flush=True)
+        return path
+    if args.finetune:
+        return args.finetune
+    raise SystemExit("error: --eval has nothing to evaluate: pass --resume CKPT (or --finetune WEIGHTS), or an "
+                     f"--output_dir holding checkpoint-N.pth (got {args.output_dir!r})")
+
+
+def _restore_ema(model_ema, ckpt: Mapping, model: nn.Module) -> None:
+    """The saved average (its trainable entries: older files stored the whole model), or (a file without one) a
+    restart of the average from the loaded weights."""
+    if model_ema is not None:
+        model_ema.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None else model.state_dict())
+
+
+def resume_training(args, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, model_ema,
+                    restore: Mapping[str, Callable[[Any], None]] | None = None) -> tuple[int, float]:
+    """Restore from --resume, else (auto_resume) the newest loadable checkpoint-N.pth in output_dir.
+
+    Loads model, optimizer, scaler, EMA, best val top-1 and this rank's RNG state, and calls ``restore[name](value)``
+    for each extra entry saved by training_state that the file holds; returns (start_epoch, max_accuracy). A file
+    without an integer epoch (e.g. a zoo file) restores the weights and starts at --start_epoch.
+    """
+    path, ckpt = checkpoint_to_load(args)
+    if not path:
+        return args.start_epoch, 0.0
+    load_model_file(model, ckpt, path, args.model, keys=args.model_key)
+    print(f"Resuming from {path}", flush=True)
+    if ckpt.get("optimizer") is not None:
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise RuntimeError(f"optimizer state in {path} does not match this run's parameter groups ({e}); "
+                               f"start a new run from its weights with --finetune {path} instead") from e
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    _restore_ema(model_ema, ckpt, model)
+    for name, load in (restore or {}).items():
+        if ckpt.get(name) is not None:
+            load(ckpt[name])
+        else:
+            print(f"WARNING: {path} holds no {name!r} state; it starts afresh", flush=True)
+    max_accuracy = float(ckpt.get("max_accuracy", 0.0))
+    epoch = ckpt.get("epoch")
+    if not isinstance(epoch, int):
+        print(f"WARNING: {path} has no integer epoch ({epoch!r}); starting at epoch {args.start_epoch}", flush=True)
+        return args.start_epoch, max_accuracy
+    states = ckpt.get("rng_states")
+    if states and len(states) == utils.get_world_size():
+        utils.restore_rng_state(states[utils.get_rank()])
+    else:
+        print("WARNING: no RNG state for this world size in the checkpoint; reseeding", flush=True)
+        utils.seed_everything(args.seed + utils.get_rank() + 1000 * (epoch + 1))
+    return epoch + 1, max_accuracy
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# --finetune: a VideoMAE self-supervised (or any compatible) checkpoint into a fine-tuning model
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _strip(key: str, model_prefix: str) -> str:
@@ -50,10 +289,10 @@ def _strip(key: str, model_prefix: str) -> str:
 def _checkpoint_grid(n: int, ckpt: dict, model_grid: tuple[int, int, int]) -> tuple[int, int, int]:
     """(T, H, W) token grid of a checkpoint's pos_embed with n tokens: from its saved args, else the model's T or
     H x W, whichever divides n into a square / whole grid."""
-    args = ckpt.get("args")
-    if isinstance(args, argparse.Namespace) and hasattr(args, "num_frames") and hasattr(args, "input_size"):
-        t = args.num_frames // getattr(args, "tubelet_size", 2)
-        s = args.input_size // 16
+    args = saved_args(ckpt)
+    if "num_frames" in args and "input_size" in args:
+        t = args["num_frames"] // args.get("tubelet_size", 2)
+        s = args["input_size"] // 16
         if t * s * s == n:
             return t, s, s
     tm, hm, wm = model_grid
@@ -83,7 +322,7 @@ def _summary(keys: list[str]) -> str:
     return ", ".join(f"{g}.* x{n}" if n > 1 else g for g, n in groups.items()) or "none"
 
 
-def load_finetune_weights(model: nn.Module, path: str, model_key: str = "model|module",
+def load_finetune_weights(model: nn.Module, path: str, model_key: str = MODEL_KEYS,
                           model_prefix: str = "") -> dict:
     """Load a VideoMAE self-supervised (or any compatible) checkpoint into ``model`` for fine-tuning.
 
@@ -95,7 +334,7 @@ def load_finetune_weights(model: nn.Module, path: str, model_key: str = "model|m
     tensors other than the head have other shapes (wrong model size).
     """
     ckpt = safe_load(path)
-    state = _state_dict_of(ckpt, model_key, path)
+    state = model_state(ckpt, model_key, path=path, allow_bare=True)
     own = model.state_dict()
     learnable_pos = isinstance(getattr(model, "pos_embed", None), nn.Parameter)
     new_state, dropped, notes = {}, [], []

@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from checkpoint import safe_load
+
 # Per-layer tensor names in Meta's layout (the one the model's state_dict uses).
 LAYER_KEYS = (
     "attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "attention.wo.weight",
@@ -217,10 +219,7 @@ def load_llama_config(path: str) -> LLaMAConfig:
 
 
 def _torch_load_mmap(file: str) -> dict:
-    try:
-        return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # truncated file, old non-zip format, pickled code
-        raise RuntimeError(f"cannot read LLaMA weights {file}: {e}") from e
+    return safe_load(file, mmap=True, what="LLaMA weights")
 
 
 def _read_meta(path: str, cfg: LLaMAConfig, layers: Sequence[int]) -> list[dict[str, torch.Tensor]]:

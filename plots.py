@@ -50,8 +50,9 @@ def _run_names(run_dirs: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [os.path.normpath(r) for r in run_dirs]
 
 
-def plot_logs(run_dirs: list[str], out_path: str, labels: list[str] | None = None) -> str:
-    """Draw the curves of every run (a folder with log.txt, or a log.txt path) on one 2 x 2 figure; return out_path."""
+def draw_curves(run_dirs: list[str], labels: list[str] | None = None):
+    """A 2 x 2 matplotlib Figure with the curves of every run (a folder with log.txt, or a log.txt path): one line
+    per (run, key) that has data, labelled "<run name> <suffix>"."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -82,6 +83,14 @@ def plot_logs(run_dirs: list[str], out_path: str, labels: list[str] | None = Non
         ax.grid(alpha=0.3)
     axes[0, 1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     fig.tight_layout()
+    return fig
+
+
+def plot_logs(run_dirs: list[str], out_path: str, labels: list[str] | None = None) -> str:
+    """draw_curves saved as a PNG at out_path (folders created); returns out_path."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_curves(run_dirs, labels)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     fig.savefig(out_path)
     plt.close(fig)

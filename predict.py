@@ -15,14 +15,14 @@ import warnings
 
 import torch
 
-from checkpoint import safe_load
-from datasets import load_class_names, read_test_views
+import checkpoint
+from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, load_class_names, read_test_views
 from engine_for_finetuning import predict_views
 from video_transforms import normalize_clips
 from modeling_finetune import create_model
 
-DEFAULTS = dict(model=None, num_frames=16, input_size=224, short_side_size=224, test_num_segment=2,
-                test_num_crop=3, tubelet_size=2, llama_layer=15, llama_dtype="float32")
+DEFAULTS = dict(model=None, num_frames=16, input_size=224, short_side_size=224, test_num_segment=TEST_NUM_SEGMENT,
+                test_num_crop=TEST_NUM_CROP, tubelet_size=2, llama_layer=15, llama_dtype="float32")
 
 
 class PredictError(RuntimeError):
@@ -51,43 +51,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _saved_args(ckpt: dict) -> dict:
-    saved = ckpt.get("args")
-    if isinstance(saved, argparse.Namespace):
-        return vars(saved)
-    return saved if isinstance(saved, dict) else {}
-
-
-def _state_dict(ckpt: dict, path: str, use_ema: bool) -> dict:
-    if use_ema:
-        if not isinstance(ckpt.get("model_ema"), dict):
-            raise PredictError(f"checkpoint {path} has no model_ema weights (it was trained without --model_ema)")
-        # the EMA covers the trainable weights (older checkpoints: all of them); the frozen ones are in 'model'
-        return {**_state_dict(ckpt, path, use_ema=False), **ckpt["model_ema"]}
-    for key in ("model", "module"):
-        if isinstance(ckpt.get(key), dict):
-            return ckpt[key]
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return ckpt
-    raise PredictError(f"checkpoint {path} holds no model weights: expected a 'model' entry, found keys "
-                       f"{sorted(ckpt)[:10]}")
+def _weights(args: argparse.Namespace, ckpt: dict) -> dict:
+    """The state dict to load: the EMA weights on request (checkpoint.ema_state), else 'model'/'module' or a bare
+    state dict."""
+    if args.use_ema:
+        return checkpoint.ema_state(ckpt, path=args.resume)
+    return checkpoint.model_state(ckpt, checkpoint.MODEL_KEYS, path=args.resume, allow_bare=True)
 
 
 def resolve_args(args: argparse.Namespace, ckpt: dict) -> argparse.Namespace:
     """Fill flags left out from the checkpoint's saved args, then from DEFAULTS; nb_classes from head.weight."""
-    saved = _saved_args(ckpt)
+    saved = checkpoint.saved_args(ckpt)
     for name, default in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, saved.get(name, default))
     if args.model is None:
         raise PredictError(f"checkpoint {args.resume} does not record its model name: pass --model")
     if args.nb_classes is None:
-        head = _state_dict(ckpt, args.resume, args.use_ema).get("head.weight")
+        head = _weights(args, ckpt).get("head.weight")
         if head is None:
             raise PredictError(f"checkpoint {args.resume} has no head.weight to infer the classes from: "
                                f"pass --nb_classes")
         args.nb_classes = head.shape[0]
-    args.saved_model = saved.get("model")
     args.use_mean_pooling = saved.get("use_mean_pooling", True)
     return args
 
@@ -104,27 +89,13 @@ def load_model(args: argparse.Namespace, ckpt: dict) -> torch.nn.Module:
             model = create_model(args.model, **kwargs)
     except ValueError as e:  # unknown name or an impossible configuration
         raise PredictError(f"--model {args.model}: {e}") from None
-    state = _state_dict(ckpt, args.resume, args.use_ema)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        lines = [f"checkpoint {args.resume} does not fit --model {args.model} "
-                 f"(num_frames {args.num_frames}, input_size {args.input_size}, tubelet_size {args.tubelet_size}, "
-                 f"nb_classes {args.nb_classes}):"]
-        if "head.weight" in state and state["head.weight"].shape[0] != args.nb_classes:
-            lines.append(f"  it was saved from a model with a {state['head.weight'].shape[0]}-class head; "
-                         f"--nb_classes {args.nb_classes} was asked for")
-        if args.saved_model and args.saved_model != args.model:
-            lines.append(f"  its saved args say --model {args.saved_model}")
-        for title, keys in (("shape mismatches", mismatched), ("missing keys", missing),
-                            ("unexpected keys", unexpected)):
-            if keys:
-                lines.append(f"  {len(keys)} {title}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
-        raise PredictError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
+    details = (f"(num_frames {args.num_frames}, input_size {args.input_size}, tubelet_size {args.tubelet_size}, "
+               f"nb_classes {args.nb_classes})")
+    try:
+        checkpoint.load_strict(model, _weights(args, ckpt), args.resume, args.model, details,
+                               checkpoint.saved_args(ckpt).get("model"))
+    except RuntimeError as e:
+        raise PredictError(str(e)) from None
     return model.to(args.device).eval()
 
 
@@ -159,12 +130,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not os.path.isfile(args.resume):
         raise PredictError(f"checkpoint {args.resume}: no such file")
     try:
-        ckpt = safe_load(args.resume)
-    except RuntimeError as e:
+        ckpt = checkpoint.safe_load(args.resume)
+        args = resolve_args(args, ckpt)
+    except RuntimeError as e:  # unreadable, or no weights under the expected entries
         raise PredictError(str(e)) from None
-    if not isinstance(ckpt, dict):
-        raise PredictError(f"checkpoint {args.resume} holds a {type(ckpt).__name__}, not a dict of weights")
-    args = resolve_args(args, ckpt)
     try:
         class_names = load_class_names(args.labels) if args.labels else None
     except (OSError, ValueError) as e:

@@ -19,7 +19,22 @@ import engine_for_finetuning as engine
 import optim_factory
 import reports
 import utils
+from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT
 from video_transforms import DeviceAugment
+
+
+# VideoMAE flags that cannot act here: each is accepted at its default only. flag -> (default, type, why);
+# type bool: a switch that must stay off.
+COMPAT_FLAGS = {
+    "data_set": ("SSV2", str, "the SSv2 list format; other datasets in that format work as SSV2"),
+    "num_segments": (1, int, "VideoMAE's SSv2 setting: one clip of --num_frames segments"),
+    "sampling_rate": (4, int, "Kinetics-only in VideoMAE; SSv2 takes one frame per segment"),
+    "color_jitter": (0.4, float, "unused for video in VideoMAE too; colour augmentation comes from --aa"),
+    "crop_pct": (None, float, "image-only; use --short_side_size / --input_size"),
+    "resplit": (False, bool, "image-only; random erasing applies to every clip"),
+    "enable_deepspeed": (False, bool, "this code uses native mixed precision, --amp bf16|fp16, and "
+                                      "DistributedDataParallel"),
+}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -59,7 +74,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--warmup_epochs", default=5, type=int)
     a("--warmup_steps", default=-1, type=int, help="overrides --warmup_epochs when > 0")
     # augmentation
-    a("--color_jitter", default=0.4, type=float, help="unused by the video pipeline (as in VideoMAE); only 0.4")
     a("--num_sample", default=2, type=int, help="augmented clips per video (repeated augmentation)")
     a("--augment_on", default=None, choices=["workers", "device"],
       help="where training clips are augmented: 'device' (workers only decode; RandAugment, crop, normalise and "
@@ -68,14 +82,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--aa", default="rand-m7-n4-mstd0.5-inc1", type=str, help="RandAugment policy; '' or 'none' turns it off")
     a("--smoothing", default=0.1, type=float)
     a("--train_interpolation", default="bicubic", type=str)
-    a("--crop_pct", default=None, type=float, help="image-only flag of VideoMAE; not supported")
     a("--short_side_size", default=224, type=int)
-    a("--test_num_segment", default=5, type=int)
-    a("--test_num_crop", default=3, type=int)
+    a("--test_num_segment", default=TEST_NUM_SEGMENT, type=int, help="temporal views per test video")
+    a("--test_num_crop", default=TEST_NUM_CROP, type=int, help="spatial views per temporal view")
     a("--reprob", default=0.25, type=float)
     a("--remode", default="pixel", type=str)
     a("--recount", default=1, type=int)
-    a("--resplit", action="store_true", help="image-only flag of VideoMAE; not supported")
     a("--mixup", default=0.8, type=float)
     a("--cutmix", default=1.0, type=float)
     a("--cutmix_minmax", default=None, type=float, nargs="+")
@@ -95,11 +107,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--eval_data_path", default=None, type=str, help="folder with val.csv/test.csv if not --data_path")
     a("--data_root", default=None, help="prefix for relative video paths (default: the CSV's folder)")
     a("--nb_classes", default=174, type=int)
-    a("--imagenet_default_mean_and_std", action="store_true", default=True, help="always on (ImageNet mean/std)")
-    a("--num_segments", default=1, type=int, help="only 1 (VideoMAE's SSv2 setting)")
     a("--num_frames", default=16, type=int)
-    a("--sampling_rate", default=4, type=int, help="Kinetics-only in VideoMAE; SSv2 samples by segments")
-    a("--data_set", default="SSV2", choices=["SSV2"], type=str)
     a("--decoder", default="auto", choices=["auto", "decord", "pyav"])
     a("--decode_threads", default=1, type=int)
     a("--max_bad_videos", default=10, type=int, help="unreadable training videos tolerated per epoch")
@@ -128,26 +136,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--local_rank", "--local-rank", default=-1, type=int)
     a("--dist_on_itp", action="store_true", help="read ranks from OpenMPI's environment")
     a("--dist_url", default="env://")
-    a("--enable_deepspeed", action="store_true", help="not supported: native AMP (--amp) and DDP are used")
+    compat = p.add_argument_group("VideoMAE compatibility", "accepted so that VideoMAE command lines parse; each "
+                                                            "takes only its default, anything else is an error")
+    for flag, (default, kind, why) in COMPAT_FLAGS.items():
+        if kind is bool:
+            compat.add_argument(f"--{flag}", action="store_true", help=f"not supported: {why}")
+        else:
+            compat.add_argument(f"--{flag}", default=default, type=kind,
+                                help=f"not supported: {why}" if default is None else f"only {default}: {why}")
     return p
 
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Reject flags that cannot act here, with what to use instead; fill derived defaults."""
-    errors = {
-        "enable_deepspeed": (args.enable_deepspeed, "DeepSpeed is not supported; drop --enable_deepspeed: this code "
-                             "uses native mixed precision (--amp bf16|fp16) and DistributedDataParallel"),
-        "crop_pct": (args.crop_pct is not None, "--crop_pct is image-only; use --short_side_size/--input_size"),
-        "resplit": (args.resplit, "--resplit is image-only (random erasing applies to every clip)"),
-        "num_segments": (args.num_segments != 1, "--num_segments must be 1 (VideoMAE's SSv2 setting)"),
-        "sampling_rate": (args.sampling_rate != 4, "--sampling_rate does not apply to SSv2 (segment sampling)"),
-        "color_jitter": (args.color_jitter != 0.4, "--color_jitter is unused for video (as in VideoMAE); "
-                         "colour augmentation comes from --aa"),
-        "opt_betas": (args.opt_betas is not None and len(args.opt_betas) != 2, "--opt_betas takes two numbers"),
-        "cutmix_minmax": (args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2,
-                          "--cutmix_minmax takes two numbers"),
-    }
-    bad = [msg for cond, msg in errors.values() if cond]
+    bad = [f"--{flag} is not supported ({why})" if default in (None, False) else
+           f"--{flag} {getattr(args, flag)}: only {default} is supported ({why})"
+           for flag, (default, kind, why) in COMPAT_FLAGS.items() if getattr(args, flag) != default]
+    if args.opt_betas is not None and len(args.opt_betas) != 2:
+        bad.append("--opt_betas takes two numbers")
+    if args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2:
+        bad.append("--cutmix_minmax takes two numbers")
     if bad:
         raise SystemExit("error: " + "; ".join(bad))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -170,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_model(args) -> torch.nn.Module:
     from modeling_finetune import create_model
-    kw = dict(num_classes=args.nb_classes, all_frames=args.num_frames * args.num_segments, img_size=args.input_size,
+    kw = dict(num_classes=args.nb_classes, all_frames=args.num_frames, img_size=args.input_size,
               tubelet_size=args.tubelet_size, drop_rate=args.drop, attn_drop_rate=args.attn_drop_rate,
               drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
               use_checkpoint=args.use_checkpoint, use_mean_pooling=args.use_mean_pooling)
@@ -191,7 +199,7 @@ def build_loaders(args, eval_only: bool) -> dict:
     eval_args = argparse.Namespace(**{**vars(args), "data_path": args.eval_data_path or args.data_path})
     shard = dict(num_replicas=world, rank=rank) if args.dist_eval else dict(num_replicas=1, rank=0)
     pin = args.pin_mem and torch.device(args.device).type == "cuda"  # pinning needs an accelerator
-    common = dict(num_workers=args.num_workers, pin_memory=pin, worker_init_fn=utils.seed_worker)
+    common = dict(num_workers=args.num_workers, pin_memory=pin)
     out = {}
     test_set, _ = build_dataset(is_train=False, test_mode=True, args=eval_args)
     out["test"] = torch.utils.data.DataLoader(test_set, batch_size=args.batch_size, generator=torch.Generator(),
@@ -211,6 +219,14 @@ def build_loaders(args, eval_only: bool) -> dict:
                                                  sampler=ShardSampler(val_set, **shard),
                                                  generator=torch.Generator(), **common)
     return out
+
+
+def set_train_epoch(loaders: dict, args, epoch: int) -> None:
+    """Shuffle order and DataLoader worker seeds (python, numpy and torch, each worker its own: PyTorch derives them
+    from the loader's generator) as functions of (seed, epoch, rank) alone, so a resumed run draws what an
+    uninterrupted one does."""
+    loaders["train"].sampler.set_epoch(epoch)
+    loaders["generator"].manual_seed(args.seed + 1000 * epoch + utils.get_rank())
 
 
 def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
@@ -262,15 +278,6 @@ def wrap_model(args, model: torch.nn.Module, device: torch.device) -> torch.nn.M
     return run_model
 
 
-def checkpoint_names(args, epoch: int, is_best: bool) -> list[str]:
-    """Files to write after `epoch`: checkpoint-N.pth every --save_ckpt_freq epochs and at the end, and
-    checkpoint-best.pth on a new best validation top-1; none without an output_dir or with --no_save_ckpt."""
-    if not (args.output_dir and args.save_ckpt):
-        return []
-    names = [f"checkpoint-{epoch}.pth"] if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs else []
-    return names + (["checkpoint-best.pth"] if is_best else [])
-
-
 def run_test(args, run_model: torch.nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
              summary: dict, class_names: list[str] | None) -> dict | None:
     """Multi-view test; rank 0 writes the arrays, reports and test_summary.json to output_dir and gets the summary."""
@@ -299,7 +306,6 @@ def _main(args) -> dict | None:
     rank, world = utils.get_rank(), utils.get_world_size()
     device = torch.device(args.device, args.gpu) if args.device == "cuda" else torch.device(args.device)
     utils.seed_everything(args.seed + rank)
-    torch.backends.cudnn.benchmark = True
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     if args.output_dir and rank == 0:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -316,7 +322,7 @@ def _main(args) -> dict | None:
     run_model = wrap_model(args, model, device)
     test = partial(run_test, args, run_model, loaders["test"], device, amp_dtype, class_names=class_names)
     if args.eval:
-        path = utils.load_for_eval(args, raw_model, checkpoint.safe_load)
+        path = checkpoint.load_for_eval(args, raw_model)
         return test(summary={"checkpoint": path, "model": args.model})
 
     steps_per_epoch = len(loaders["train"]) // args.update_freq
@@ -324,8 +330,7 @@ def _main(args) -> dict | None:
         raise SystemExit(f"error: {len(loaders['train'].dataset)} training videos give no optimizer step of "
                          f"batch_size {args.batch_size} x update_freq {args.update_freq} x {world} processes")
     t = build_training(args, raw_model, steps_per_epoch)
-    start_epoch, max_acc = utils.resume_training(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"],
-                                                 checkpoint.safe_load)
+    start_epoch, max_acc = checkpoint.resume_training(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"])
     print(f"lr {args.scaled_lr:.3e} for {args.batch_size * args.update_freq * world} videos per step, "
           f"{steps_per_epoch} steps per epoch, criterion {type(t['criterion']).__name__}", flush=True)
     if rank == 0 and args.output_dir:
@@ -333,8 +338,7 @@ def _main(args) -> dict | None:
     log_writer = utils.TensorboardLogger(args.log_dir) if rank == 0 and args.log_dir else None
     last_ckpt, t0 = None, time.time()
     for epoch in range(start_epoch, args.epochs):
-        loaders["train"].sampler.set_epoch(epoch)
-        loaders["generator"].manual_seed(args.seed + 1000 * epoch + rank)
+        set_train_epoch(loaders, args, epoch)
         train_stats = engine.train_one_epoch(
             run_model, t["criterion"], loaders["train"], t["optimizer"], device, epoch,
             lr_schedule=t["lr_schedule"], wd_schedule=t["wd_schedule"], start_step=epoch * steps_per_epoch,
@@ -354,12 +358,14 @@ def _main(args) -> dict | None:
                   f"(best {max(max_acc, val['acc1']):.2f}%)", flush=True)
         is_best = "val_acc1" in record and record["val_acc1"] > max_acc
         max_acc = max(max_acc, record.get("val_acc1", max_acc))
-        names = checkpoint_names(args, epoch, is_best)
-        state = utils.training_state(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"], epoch,
-                                     max_acc) if names else None
-        for name in names:
-            path = utils.save_training_checkpoint(args.output_dir, name, state)
-            last_ckpt = path if name != "checkpoint-best.pth" else last_ckpt
+        names = checkpoint.epoch_checkpoint_names(epoch, args.epochs, args.save_ckpt_freq, is_best) \
+            if args.output_dir and args.save_ckpt else []
+        if names:
+            state = checkpoint.training_state(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"], epoch,
+                                              max_acc)
+            for name in names:
+                path = checkpoint.save_training_checkpoint(args.output_dir, name, state)
+                last_ckpt = path if name != checkpoint.BEST_CHECKPOINT else last_ckpt
         if rank == 0 and args.output_dir:
             utils.append_json_line(os.path.join(args.output_dir, "log.txt"), {**record, "n_parameters": n_parameters})
         if log_writer is not None:

@@ -1,18 +1,16 @@
-"""Training utilities: distributed setup, seeding, schedules, logging and checkpoint I/O.
+"""Training utilities: distributed setup, seeding and RNG state, schedules, logging, atomic file writes.
 
-Nothing here knows a model's internals; checkpoints hold whatever state dicts the caller passes.
+Nothing here knows a model's internals or a checkpoint's layout (checkpoint.py owns those).
 """
 from __future__ import annotations
 
 import builtins
 import datetime
-import glob
 import json
 import os
 import random
 import re
 import subprocess
-import warnings
 from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
@@ -160,13 +158,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: numpy and python seeds follow the worker's torch seed (set from the generator)."""
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
-
-
 def capture_rng_state() -> dict:
     """This process's RNG states, as tensors and plain python types (loadable with weights_only=True)."""
     np_state = np.random.get_state()
@@ -209,13 +200,14 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_p
                      warmup_epochs: int = 0, start_warmup_value: float = 0.0, warmup_steps: int = -1) -> np.ndarray:
     """One value per iteration: linear warmup from start_warmup_value to base_value, then cosine to final_value.
 
-    warmup_steps > 0 overrides warmup_epochs. Warmup longer than the run is cut at the run's length.
+    As VideoMAE's: the W warmup values include both ends (start + i (base - start) / (W - 1)), the cosine starts
+    again at base_value and stops one step short of final_value (step i of N: angle pi i / N). warmup_steps > 0
+    overrides warmup_epochs; a run shorter than its warmup ends partway up the ramp.
     """
     total = epochs * niter_per_ep
     warmup = warmup_steps if warmup_steps > 0 else warmup_epochs * niter_per_ep
-    warmup = min(warmup, total)
-    warm = np.linspace(start_warmup_value, base_value, warmup, endpoint=False) if warmup else np.zeros(0)
-    n = total - warmup
+    warm = np.linspace(start_warmup_value, base_value, warmup)[:total]
+    n = total - len(warm)
     cos = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * np.arange(n) / max(n, 1)))
     sched = np.concatenate([warm, cos])
     assert len(sched) == total
@@ -279,11 +271,11 @@ def write_json(path: str, obj: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Checkpoint I/O
+# Atomic files
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Run write(f) on a temporary file in the same folder, fsync, then rename: readers see the old or the new file."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
@@ -299,13 +291,8 @@ def _atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write bytes atomically (see _atomic_write)."""
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    """torch.save `state` atomically (temporary file in the same folder, flush + fsync, os.replace)."""
-    _atomic_write(path, lambda f: torch.save(state, f))
+    """Write bytes atomically (see atomic_write)."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _fsync_dir(d: str) -> None:
@@ -319,116 +306,3 @@ def _fsync_dir(d: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def list_epoch_checkpoints(output_dir: str) -> list[tuple[int, str]]:
-    """(epoch, path) of output_dir/checkpoint-N.pth, newest first."""
-    found = []
-    for p in glob.glob(os.path.join(output_dir, "checkpoint-*.pth")):
-        m = re.fullmatch(r"checkpoint-(\d+)\.pth", os.path.basename(p))
-        if m:
-            found.append((int(m.group(1)), p))
-    return sorted(found, reverse=True)
-
-
-def find_resume_checkpoint(output_dir: str, loader) -> tuple[str, dict] | tuple[None, None]:
-    """Newest checkpoint-N.pth in output_dir that `loader(path)` reads; damaged ones are skipped with a warning."""
-    for _, path in list_epoch_checkpoints(output_dir):
-        try:
-            ckpt = loader(path)
-            if not isinstance(ckpt, dict) or "model" not in ckpt:
-                raise RuntimeError("no 'model' entry")
-            return path, ckpt
-        except Exception as e:  # a damaged file must not stop the run: fall back to the previous one
-            warnings.warn(f"auto-resume: skipping damaged checkpoint {path}: {e}")
-            print(f"WARNING: auto-resume skips damaged checkpoint {path}: {e}", flush=True)
-    return None, None
-
-
-def _model_state(ckpt: dict, model_key: str, path: str) -> dict:
-    for key in model_key.split("|"):
-        if isinstance(ckpt.get(key), dict):
-            return ckpt[key]
-    raise RuntimeError(f"checkpoint {path} has none of the keys {model_key!r} (found {sorted(ckpt)[:10]})")
-
-
-def _load_model(model: torch.nn.Module, ckpt: dict, path: str, args) -> None:
-    try:
-        model.load_state_dict(_model_state(ckpt, args.model_key, path), strict=True)
-    except RuntimeError as e:
-        raise RuntimeError(f"checkpoint {path} does not fit --model {args.model}: {e}") from e
-
-
-def _checkpoint_to_load(args, loader) -> tuple[str, dict] | tuple[None, None]:
-    """--resume exactly (read with loader), else with auto_resume the newest loadable checkpoint-N.pth in output_dir."""
-    if args.resume:
-        return args.resume, loader(args.resume)
-    if args.auto_resume and args.output_dir:
-        return find_resume_checkpoint(args.output_dir, loader)
-    return None, None
-
-
-def load_for_eval(args, model: torch.nn.Module, loader) -> str:
-    """Load the weights --eval evaluates: --resume exactly, else the newest loadable checkpoint-N.pth in output_dir
-    (auto-resume), else the --finetune weights already in the model. Returns the path; errors when there is none."""
-    path, ckpt = _checkpoint_to_load(args, loader)
-    if path:
-        _load_model(model, ckpt, path, args)
-        print(f"Evaluating {path}", flush=True)
-        return path
-    if args.finetune:
-        return args.finetune
-    raise SystemExit("error: --eval has nothing to evaluate: pass --resume CKPT (or --finetune WEIGHTS), or an "
-                     f"--output_dir holding checkpoint-N.pth (got {args.output_dir!r})")
-
-
-def training_state(args, model: torch.nn.Module, optimizer, scaler, model_ema, epoch: int, max_acc: float) -> dict:
-    """Everything a resume needs; gathers every rank's RNG state (collective: call on all ranks)."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
-            "args": to_jsonable(vars(args)), "model_ema": model_ema.state_dict() if model_ema else None,
-            "max_accuracy": max_acc, "rng_states": gather_rng_states()}
-
-
-def save_training_checkpoint(output_dir: str, name: str, state: dict) -> str:
-    """Atomic save on rank 0; returns the path on every rank."""
-    path = os.path.join(output_dir, name)
-    if is_main_process():
-        save_checkpoint(path, state)
-        print(f"Saved {path}", flush=True)
-    barrier()
-    return path
-
-
-def resume_training(args, model: torch.nn.Module, optimizer, scaler, model_ema, loader) -> tuple[int, float]:
-    """Restore from --resume, else (auto_resume) the newest loadable checkpoint-N.pth in output_dir.
-
-    Loads model, optimizer, scaler, EMA, best val top-1 and this rank's RNG state; returns (start_epoch, max_acc).
-    A checkpoint without an integer epoch (e.g. a zoo 'best' file) restores weights and starts at --start_epoch.
-    """
-    path, ckpt = _checkpoint_to_load(args, loader)
-    if not path:
-        return args.start_epoch, 0.0
-    _load_model(model, ckpt, path, args)
-    print(f"Resuming from {path}", flush=True)
-    if ckpt.get("optimizer") is not None:
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise RuntimeError(f"optimizer state in {path} does not match this run's parameter groups ({e}); "
-                               f"start a new run from its weights with --finetune {path} instead") from e
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    if model_ema is not None:  # no EMA in the file: restart the average from the loaded weights
-        model_ema.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None else model.state_dict())
-    epoch = ckpt.get("epoch")
-    if not isinstance(epoch, int):
-        print(f"WARNING: {path} has no integer epoch ({epoch!r}); starting at epoch {args.start_epoch}", flush=True)
-        return args.start_epoch, float(ckpt.get("max_accuracy", 0.0))
-    states = ckpt.get("rng_states")
-    if states and len(states) == get_world_size():
-        restore_rng_state(states[get_rank()])
-    else:
-        print("WARNING: no RNG state for this world size in the checkpoint; reseeding", flush=True)
-        seed_everything(args.seed + get_rank() + 1000 * (epoch + 1))
-    return epoch + 1, float(ckpt.get("max_accuracy", 0.0))

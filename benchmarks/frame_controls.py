@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import checkpoint  # noqa: E402
-from datasets import read_test_views, read_video_list  # noqa: E402
+from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, read_test_views, read_video_list  # noqa: E402
 from engine_for_finetuning import predict_views  # noqa: E402
 from video_transforms import normalize_clips  # noqa: E402
 from modeling_finetune import create_model  # noqa: E402
@@ -48,13 +48,13 @@ def main() -> None:
     p.add_argument("--num_frames", type=int, default=8)
     p.add_argument("--input_size", type=int, default=64)
     p.add_argument("--short_side_size", type=int, default=64)
-    p.add_argument("--test_num_segment", type=int, default=2)
-    p.add_argument("--test_num_crop", type=int, default=3)
+    p.add_argument("--test_num_segment", type=int, default=TEST_NUM_SEGMENT)
+    p.add_argument("--test_num_crop", type=int, default=TEST_NUM_CROP)
     p.add_argument("--limit", type=int, default=0, help="first N videos only (0: all)")
     args = p.parse_args()
     model = create_model(args.model, num_classes=args.nb_classes, all_frames=args.num_frames,
                          img_size=args.input_size)
-    model.load_state_dict(checkpoint.safe_load(args.resume)["model"])
+    checkpoint.load_model_file(model, checkpoint.safe_load(args.resume), args.resume, args.model, allow_bare=True)
     model.eval()
     videos = read_video_list(os.path.join(args.data_path, args.csv))
     videos = videos[:args.limit] if args.limit else videos

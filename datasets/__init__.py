@@ -11,11 +11,12 @@ from datasets.samplers import ShardSampler
 from datasets.ssv2 import (SSv2Dataset, load_class_names, multiple_samples_collate, pack_videos_collate,
                            read_video_list, read_views, train_indices, eval_indices, val_indices, video_id)
 
-__all__ = ["build_dataset", "read_test_views", "load_class_names", "multiple_samples_collate",
-           "pack_videos_collate", "SSv2Dataset", "ShardSampler",
+__all__ = ["TEST_NUM_SEGMENT", "TEST_NUM_CROP", "build_dataset", "read_test_views", "load_class_names",
+           "multiple_samples_collate", "pack_videos_collate", "SSv2Dataset", "ShardSampler",
            "read_video_list", "train_indices", "eval_indices", "val_indices", "video_id"]
 
 LABELS_FILE = "something-something-v2-labels.json"
+TEST_NUM_SEGMENT, TEST_NUM_CROP = 2, 3  # the SSv2 recipe's test views: 2 clips x 3 crops
 
 
 def _common(args) -> dict:
@@ -37,9 +38,9 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> tuple[SSv2Dataset, i
         num_sample=getattr(args, "num_sample", 1), auto_augment=getattr(args, "aa", "rand-m7-n4-mstd0.5-inc1"),
         train_interpolation=getattr(args, "train_interpolation", "bicubic"), reprob=getattr(args, "reprob", 0.25),
         remode=getattr(args, "remode", "pixel"), recount=getattr(args, "recount", 1),
-        test_num_segment=getattr(args, "test_num_segment", 2), test_num_crop=getattr(args, "test_num_crop", 3),
-        max_bad_videos=getattr(args, "max_bad_videos", 10), augment_on=getattr(args, "augment_on", "workers"),
-        **_common(args))
+        test_num_segment=getattr(args, "test_num_segment", TEST_NUM_SEGMENT),
+        test_num_crop=getattr(args, "test_num_crop", TEST_NUM_CROP), max_bad_videos=getattr(args, "max_bad_videos", 10),
+        augment_on=getattr(args, "augment_on", "workers"), **_common(args))
     return dataset, nb_classes
 
 
@@ -48,5 +49,5 @@ def read_test_views(path: str, args) -> tuple[torch.Tensor, torch.Tensor]:
     with video_transforms.normalize_clips."""
     c = _common(args)
     return read_views(path, c["num_frames"], c["input_size"], c["short_side_size"],
-                      getattr(args, "test_num_segment", 2), getattr(args, "test_num_crop", 3), c["decoder"],
-                      c["decode_threads"])
+                      getattr(args, "test_num_segment", TEST_NUM_SEGMENT), getattr(args, "test_num_crop", TEST_NUM_CROP),
+                      c["decoder"], c["decode_threads"])

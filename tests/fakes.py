@@ -6,7 +6,8 @@
   rotary as Hugging Face's conversion script does.
 - ``write_videomae_pretrain``: a VideoMAE self-supervised checkpoint (encoder.*, decoder.*, encoder_to_decoder.*,
   mask_token under 'model').
-- ``write_zoo_checkpoint``: a model-zoo fine-tuned checkpoint {'model', 'optimizer', 'epoch', 'scaler', 'args'}.
+- ``published_model_shapes`` + ``write_zoo_checkpoint``: a model-zoo fine-tuned checkpoint {'model', 'optimizer',
+  'epoch', 'scaler', 'args'} with the released models' key names and shapes.
 """
 from __future__ import annotations
 
@@ -144,21 +145,52 @@ def write_videomae_pretrain(path: str, encoder: nn.Module, decoder_dim: int = 96
     return enc
 
 
-def write_zoo_checkpoint(path: str, model: nn.Module, epoch: int = 39, args: dict | None = None) -> dict:
-    """Save ``model`` as a model-zoo fine-tuned checkpoint: {'model', 'optimizer', 'epoch', 'scaler',
-    'args': argparse.Namespace(defaults updated by ``args``)}, the optimizer state from one AdamW step on the
-    trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)  # zero grads: weights unchanged
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    opt.step()
-    for p in params:
-        p.grad = None
-    ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+def published_model_shapes(dim: int, depth: int, num_classes: int = 174, llama_dim: int | None = None,
+                           llama_hidden: int | None = None, tubelet: int = 2, patch: int = 16) -> dict[str, tuple]:
+    """Name -> shape of every tensor in a released fine-tuned model's state dict, written from reading the published
+    code (VideoMAE modeling_finetune.py; LM4VisualEncoding video_understanding/modeling_finetune_llama.py + llama.py),
+    not from this project's models: qkv_bias=True, fixed sinusoid table (a plain attribute, not saved), mean pooling
+    (``norm`` is an Identity, ``fc_norm`` a LayerNorm), and for ViT-LLaMA one LLaMA layer at ``llama.layers.0``
+    (first_layer 15 of a 16-layer config), ``llama.norm`` and the two bias-free mappers."""
+    shapes = {"patch_embed.proj.weight": (dim, 3, tubelet, patch, patch), "patch_embed.proj.bias": (dim,)}
+    for i in range(depth):
+        b = f"blocks.{i}."
+        shapes.update({b + "norm1.weight": (dim,), b + "norm1.bias": (dim,), b + "attn.q_bias": (dim,),
+                       b + "attn.v_bias": (dim,), b + "attn.qkv.weight": (3 * dim, dim),
+                       b + "attn.proj.weight": (dim, dim), b + "attn.proj.bias": (dim,), b + "norm2.weight": (dim,),
+                       b + "norm2.bias": (dim,), b + "mlp.fc1.weight": (4 * dim, dim), b + "mlp.fc1.bias": (4 * dim,),
+                       b + "mlp.fc2.weight": (dim, 4 * dim), b + "mlp.fc2.bias": (dim,)})
+    shapes.update({"fc_norm.weight": (dim,), "fc_norm.bias": (dim,), "head.weight": (num_classes, dim),
+                   "head.bias": (num_classes,)})
+    if llama_dim is not None:
+        L, H, p = llama_dim, llama_hidden, "llama.layers.0."
+        shapes.update({p + "attention.wq.weight": (L, L), p + "attention.wk.weight": (L, L),
+                       p + "attention.wv.weight": (L, L), p + "attention.wo.weight": (L, L),
+                       p + "feed_forward.w1.weight": (H, L), p + "feed_forward.w2.weight": (L, H),
+                       p + "feed_forward.w3.weight": (H, L), p + "attention_norm.weight": (L,),
+                       p + "ffn_norm.weight": (L,), "llama.norm.weight": (L,),
+                       "llama_dim_mapper1.weight": (L, dim), "llama_dim_mapper2.weight": (dim, L)})
+    return shapes
+
+
+def write_zoo_checkpoint(path: str, shapes: dict[str, tuple], seed: int = 0, epoch: int = 39,
+                         args: dict | None = None) -> dict[str, torch.Tensor]:
+    """A model-zoo fine-tuned checkpoint {'model', 'optimizer', 'epoch', 'scaler', 'args': argparse.Namespace} whose
+    'model' holds random tensors of ``shapes`` (norm weights around 1); the optimizer state is AdamW's layout for the
+    trainable (non-LLaMA) tensors. Returns the state dict written."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, shape in shapes.items():
+        scale = shape[-1] ** -0.5 if len(shape) > 1 else 0.1
+        sd[k] = (1.0 if "norm" in k and k.endswith("weight") else 0.0) + scale * torch.randn(shape, generator=g)
+    trainable = [k for k in sd if not k.startswith("llama.")]
+    opt = {"state": {i: {"step": torch.tensor(100.0), "exp_avg": torch.zeros_like(sd[k]),
+                         "exp_avg_sq": torch.zeros_like(sd[k])} for i, k in enumerate(trainable)},
+           "param_groups": [{"lr": 1e-6, "weight_decay": 0.05, "params": list(range(len(trainable)))}]}
+    ckpt = {"model": sd, "optimizer": opt, "epoch": epoch,
             "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
                        "_growth_tracker": 0},
             "args": argparse.Namespace(**{"model": "vit_small_patch16_224", "nb_classes": 174, "num_frames": 16,
                                           "input_size": 224, "tubelet_size": 2, **(args or {})})}
     torch.save(ckpt, path)
-    return ckpt
+    return sd

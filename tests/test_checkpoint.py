@@ -1,15 +1,19 @@
 """Safe loading, the --finetune adapter (VideoMAE pretrain files) and strict loading of model-zoo files."""
 import argparse
+import math
 import os
 import pickle
 import warnings
 
 import pytest
 import torch
-import torch.nn as nn
+import torch.nn.functional as F
 
-from checkpoint import interpolate_pos_embed, load_finetune_weights, safe_load
-from fakes import single_thread, write_videomae_pretrain, write_zoo_checkpoint  # noqa: F401 (autouse fixture)
+from checkpoint import (epoch_checkpoint_names, find_resume_checkpoint, interpolate_pos_embed, list_epoch_checkpoints,
+                        load_finetune_weights, load_model_file, model_state, resume_training, safe_load,
+                        save_checkpoint, training_state)
+from fakes import (published_model_shapes, single_thread, write_videomae_pretrain,  # noqa: F401 (autouse fixture)
+                   write_zoo_checkpoint)
 from modeling_finetune import create_model
 
 TINY = dict(all_frames=4, img_size=32, num_classes=7)
@@ -136,18 +140,187 @@ def test_pos_embed_interpolation_and_fixed_table_drop(tmp_path):
     assert "pos_embed" in report["dropped"] and "pos_embed" not in report["unexpected"]
 
 
-def test_zoo_checkpoint_loads_strictly_and_reproduces_logits(tmp_path):
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
+def reference_logits(sd: dict, x: torch.Tensor, heads: int, llama_heads: int, eps: float = 1e-6) -> torch.Tensor:
+    """The released ViT-LLaMA's forward written from its description, on a plain state dict: tubelet conv + sinusoid
+    table, pre-norm blocks (q/v biases, k bias 0), mapper1, LLaMA layer without RoPE or mask (RMSNorm, SwiGLU),
+    llama.norm, mapper2, mean over tokens, fc_norm, head."""
+    w = sd["patch_embed.proj.weight"]
+    h = F.conv3d(x, w, sd["patch_embed.proj.bias"], stride=w.shape[2:]).flatten(2).transpose(1, 2)
+    B, N, D = h.shape
+    angle = torch.tensor([[p / 10000 ** (2 * (j // 2) / D) for j in range(D)] for p in range(N)], dtype=x.dtype)
+    h = h + torch.where(torch.arange(D) % 2 == 0, angle.sin(), angle.cos())
+
+    def attend(q, k, v, n_heads):
+        q, k, v = (t.reshape(B, N, n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        a = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1) @ v
+        return a.transpose(1, 2).reshape(B, N, -1)
+
+    for i in range(sum(k.endswith("attn.qkv.weight") for k in sd)):
+        p = f"blocks.{i}."
+        y = F.layer_norm(h, (D,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], 1e-6)
+        q, k, v = (y @ sd[p + "attn.qkv.weight"].T).chunk(3, -1)
+        h = h + attend(q + sd[p + "attn.q_bias"], k, v + sd[p + "attn.v_bias"], heads) @ sd[p + "attn.proj.weight"].T \
+            + sd[p + "attn.proj.bias"]
+        y = F.layer_norm(h, (D,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], 1e-6)
+        h = h + F.gelu(y @ sd[p + "mlp.fc1.weight"].T + sd[p + "mlp.fc1.bias"]) @ sd[p + "mlp.fc2.weight"].T \
+            + sd[p + "mlp.fc2.bias"]
+
+    def rms(t, weight):
+        return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+    z = h @ sd["llama_dim_mapper1.weight"].T
+    p = "llama.layers.0."
+    y = rms(z, sd[p + "attention_norm.weight"])
+    q, k, v = (y @ sd[p + f"attention.w{c}.weight"].T for c in "qkv")
+    z = z + attend(q, k, v, llama_heads) @ sd[p + "attention.wo.weight"].T
+    y = rms(z, sd[p + "ffn_norm.weight"])
+    z = z + (F.silu(y @ sd[p + "feed_forward.w1.weight"].T) * (y @ sd[p + "feed_forward.w3.weight"].T)) \
+        @ sd[p + "feed_forward.w2.weight"].T
+    h = rms(z, sd["llama.norm.weight"]) @ sd["llama_dim_mapper2.weight"].T
+    feat = F.layer_norm(h.mean(1), (D,), sd["fc_norm.weight"], sd["fc_norm.bias"], 1e-6)
+    return feat @ sd["head.weight"].T + sd["head.bias"]
+
+
+@pytest.mark.parametrize("name, dim, llama", [("vit_small_patch16_224", 384, None),
+                                              ("vit_base_patch16_224", 768, None),
+                                              ("vit_llama_small_patch16_224", 384, (4096, 11008)),
+                                              ("vit_llama_base_patch16_224", 768, (4096, 11008))])
+def test_models_have_the_published_keys_and_shapes(name, dim, llama):
+    with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        saver = create_model("vit_llama_tiny_patch16", **TINY).eval()
-        loader = create_model("vit_llama_tiny_patch16", **TINY).eval()
-    x = torch.randn(2, 3, 4, 32, 32)
-    expect = saver(x)
-    write_zoo_checkpoint(str(tmp_path / "zoo.pth"), saver, args={"model": "vit_llama_tiny_patch16"})
+        model = create_model(name)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == published_model_shapes(dim, 12, 174, *(llama or (None, None)))
+
+
+def test_zoo_checkpoint_loads_strictly_and_gives_the_published_forward(tmp_path):
+    """A zoo file built from the published key list (not from this project's model) fills every tensor of
+    vit_llama_tiny_patch16, which then computes the published forward on those weights."""
+    shapes = published_model_shapes(192, 4, 7, llama_dim=256, llama_hidden=768)  # LLaMA rule: 256 * ceil(682 / 256)
+    sd = write_zoo_checkpoint(str(tmp_path / "zoo.pth"), shapes, args={"model": "vit_llama_tiny_patch16"})
     ckpt = safe_load(str(tmp_path / "zoo.pth"))
     assert set(ckpt) == {"model", "optimizer", "epoch", "scaler", "args"}
     assert isinstance(ckpt["args"], argparse.Namespace)
-    loader.load_state_dict(ckpt["model"], strict=True)
-    assert torch.equal(loader(x), expect)
-    assert isinstance(loader.llama_dim_mapper1, nn.Linear)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = create_model("vit_llama_tiny_patch16", **TINY).eval()
+    load_model_file(model, ckpt, str(tmp_path / "zoo.pth"), "vit_llama_tiny_patch16")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        got = model(x)
+    torch.testing.assert_close(got, reference_logits(sd, x, heads=3, llama_heads=4), rtol=1e-5, atol=2e-5)
+
+
+def test_safe_load_passes_mmap(tmp_path):
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(safe_load(str(legacy))["w"], torch.ones(3))
+    with pytest.raises(RuntimeError, match=r"cannot read LLaMA weights .*legacy.pth.*mmap"):
+        safe_load(str(legacy), mmap=True, what="LLaMA weights")  # mmap needs the zip format: the flag got through
+
+
+def test_model_state_acceptance_rules():
+    sd = {"a.weight": torch.ones(2), "b.bias": torch.zeros(1)}
+    other = {"c": torch.ones(1)}
+    assert model_state({"model": sd, "epoch": 1}) is sd
+    assert model_state({"module": sd}) is sd
+    assert model_state({"weights": sd, "model": other}, "weights|model") is sd  # first listed entry wins
+    assert model_state({"weights": sd, "model": other}, ["model", "weights"]) is other
+    assert model_state(sd, allow_bare=True) == sd
+    with pytest.raises(RuntimeError, match=r"x.pth holds no weights under 'model' or 'module'; its entries: "
+                                           r"\['a.weight', 'b.bias'\]"):
+        model_state(sd, path="x.pth")
+    with pytest.raises(RuntimeError, match=r"no weights under 'model_ema' \(nor is it a bare state dict\); its "
+                                           r"entries: \['epoch', 'model'\]"):
+        model_state({"model": sd, "epoch": 1}, "model_ema", allow_bare=True)
+    with pytest.raises(RuntimeError, match="holds a list, not a dict"):
+        model_state([sd], allow_bare=True)
+
+
+def test_load_strict_refuses_misfit_with_report_and_loads_a_fit():
+    torch.manual_seed(0)
+    model, src = vit(), vit(num_classes=5)
+    state = {k: v for k, v in src.state_dict().items() if k != "fc_norm.bias"}
+    state["extra.weight"] = torch.ones(1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = {"model": state, "args": argparse.Namespace(model="vit_small_patch16_224")}
+    with pytest.raises(RuntimeError) as err:
+        load_model_file(model, ckpt, "ck.pth", "vit_tiny_patch16", "(nb_classes 7)")
+    assert str(err.value).splitlines() == [
+        "checkpoint ck.pth does not fit --model vit_tiny_patch16 (nb_classes 7):",
+        "  it holds a 5-class head; the model has 7 classes (--nb_classes)",
+        "  its saved args say --model vit_small_patch16_224",
+        "  2 shape mismatches: head.weight: checkpoint (5, 192) vs model (7, 192), head.bias: checkpoint (5,) vs "
+        "model (7,)",
+        "  1 missing keys: fc_norm.bias",
+        "  1 unexpected keys: extra.weight"]
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing half-loaded
+    fit = vit()
+    load_model_file(model, {"model": fit.state_dict(), "args": {"model": "vit_tiny_patch16"}}, "ok.pth",
+                    "vit_tiny_patch16")
+    assert all(torch.equal(v, fit.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("epoch, epochs, freq, best, names", [
+    (0, 3, 1, False, ["checkpoint-0.pth"]),
+    (0, 3, 2, True, ["checkpoint-best.pth"]),
+    (1, 3, 2, False, ["checkpoint-1.pth"]),
+    (2, 3, 100, True, ["checkpoint-2.pth", "checkpoint-best.pth"]),  # the last epoch is always saved
+])
+def test_epoch_checkpoint_names(epoch, epochs, freq, best, names):
+    assert epoch_checkpoint_names(epoch, epochs, freq, best) == names
+
+
+def test_training_state_extra_entries_round_trip_through_resume(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = vit()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(7)
+    args = argparse.Namespace(resume=str(tmp_path / "checkpoint-4.pth"), auto_resume=False, output_dir="",
+                              model="vit_tiny_patch16", model_key="model|module", start_epoch=0, seed=0)
+    state = training_state(args, model, opt, None, None, epoch=4, max_accuracy=12.5, aug_rng=gen.get_state())
+    save_checkpoint(args.resume, state)
+    expected = torch.rand(3, generator=gen)
+    gen.manual_seed(99)
+    restored = vit()
+    start, best = resume_training(args, restored, torch.optim.AdamW(restored.parameters()), None, None,
+                                  restore={"aug_rng": gen.set_state})
+    assert (start, best) == (5, 12.5) and torch.equal(torch.rand(3, generator=gen), expected)
+    assert torch.equal(restored.head.weight, model.head.weight)
+    calls = []
+    resume_training(args, restored, torch.optim.AdamW(restored.parameters()), None, None,
+                    restore={"sampler": calls.append})  # an entry an older file lacks: warned, not called
+    assert calls == [] and "holds no 'sampler' state" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"\['rng_states'\] would overwrite"):
+        training_state(args, model, opt, None, None, epoch=4, max_accuracy=0.0, rng_states=[])
+
+
+def test_atomic_save_keeps_previous_file_when_interrupted(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint-0.pth")
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}})
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        f.write(b"partial garbage")
+        raise KeyboardInterrupt("killed mid-save")
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"model": {"w": torch.zeros(2)}})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(safe_load(path)["model"]["w"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["checkpoint-0.pth"]  # no temporary file left behind
+
+
+def test_find_resume_skips_damaged_newest(tmp_path):
+    for e in (1, 2, 10):
+        save_checkpoint(str(tmp_path / f"checkpoint-{e}.pth"), {"model": {"e": torch.tensor(e)}})
+    (tmp_path / "checkpoint-best.pth").write_bytes(b"ignored by auto-resume")
+    data = (tmp_path / "checkpoint-10.pth").read_bytes()
+    (tmp_path / "checkpoint-10.pth").write_bytes(data[: len(data) // 2])  # truncated
+    assert [e for e, _ in list_epoch_checkpoints(str(tmp_path))] == [10, 2, 1]
+    with pytest.warns(UserWarning, match="checkpoint-10.pth"):
+        path, ckpt = find_resume_checkpoint(str(tmp_path))
+    assert path.endswith("checkpoint-2.pth") and int(ckpt["model"]["e"]) == 2
+    assert find_resume_checkpoint(str(tmp_path / "empty")) == (None, None)

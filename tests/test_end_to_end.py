@@ -3,14 +3,18 @@
 the single-process multi-view result, and every flag parses and acts."""
 import argparse
 import json
+import math
 import os
+import random
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import checkpoint
 import engine_for_finetuning as engine
@@ -151,7 +155,7 @@ def test_resume_loads_an_old_checkpoint_whose_ema_is_the_whole_model(straight, d
     args = run.parse_args(base_argv(data_dir, tmp_path, "--resume", str(tmp_path / "old.pth"), "--model_ema"))
     model = run.build_model(args)
     t = run.build_training(args, model, steps_per_epoch=4)
-    utils.resume_training(args, model, t["optimizer"], t["scaler"], t["model_ema"], checkpoint.safe_load)
+    checkpoint.resume_training(args, model, t["optimizer"], t["scaler"], t["model_ema"])
     assert list(t["model_ema"].state_dict()) == [n for n, p in model.named_parameters() if p.requires_grad]
     for n, v in t["model_ema"].state_dict().items():
         assert torch.equal(v, ck["model_ema"][n]), n
@@ -163,7 +167,7 @@ def test_resume_from_best_continues_after_its_epoch(straight, data_dir, tmp_path
     model = run.build_model(args)
     t = run.build_training(args, model, steps_per_epoch=4)
     best = checkpoint.safe_load(os.path.join(out, "checkpoint-best.pth"))
-    start, max_acc = utils.resume_training(args, model, t["optimizer"], None, None, checkpoint.safe_load)
+    start, max_acc = checkpoint.resume_training(args, model, t["optimizer"], None, None)
     assert start == best["epoch"] + 1 and max_acc == best["max_accuracy"]
 
 
@@ -200,6 +204,39 @@ def test_predict_views_is_the_mean_of_view_softmaxes():
         torch.testing.assert_close(per_video[b], sum(ref) / 3)
 
 
+def _epoch_clips(data_dir, tmp_path, epoch, fresh=None):
+    """The train loader's clips in one epoch (2 workers; every item is the same video, so only augmentation
+    draws differ), the loader built and seeded as run_class_finetuning does. Returns {worker: [clips]}."""
+    same = (tmp_path / "same")
+    same.mkdir(exist_ok=True)
+    first = open(os.path.join(data_dir, "train.csv")).readline().split()[0]
+    (same / "train.csv").write_text(f"{os.path.join(data_dir, first)} 0\n" * 4)
+    for split in ("val.csv", "test.csv"):
+        shutil.copy(os.path.join(data_dir, split), same / split)
+    loaders = fresh or run.build_loaders(run.parse_args(base_argv(
+        str(same), tmp_path, "--num_workers", "2", "--batch_size", "1", "--num_sample", "1")), eval_only=False)
+    run.set_train_epoch(loaders, run.parse_args(base_argv(str(same), tmp_path)), epoch)
+    clips = {0: [], 1: []}
+    for i, (x, _) in enumerate(loaders["train"]):
+        clips[i % 2].append(x)  # batches alternate between the two workers
+    return clips, loaders
+
+
+def test_train_workers_and_epochs_draw_their_own_augmentation_and_reruns_equal(data_dir, tmp_path):
+    torch.manual_seed(0), np.random.seed(0)
+    e0, loaders = _epoch_clips(data_dir, tmp_path, 0)
+    e1, _ = _epoch_clips(data_dir, tmp_path, 1, fresh=loaders)  # the next epoch of the same loaders
+    torch.manual_seed(1), np.random.seed(1)
+    again, _ = _epoch_clips(data_dir, tmp_path, 1)  # a resumed run: new loaders (and processes) for epoch 1
+    for a, b in zip(e1[0] + e1[1], again[0] + again[1]):
+        assert torch.equal(a, b)
+    clips = e0[0] + e0[1] + e1[0] + e1[1]
+    assert len(clips) == 8
+    for i in range(8):
+        for j in range(i):
+            assert not torch.equal(clips[i], clips[j]), (i, j)  # across workers, steps and epochs
+
+
 def test_merge_views_deduplicates_repeated_videos_and_sorts():
     rng = np.random.default_rng(0)
     vids = np.array(["b", "b", "a", "a", "a", "a"])  # video "a" listed twice (e.g. a padding sampler)
@@ -224,11 +261,12 @@ def test_merge_views_deduplicates_repeated_videos_and_sorts():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Every flag parses and acts. Components are built without training (cheap); loop-level flags run main() with the
-# engine's compute replaced by recorders.
+# Every flag acts. Each row of FLAG_TABLE builds the run's components (cheap, no training) with the flag and checks an
+# effect of it (a tensor, a draw, a schedule value, a loss), so that the row fails if the flag were ignored. Loop-level
+# flags run main() with the engine's compute replaced by recorders.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def build(data_dir, out, extra, monkeypatch=None):
+def build(data_dir, out, extra):
     args = run.parse_args(base_argv(data_dir, out, *extra))
     b = argparse.Namespace(args=args, loaders=run.build_loaders(args, eval_only=False), model=run.build_model(args))
     b.steps = len(b.loaders["train"]) // args.update_freq
@@ -236,85 +274,240 @@ def build(data_dir, out, extra, monkeypatch=None):
     return b
 
 
-def _mix(b):
-    m = b.t["mixup_fn"]
-    return (m.mixup_alpha, m.cutmix_alpha, m.cutmix_minmax, m.mix_prob, m.switch_prob, m.mode, m.label_smoothing)
+def _seeded(seed, np_seed=None):
+    random.seed(seed), np.random.seed(seed if np_seed is None else np_seed), torch.manual_seed(seed)
 
 
-def _sched(b, **kw):
-    a = b.args
-    s = a.batch_size * a.update_freq / 256
-    ref = utils.cosine_scheduler(kw.get("lr", a.lr) * s, a.min_lr * s, a.epochs, b.steps, a.warmup_epochs,
-                                 a.warmup_lr * s, a.warmup_steps)
-    return np.allclose(b.t["lr_schedule"], ref)
+def _clip(b, seed=0, np_seed=None, **other_flags):
+    """Train item 0 (first clip) under fixed seeds, from this build or, with other_flags, a build with those values."""
+    from datasets import build_dataset
+    ds = build_dataset(True, False, argparse.Namespace(**{**vars(b.args), **other_flags}))[0] if other_flags \
+        else b.loaders["train"].dataset
+    _seeded(seed, np_seed)
+    return ds[0][0][0]
 
 
+def _zeros(clip):
+    """Pixels (over H x W) that are exactly 0 in every channel and frame (an erased box in 'const' mode)."""
+    return (clip == 0).all(0).all(0)
+
+
+def _is_one_box(mask):
+    ys, xs = mask.nonzero(as_tuple=True)
+    return len(ys) > 0 and int(mask.sum()) == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+
+
+def _captured_input(b, module, train=True):
+    """The input tensor of `module` during one forward of a random clip (train mode: dropouts active)."""
+    seen = []
+    handle = module.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    b.model.train(train)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        b.model(torch.randn(8, 3, b.args.num_frames, b.args.input_size, b.args.input_size))
+    handle.remove()
+    return seen[0]
+
+
+def _tokens(b, frames, size):
+    with torch.no_grad():
+        return b.model.eval().forward_tokens(torch.zeros(1, 3, frames, size, size)).shape[1]
+
+
+def _peak_lr(b):
+    return max(g["lr"] / g["lr_scale"] for g in b.t["optimizer"].param_groups)
+
+
+def _mixed(b, seed=0):
+    """(clips, labels, mixed clips, targets) of the run's mixup on a random batch of 4 clips."""
+    _seeded(seed)
+    x, y = torch.rand(4, 3, 2, 16, 16), torch.tensor([0, 1, 2, 3])
+    out, target = engine.apply_mixup(b.t["mixup_fn"], x.clone(), y)
+    return x, y, out, target
+
+
+def _lams(x, out):
+    """Per-clip lambda of out_i = lam_i x_i + (1 - lam_i) x_(B-1-i), by least squares."""
+    d, e = (x - x.flip(0)).flatten(1), (out - x.flip(0)).flatten(1)
+    return (d * e).sum(1) / (d * d).sum(1)
+
+
+def _smoothed(y, eps, n=8):
+    return torch.nn.functional.one_hot(y, n).float() * (1 - eps) + eps / n
+
+
+def _mixup_consistent(x, y, out, target, eps):
+    """out is a per-clip blend with its mirror clip and the targets blend the smoothed labels alike."""
+    lam = _lams(x, out)[:, None]
+    blend = lam[..., None, None, None] * x + (1 - lam[..., None, None, None]) * x.flip(0)
+    return (torch.allclose(out, blend, atol=1e-5) and
+            torch.allclose(target, lam * _smoothed(y, eps) + (1 - lam) * _smoothed(y.flip(0), eps), atol=1e-5))
+
+
+def _kind(x, out):
+    """'none', 'cutmix' (whole pixels from the mirror clip in a box, the rest untouched) or 'mixup' (blend)."""
+    if torch.equal(out, x):
+        return "none"
+    same, swapped = (out == x).flatten(2).all(1), (out == x.flip(0)).flatten(2).all(1)
+    return "cutmix" if bool((same | swapped).all()) else "mixup"
+
+
+def _cut_box(x, out):
+    """H x W mask of the box CutMix took from the mirror clip (one box for all channels and frames), or None."""
+    b, c, t, h, w = x.shape
+    taken = (out != x).reshape(b, c * t, h, w)
+    return taken[0].all(0) if bool((taken == taken[:, :1]).all()) and bool((taken == taken[:1]).all()) else None
+
+
+def _beta_spread(alpha):
+    """E|lam - 1/2| of Beta(alpha, alpha), by a large independent sample."""
+    return float(np.abs(np.random.default_rng(0).beta(alpha, alpha, 400_000) - 0.5).mean())
+
+
+def _decoder_calls(b):
+    import datasets.ssv2 as ssv2
+    calls = []
+    real = ssv2.read_frames
+
+    def spy(path, indices, decoder, threads):
+        calls.append((decoder, threads))
+        return real(path, indices, decoder, threads)
+    with mock.patch.object(ssv2, "read_frames", spy):
+        b.loaders["train"].dataset[0]
+    return calls
+
+
+def _bad_videos_stop_after(b, n_bad=6):
+    ds = b.loaders["train"].dataset
+    ds.samples = [(f"/missing/{i}.mp4", 0) for i in range(n_bad)]
+    ds.reset_bad_video_count()
+    with pytest.raises(RuntimeError, match="more than max_bad_videos"):
+        _seeded(0), ds[0]
+    return ds.bad_video_count()
+
+
+def _pinned(b, extra_args):
+    """pin_memory of the train loader that this run would build on a CUDA device."""
+    args = argparse.Namespace(**{**vars(b.args), "device": "cuda", **extra_args})
+    return run.build_loaders(args, eval_only=False)["train"].pin_memory
+
+
+def _ema_follows(b, decay):
+    """One EMA update after the head moved by +1: ema = decay * ema + (1 - decay) * model, on the EMA's device."""
+    ema = b.t["model_ema"]
+    before = ema.state_dict()["head.weight"].clone()
+    with torch.no_grad():
+        b.model.head.weight.add_(1.0)
+    ema.update()
+    expect = decay * before + (1 - decay) * b.model.head.weight.detach().to(before.device)
+    return torch.allclose(ema.state_dict()["head.weight"], expect, atol=1e-7)
+
+
+def _erase_rate(b, seeds=24):
+    return np.mean([bool(_zeros(_clip(b, s)).any()) for s in range(seeds)])
+
+
+def _pooled_logits(b, pool):
+    """The model's eval logits vs head(<pooling of the last block's tokens>), on one random clip."""
+    m = b.model.eval()
+    x = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        tokens = m.norm(m.forward_tokens(x))
+        return torch.allclose(m(x), m.head(pool(m, tokens)), atol=1e-5)
+
+
+S = 4 / 256  # base_argv: batch_size 4 x update_freq 1 x 1 process, lr per 256 videos
 FLAG_TABLE = [
-    (["--batch_size", "2"], lambda b: b.loaders["train"].batch_size == 2 and b.args.scaled_lr == pytest.approx(5e-2 * 2 / 256)),
-    (["--epochs", "3"], lambda b: len(b.t["lr_schedule"]) == 3 * b.steps),
-    (["--update_freq", "2"], lambda b: b.steps == 2 and b.args.scaled_lr == pytest.approx(5e-2 * 8 / 256)),
-    (["--model", "vit_tiny_patch16"], lambda b: not hasattr(b.model, "llama")),
-    (["--tubelet_size", "4"], lambda b: b.model.patch_embed.tubelet_size == 4),
-    (["--fc_drop_rate", "0.3"], lambda b: b.model.fc_dropout.p == 0.3),
-    (["--drop", "0.2"], lambda b: b.model.pos_drop.p == 0.2),
-    (["--drop_path", "0.3"], lambda b: b.model.blocks[-1].drop_path.drop_prob == pytest.approx(0.3)),
-    (["--init_scale", "0"], lambda b: b.model.head.weight.abs().sum() == 0),
-    (["--use_cls"], lambda b: b.model.fc_norm is None),
-    (["--use_mean_pooling"], lambda b: b.model.fc_norm is not None),
-    (["--llama_dtype", "bfloat16"], lambda b: next(b.model.llama.parameters()).dtype == torch.bfloat16),
-    (["--model_ema", "--model_ema_decay", "0.9"], lambda b: b.t["model_ema"].decay == 0.9),
-    (["--model_ema", "--model_ema_force_cpu"], lambda b: b.t["model_ema"].device == torch.device("cpu")),
+    (["--batch_size", "2"], lambda b: b.loaders["train"].batch_size == 2 and
+     _peak_lr(b) == pytest.approx(5e-2 * 2 / 256)),
+    (["--epochs", "3"], lambda b: len(b.t["lr_schedule"]) == 3 * len(b.loaders["train"])),
+    (["--update_freq", "2"], lambda b: _peak_lr(b) == pytest.approx(5e-2 * 8 / 256) and
+     b.t["lr_schedule"].max() == pytest.approx(5e-2 * 8 / 256)),
+    (["--model", "vit_tiny_patch16"], lambda b: not any(k.startswith("llama") for k in b.model.state_dict())),
+    (["--tubelet_size", "4"], lambda b: _tokens(b, 8, 32) == 2 * 2 * 2),  # 8 frames / 4 x (32 / 16)^2
+    (["--fc_drop_rate", "0.3"], lambda b: 0.25 < (_captured_input(b, b.model.head) == 0).float().mean() < 0.35),
+    (["--drop", "0.2"], lambda b: 0.17 < (_captured_input(b, b.model.blocks[0]) == 0).float().mean() < 0.23),
+    (["--drop_path", "0.3"], lambda b: [round(float((b.model.train().blocks[i].drop_path(torch.ones(20000, 1, 1)) == 0)
+                                                   .float().mean()), 1) for i in range(4)] == [0.0, 0.1, 0.2, 0.3]),
+    (["--init_scale", "0"], lambda b: b.model.head.weight.abs().sum() == 0 and b.model.head.bias.abs().sum() == 0),
+    (["--use_cls"], lambda b: _pooled_logits(b, lambda m, t: t[:, 0])),
+    (["--use_cls", "--use_mean_pooling"], lambda b: _pooled_logits(b, lambda m, t: m.fc_norm(t.mean(1)))),
+    (["--llama_dtype", "bfloat16"], lambda b: {p.dtype for p in b.model.llama.parameters()} == {torch.bfloat16}),
+    (["--model_ema", "--model_ema_decay", "0.9"], lambda b: _ema_follows(b, 0.9)),
+    (["--model_ema", "--model_ema_force_cpu"], lambda b: b.t["model_ema"].device == torch.device("cpu") and
+     _ema_follows(b, 0.9999)),  # on a GPU machine the model would sit on the GPU and the EMA on the CPU
     (["--opt", "momentum", "--momentum", "0.7"],
      lambda b: isinstance(b.t["optimizer"], torch.optim.SGD) and b.t["optimizer"].param_groups[0]["momentum"] == 0.7),
-    (["--opt_eps", "1e-5", "--opt_betas", "0.8", "0.9"],
-     lambda b: b.t["optimizer"].param_groups[0]["eps"] == 1e-5 and b.t["optimizer"].param_groups[0]["betas"] == (0.8, 0.9)),
+    (["--opt_eps", "1e-5", "--opt_betas", "0.8", "0.9"], lambda b: all(
+        g["eps"] == 1e-5 and g["betas"] == (0.8, 0.9) for g in b.t["optimizer"].param_groups)),
     (["--weight_decay", "0.2"], lambda b: b.t["wd_schedule"].max() == 0.2 and
      max(g["weight_decay"] for g in b.t["optimizer"].param_groups) == 0.2),
-    (["--weight_decay_end", "0.5"], lambda b: b.t["wd_schedule"][0] == pytest.approx(0.05) and b.t["wd_schedule"][-1] > 0.4),
-    (["--lr", "1e-2"], lambda b: _sched(b)),
-    (["--layer_decay", "0.5"], lambda b: min(g["lr_scale"] for g in b.t["optimizer"].param_groups) == 0.5 ** 5),
-    (["--warmup_lr", "2.56e-1"], lambda b: b.t["lr_schedule"][0] == pytest.approx(2.56e-1 * 4 / 256) and _sched(b)),
-    (["--min_lr", "2.56e-2", "--warmup_epochs", "0"], lambda b: b.t["lr_schedule"][-1] > 2.56e-2 * 4 / 256 and _sched(b)),
+    (["--weight_decay_end", "0.5"], lambda b: b.t["wd_schedule"][0] == pytest.approx(0.05) and
+     b.t["wd_schedule"][-1] == pytest.approx(0.5 - 0.45 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))),
+    (["--lr", "1e-2"], lambda b: b.t["lr_schedule"].max() == pytest.approx(1e-2 * S) and
+     _peak_lr(b) == b.t["lr_schedule"].max()),
+    (["--layer_decay", "0.5"], lambda b: sorted({g["lr_scale"] for g in b.t["optimizer"].param_groups}) ==
+     [0.5 ** k for k in range(5, -1, -1)]),  # patch_embed 0.5^5, blocks 0.5^4..0.5^1, head/fc_norm/mappers 1
+    (["--warmup_lr", "2.56e-1"], lambda b: b.t["lr_schedule"][0] == pytest.approx(2.56e-1 * S)),
+    (["--min_lr", "2.56e-2", "--warmup_epochs", "0"], lambda b: b.t["lr_schedule"][-1] == pytest.approx(
+        2.56e-2 * S + 0.5 * (5e-2 - 2.56e-2) * S * (1 + math.cos(math.pi * 7 / 8)))),
     (["--warmup_epochs", "2"], lambda b: np.all(np.diff(b.t["lr_schedule"]) > 0)),
-    (["--warmup_steps", "1"], lambda b: b.t["lr_schedule"][1] == pytest.approx(b.args.scaled_lr)),
-    (["--num_sample", "1"], lambda b: b.loaders["train"].dataset.num_sample == 1),
-    (["--aa", "none"], lambda b: b.loaders["train"].dataset.transform.rand_augment is None),
-    (["--aa", ""], lambda b: b.loaders["train"].dataset.transform.rand_augment is None),
-    (["--aa", "rand-m9-n2"], lambda b: b.loaders["train"].dataset.transform.rand_augment.config_str == "rand-m9-n2"),
-    (["--mixup", "0", "--cutmix", "0", "--smoothing", "0.2"],
-     lambda b: b.t["mixup_fn"] is None and b.t["criterion"].smoothing == 0.2),
-    (["--mixup", "0", "--cutmix", "0", "--smoothing", "0"],
-     lambda b: type(b.t["criterion"]) is torch.nn.CrossEntropyLoss),
-    (["--mixup", "0.3", "--cutmix", "0.5", "--mixup_prob", "0.7", "--mixup_switch_prob", "0.2", "--mixup_mode",
-      "pair", "--smoothing", "0.05"], lambda b: _mix(b) == (0.3, 0.5, None, 0.7, 0.2, "pair", 0.05)),
-    (["--cutmix_minmax", "0.2", "0.8"], lambda b: _mix(b)[2] == [0.2, 0.8]),
-    (["--train_interpolation", "bilinear"], lambda b: b.loaders["train"].dataset.transform.rand_augment is not None),
-    (["--reprob", "0"], lambda b: b.loaders["train"].dataset.transform.erase is None),
-    (["--reprob", "0.5", "--remode", "rand", "--recount", "3"],
-     lambda b: vars(b.loaders["train"].dataset.transform.erase)["probability"] == 0.5 and
-     b.loaders["train"].dataset.transform.erase.mode == "rand" and b.loaders["train"].dataset.transform.erase.max_count == 3),
-    (["--short_side_size", "40"], lambda b: b.loaders["test"].dataset.short_side_size == 40),
+    (["--warmup_steps", "1"], lambda b: b.t["lr_schedule"][0] == pytest.approx(1e-6 * S) and
+     b.t["lr_schedule"][1] == pytest.approx(5e-2 * S)),
+    (["--num_sample", "1"], lambda b: b.loaders["train"].dataset[0][0].shape[0] == 1),
+    (["--aa", "none"], lambda b: torch.equal(_clip(b, np_seed=0), _clip(b, np_seed=1)) and  # nothing drawn from numpy
+     not torch.equal(_clip(b), _clip(b, aa="rand-m7-n4-mstd0.5-inc1"))),
+    (["--aa", ""], lambda b: torch.equal(_clip(b, np_seed=0), _clip(b, np_seed=1))),
+    (["--aa", "rand-m9-n2"], lambda b: not torch.equal(_clip(b, np_seed=0), _clip(b, np_seed=1)) and
+     not torch.equal(_clip(b), _clip(b, aa="rand-m7-n4-mstd0.5-inc1"))),
+    (["--train_interpolation", "bilinear"], lambda b: any(not torch.equal(_clip(b, s), _clip(
+        b, s, train_interpolation="bicubic")) for s in range(3))),  # RandAugment's rotate/shear/translate resample
+    (["--mixup", "0", "--cutmix", "0", "--smoothing", "0.2"], lambda b: b.t["mixup_fn"] is None and torch.allclose(
+        b.t["criterion"](L := torch.randn(4, 8), Y := torch.arange(4)), F.cross_entropy(L, Y, label_smoothing=0.2))),
+    (["--mixup", "0", "--cutmix", "0", "--smoothing", "0"], lambda b: torch.allclose(
+        b.t["criterion"](L := torch.randn(4, 8), Y := torch.arange(4)), F.cross_entropy(L, Y))),
+    (["--cutmix", "0", "--mixup", "0.3", "--smoothing", "0.05"], lambda b: _mixup_consistent(*_mixed(b), eps=0.05) and
+     abs(np.mean([abs(float(_lams(*_mixed(b, s)[::2])[0]) - 0.5) for s in range(400)]) - _beta_spread(0.3)) < 0.03),
+    (["--mixup_prob", "0"], lambda b: all(torch.equal(x, o) and torch.allclose(t, _smoothed(y, 0.1))
+                                          for x, y, o, t in (_mixed(b, s) for s in range(5)))),
+    (["--mixup", "0", "--cutmix", "0.5", "--cutmix_minmax", "0.2", "0.8"], lambda b: all(  # box sides in [3, 12)
+        (m := _cut_box(x, o)) is not None and _is_one_box(m) and 3 <= m.any(1).sum() < 12 and 3 <= m.any(0).sum() < 12
+        and torch.allclose(t, (1 - m.float().mean()) * _smoothed(y, 0.1) + m.float().mean() * _smoothed(y.flip(0), 0.1))
+        for x, y, o, t in (_mixed(b, s) for s in range(10)))),
+    (["--mixup_switch_prob", "1"], lambda b: {_kind(*_mixed(b, s)[::2]) for s in range(10)} == {"cutmix"}),
+    (["--mixup_switch_prob", "0"], lambda b: {_kind(*_mixed(b, s)[::2]) for s in range(10)} == {"mixup"}),
+    (["--cutmix", "0", "--mixup_mode", "elem"],
+     lambda b: len({round(float(v), 6) for v in _lams(*_mixed(b)[::2])}) == 4),
+    (["--cutmix", "0", "--mixup_mode", "pair"], lambda b: (lambda lam: torch.allclose(lam, lam.flip(0), atol=1e-6) and
+                                                          abs(lam[0] - lam[1]) > 1e-4)(_lams(*_mixed(b)[::2]))),
+    (["--aa", "none", "--reprob", "0", "--remode", "const"], lambda b: _erase_rate(b) == 0),
+    (["--aa", "none", "--reprob", "1", "--remode", "const"], lambda b: all(
+        _is_one_box(_zeros(_clip(b, s))) for s in range(5))),  # one box, the same in every frame and channel
+    (["--aa", "none", "--reprob", "0.5", "--remode", "const"], lambda b: 0.3 < _erase_rate(b) < 0.7),
+    (["--aa", "none", "--reprob", "1", "--remode", "const", "--recount", "3"], lambda b: (lambda masks: all(
+        m.any() for m in masks) and not all(_is_one_box(m) for m in masks))([_zeros(_clip(b, s)) for s in range(8)])),
+    # every clip erased, and with up to 3 boxes some erased area is not one rectangle
+    (["--aa", "none", "--reprob", "1", "--remode", "rand"], lambda b: all(
+        (lambda c, m: bool(m.any()) and torch.all(c[..., m].std(-1) == 0) and bool((c[..., m] != 0).all()))(
+            _clip(b, s), _clip(b, s, remode="const") .eq(0).all(0).all(0)) for s in range(3))),  # a colour per plane
+    (["--short_side_size", "40"], lambda b: b.loaders["test"].dataset[0][0].shape[-3:] == (32, 32, 3) and
+     not torch.equal(b.loaders["test"].dataset[0][0],  # uint8 V x T x H x W x C: 32 px crops of 40 px frames
+        run.build_loaders(argparse.Namespace(**{**vars(b.args), "short_side_size": 32}), True)["test"].dataset[0][0])),
     (["--test_num_segment", "3", "--test_num_crop", "1"],
-     lambda b: b.loaders["test"].dataset[0][0].shape[0] == 3 and b.loaders["test"].batch_size == 4),
+     lambda b: b.loaders["test"].dataset[0][3].tolist() == [[0, 0], [1, 0], [2, 0]]),
     (["--input_size", "48", "--short_side_size", "48"],
-     lambda b: b.model.patch_embed.img_size[0] == 48 and b.loaders["train"].dataset.input_size == 48),
-    (["--num_frames", "4"], lambda b: b.loaders["train"].dataset.num_frames == 4 and
-     b.model.patch_embed.num_patches == 2 * 2 * 2),
-    (["--nb_classes", "11"], lambda b: b.model.head.out_features == 11),
-    (["--decoder", "pyav", "--decode_threads", "2"],
-     lambda b: b.loaders["train"].dataset.decoder == "pyav" and b.loaders["train"].dataset.decode_threads == 2),
-    (["--max_bad_videos", "3"], lambda b: b.loaders["train"].dataset.max_bad_videos == 3),
+     lambda b: b.loaders["train"].dataset[0][0].shape[-2:] == (48, 48) and _tokens(b, 8, 48) == 4 * 3 * 3),
+    (["--num_frames", "4"],
+     lambda b: b.loaders["train"].dataset[0][0].shape[2] == 4 and _tokens(b, 4, 32) == 2 * 2 * 2),
+    (["--nb_classes", "11"], lambda b: b.model.eval()(torch.zeros(1, 3, 8, 32, 32)).shape == (1, 11)),
+    (["--decoder", "pyav", "--decode_threads", "2"], lambda b: _decoder_calls(b) == [("pyav", 2)]),
+    (["--max_bad_videos", "3"], lambda b: _bad_videos_stop_after(b) == 4),
     (["--disable_eval_during_finetuning"], lambda b: "val" not in b.loaders),
     (["--num_workers", "2"], lambda b: all(b.loaders[k].num_workers == 2 for k in ("train", "val", "test"))),
-    (["--no_pin_mem"], lambda b: not b.args.pin_mem and not b.loaders["train"].pin_memory),
-    (["--pin_mem"], lambda b: b.args.pin_mem and not b.loaders["train"].pin_memory),  # pinning needs CUDA
-    (["--seed", "5"], lambda b: b.loaders["train"].sampler.seed == 5),
-    (["--imagenet_default_mean_and_std"], lambda b: b.args.imagenet_default_mean_and_std),
-    (["--data_set", "SSV2"], lambda b: b.args.data_set == "SSV2"),
-    (["--local-rank=1"], lambda b: b.args.local_rank == 1),
-    (["--local_rank", "1"], lambda b: b.args.local_rank == 1),
-    (["--world_size", "1", "--dist_url", "tcp://127.0.0.1:1", "--dist_on_itp"],
-     lambda b: (b.args.world_size, b.args.dist_url, b.args.dist_on_itp) == (1, "tcp://127.0.0.1:1", True)),
+    (["--no_pin_mem"], lambda b: _pinned(b, {}) is False),
+    (["--no_pin_mem", "--pin_mem"], lambda b: _pinned(b, {}) is True and not b.loaders["train"].pin_memory),  # CPU here
+    (["--seed", "5"], lambda b: (run.set_train_epoch(b.loaders, b.args, 1), list(b.loaders["train"].sampler))[1] ==
+     torch.randperm(16, generator=torch.Generator().manual_seed(5 + 1)).tolist()),  # DistributedSampler: seed + epoch
 ]
 
 
@@ -323,13 +516,48 @@ def test_flag_acts(data_dir, tmp_path, extra, check):
     assert check(build(data_dir, tmp_path, extra))
 
 
+@pytest.mark.parametrize("argv, env, expect", [
+    (["--world_size", "2", "--local_rank", "1", "--dist_url", "tcp://127.0.0.1:1"], {}, (1, 2, "tcp://127.0.0.1:1")),
+    (["--world_size", "2", "--local-rank=1"], {}, (1, 2, "env://")),
+    (["--dist_on_itp"], {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0"},
+     (3, 4, "env://")),
+])
+def test_distributed_flags_reach_init_process_group(data_dir, tmp_path, monkeypatch, argv, env, expect):
+    import builtins
+    import torch.distributed as dist
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(builtins, "print", builtins.print)  # init silences non-zero ranks: restored after the test
+    calls = []
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(dist, "barrier", lambda: None)
+    args = run.parse_args(base_argv(data_dir, tmp_path, *argv))
+    utils.init_distributed(args)
+    assert (calls[0]["rank"], calls[0]["world_size"], calls[0]["init_method"]) == expect and args.distributed
+
+
+def test_compatibility_flags_take_only_their_default(data_dir, tmp_path, capsys):
+    group = next(g for g in run.get_args_parser()._action_groups if g.title == "VideoMAE compatibility")
+    assert sorted(a.dest for a in group._group_actions) == sorted(
+        ["color_jitter", "crop_pct", "resplit", "num_segments", "sampling_rate", "enable_deepspeed", "data_set"])
+    args = run.parse_args(base_argv(data_dir, tmp_path, "--data_set", "SSV2", "--num_segments", "1",
+                                    "--sampling_rate", "4", "--color_jitter", "0.4"))
+    assert (args.data_set, args.num_segments, args.sampling_rate, args.color_jitter) == ("SSV2", 1, 4, 0.4)
+    with pytest.raises(SystemExit):
+        run.parse_args(base_argv(data_dir, tmp_path, "--imagenet_default_mean_and_std"))
+    assert "unrecognized arguments: --imagenet_default_mean_and_std" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, message", [
-    (["--enable_deepspeed"], "native mixed precision"),
-    (["--crop_pct", "0.9"], "image-only"),
-    (["--resplit"], "image-only"),
-    (["--num_segments", "2"], "num_segments must be 1"),
-    (["--sampling_rate", "2"], "does not apply to SSv2"),
-    (["--color_jitter", "0.2"], "unused for video"),
+    (["--enable_deepspeed"], "--enable_deepspeed is not supported .*native mixed precision"),
+    (["--crop_pct", "0.9"], "--crop_pct is not supported .*image-only"),
+    (["--resplit"], "--resplit is not supported .*image-only"),
+    (["--num_segments", "2"], "--num_segments 2: only 1 is supported"),
+    (["--sampling_rate", "2"], "--sampling_rate 2: only 4 is supported .*one frame per segment"),
+    (["--color_jitter", "0.2"], "--color_jitter 0.2: only 0.4 is supported .*unused for video"),
+    (["--data_set", "Kinetics-400"], "--data_set Kinetics-400: only SSV2 is supported"),
     (["--opt_betas", "0.9"], "two numbers"),
     (["--cutmix_minmax", "0.3"], "two numbers"),
     (["--device", "cuda"], "no CUDA device"),
@@ -341,9 +569,7 @@ def test_flag_fails_clearly(data_dir, tmp_path, extra, message):
         run.parse_args(base_argv(data_dir, tmp_path, *extra))
 
 
-def test_data_set_choices_and_llama_path_on_plain_vit(data_dir, tmp_path):
-    with pytest.raises(SystemExit):
-        run.parse_args(base_argv(data_dir, tmp_path, "--data_set", "Kinetics-400"))
+def test_llama_path_on_plain_vit_fails(data_dir, tmp_path):
     with pytest.raises(SystemExit, match="has no LLaMA block"):
         build(data_dir, tmp_path, ["--model", "vit_tiny_patch16", "--llama_path", str(tmp_path)])
 

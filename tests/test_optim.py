@@ -182,7 +182,7 @@ def test_clip_grad_bounds_update():
 def test_scheduler_matches_formula_in_engine_range():
     s = utils.cosine_scheduler(1.0, 0.1, epochs=3, niter_per_ep=4, warmup_epochs=1, start_warmup_value=0.2)
     assert len(s) == 12
-    np.testing.assert_allclose(s[:4], [0.2, 0.4, 0.6, 0.8])
+    np.testing.assert_allclose(s[:4], [0.2, 0.2 + 0.8 / 3, 0.2 + 1.6 / 3, 1.0])  # both ends, as VideoMAE's
     i = np.arange(8)
     np.testing.assert_allclose(s[4:], 0.1 + 0.45 * (1 + np.cos(np.pi * i / 8)))
 

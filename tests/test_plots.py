@@ -42,13 +42,52 @@ def test_read_log_skips_final_line_and_keeps_last_repeated_epoch(tmp_path):
     assert records[1] == {"epoch": 1, "train_loss": 9.0}
 
 
-def test_two_runs_with_missing_keys_and_labels(tmp_path):
+def _lines(fig):
+    """{panel title: {legend label: (epochs, values)}} of a drawn figure."""
+    return {ax.get_title(): {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
+            for ax in fig.axes}
+
+
+def test_two_runs_plot_each_logged_value_with_gaps_for_missing_keys(tmp_path):
+    import matplotlib.pyplot as plt
     a = write_log(tmp_path / "vitb", epochs=6)
     b = write_log(tmp_path / "vitb_llama", epochs=4, drop=("train_clips_per_s", "val_loss"))
+    fig = plots.draw_curves([a, b], labels=["ViT-B", "ViT-B-LLaMA"])
+    lines = _lines(fig)
+    plt.close(fig)
+    ea, eb = list(range(6)), list(range(4))
+    expect = {  # written from write_log's formulas, not from what plots.py read
+        "loss": {"ViT-B train": (ea, [2.0 * math.exp(-e / 3) for e in ea]),
+                 "ViT-B val": (ea, [2.1 * math.exp(-e / 4) for e in ea]),
+                 "ViT-B-LLaMA train": (eb, [2.0 * math.exp(-e / 3) for e in eb])},
+        "learning rate": {"ViT-B": (ea, [1e-3 * min(1, (e + 1) / 2) for e in ea]),
+                          "ViT-B-LLaMA": (eb, [1e-3 * min(1, (e + 1) / 2) for e in eb])},
+        "validation accuracy": {"ViT-B top-1": (ea, [10.0 * e for e in ea]),
+                                "ViT-B top-5": (ea, [15.0 * e + 20 for e in ea]),
+                                "ViT-B-LLaMA top-1": (eb, [10.0 * e for e in eb]),
+                                "ViT-B-LLaMA top-5": (eb, [15.0 * e + 20 for e in eb])},
+        "training throughput": {"ViT-B": (ea, [40.0 + e for e in ea])},
+    }
+    assert lines.keys() == expect.keys()
+    for title, panel in expect.items():
+        assert lines[title].keys() == panel.keys(), title
+        for label, (xs, ys) in panel.items():
+            assert lines[title][label][0] == xs and lines[title][label][1] == pytest.approx(ys), (title, label)
     out = plots.plot_logs([a, b], str(tmp_path / "cmp" / "curves.png"), labels=["ViT-B", "ViT-B-LLaMA"])
     check_png(out)
     with pytest.raises(ValueError, match="1 labels for 2 runs"):
         plots.plot_logs([a, b], str(tmp_path / "x.png"), labels=["only one"])
+
+
+def test_resumed_run_plots_logged_epochs_and_the_last_entry_of_a_repeated_one(tmp_path):
+    import matplotlib.pyplot as plt
+    run = write_log(tmp_path / "run", epochs=3, extra_lines=[json.dumps({"epoch": 1, "train_loss": 9.0}),
+                                                             json.dumps({"epoch": 5, "train_loss": 1.0})])
+    fig = plots.draw_curves([run])
+    lines = _lines(fig)["loss"]
+    plt.close(fig)
+    assert lines["run train"] == ([0, 1, 2, 5], [2.0, 9.0, 2.0 * math.exp(-2 / 3), 1.0])  # x is the logged epoch
+    assert lines["run val"] == ([0, 2], [2.1, 2.1 * math.exp(-2 / 4)])  # epoch 1's last record has no val_loss
 
 
 def test_malformed_line_names_file_and_line(tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import predict
 import run_class_finetuning
 
@@ -37,18 +38,25 @@ def write_video(path: str, rgb, seed: int, frames: int = 10, height: int = 40, w
     writer.close()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """3-class colour dataset, vit_tiny trained a few epochs by run_class_finetuning (ending in its multi-view test)."""
-    root = tmp_path_factory.mktemp("colours")
+def write_colour_videos(root) -> dict[str, list[str]]:
+    """4 train + 2 test videos per colour under root/videos, each seeded by its position in the lists (the same
+    pixels in every run; hash() of a tuple would change with PYTHONHASHSEED). Returns the CSV lines per split."""
     os.makedirs(root / "videos")
     lists = {"train": [], "test": []}
     for split, count in (("train", 4), ("test", 2)):
         for label, (name, rgb) in enumerate(COLOURS.items()):
             for i in range(count):
                 rel = f"videos/{split}_{name}_{i}.mp4"
-                write_video(str(root / rel), rgb, seed=hash((split, name, i)) % 1000)
+                write_video(str(root / rel), rgb, seed=len(lists["train"]) + len(lists["test"]))
                 lists[split].append(f"{rel} {label}")
+    return lists
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """3-class colour dataset, vit_tiny trained a few epochs by run_class_finetuning (ending in its multi-view test)."""
+    root = tmp_path_factory.mktemp("colours")
+    lists = write_colour_videos(root)
     for split, lines in (("train.csv", lists["train"]), ("val.csv", lists["test"]), ("test.csv", lists["test"])):
         (root / split).write_text("\n".join(lines) + "\n")
     labels_json = root / "something-something-v2-labels.json"
@@ -103,7 +111,7 @@ def test_flags_default_to_checkpoint_args_and_match_explicit_ones(trained):
 
 def test_ema_weights_and_bare_state_dict(trained, tmp_path):
     video = trained["test_videos"][0]
-    ckpt = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
+    ckpt = checkpoint.safe_load(trained["checkpoint"])
     ema = {k: torch.zeros_like(v) if k.startswith("head.") else v for k, v in ckpt["model"].items()}
     torch.save({"model": ckpt["model"], "model_ema": ema, "args": ckpt["args"]}, tmp_path / "ema.pth")
     uniform = predict.main([video, "--resume", str(tmp_path / "ema.pth"), "--use_ema"])
@@ -112,7 +120,7 @@ def test_ema_weights_and_bare_state_dict(trained, tmp_path):
     torch.save({"model": ckpt["model"], "model_ema": {k: v for k, v in ema.items() if k.startswith("head.")},
                 "args": ckpt["args"]}, tmp_path / "ema_subset.pth")
     assert predict.main([video, "--resume", str(tmp_path / "ema_subset.pth"), "--use_ema"]) == uniform
-    with pytest.raises(predict.PredictError, match="no model_ema weights"):
+    with pytest.raises(predict.PredictError, match="no weights under 'model_ema'"):
         predict.main([video, "--resume", trained["checkpoint"], "--use_ema"])
     torch.save(ckpt["model"], tmp_path / "bare.pth")
     bare = predict.main([video, "--resume", str(tmp_path / "bare.pth"), "--model", "vit_tiny_patch16",
@@ -148,7 +156,7 @@ def test_llama_checkpoint_equals_direct_forward(trained, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--nb_classes", "5"], r"saved from a model with a 3-class head; --nb_classes 5 was asked for"),
+    (["--nb_classes", "5"], r"it holds a 3-class head; the model has 5 classes \(--nb_classes\)"),
     (["--model", "vit_llama_tiny_patch16"], r"(?s)its saved args say --model vit_tiny_patch16.*missing keys: llama\."),
     (["--model", "vit_nope"], r"--model vit_nope: unknown model"),
     (["--labels", "LABELS_10"], r"names 10 classes; the checkpoint's head has 3"),

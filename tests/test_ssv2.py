@@ -292,7 +292,20 @@ def test_build_dataset_defaults_and_errors(synthetic_dir):
         build_dataset(True, False, argparse.Namespace(data_path=synthetic_dir, data_set="Kinetics-400"))
     with pytest.raises(ValueError, match=r"val.csv:\d+: label \d outside \[0, 4\)"):
         build_dataset(False, False, argparse.Namespace(data_path=synthetic_dir, nb_classes=4))
-    assert datasets.decoding.resolve_decoder("auto") in ("decord", "pyav")
+    test_set, _ = build_dataset(False, True, argparse.Namespace(data_path=synthetic_dir, nb_classes=8))
+    assert (test_set.test_num_segment, test_set.test_num_crop) == (2, 3)  # the SSv2 recipe's 2 x 3 views
+
+
+def test_auto_decoder_is_decord_only_when_installed(monkeypatch):
+    resolve = datasets.decoding.resolve_decoder
+    monkeypatch.setattr(datasets.decoding, "decord", None)
+    assert (resolve("auto"), resolve("pyav")) == ("pyav", "pyav")
+    with pytest.raises(ImportError, match="decord is not installed .*--decoder pyav"):
+        resolve("decord")
+    monkeypatch.setattr(datasets.decoding, "decord", object())  # importable
+    assert (resolve("auto"), resolve("decord"), resolve("pyav")) == ("decord", "decord", "pyav")
+    with pytest.raises(ValueError, match="decoder must be one of .*got 'opencv'"):
+        resolve("opencv")
 
 
 def _reference_views(video, view_indices, input_size, short_side_size, J):
@@ -335,3 +348,14 @@ def test_train_item_equals_independent_transform_calls(synthetic_dir):
         _seed_all(s)
         frames, _ = read_frames(path, lambda n: train_indices(n, 8))
         assert torch.equal(clips, torch.stack([ds.transform(frames) for _ in range(3)]))
+
+
+@pytest.mark.parametrize("n, world", [(7, 3), (2, 4), (8, 1)])
+def test_shard_sampler_gives_every_index_to_exactly_one_rank(n, world):
+    """Evaluation shards: disjoint, no padding (a rank may be empty when there are more ranks than videos)."""
+    parts = [list(datasets.ShardSampler(range(n), world, r)) for r in range(world)]
+    assert sorted(sum(parts, [])) == list(range(n))
+    assert [len(p) for p in parts] == [len(datasets.ShardSampler(range(n), world, r)) for r in range(world)]
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    with pytest.raises(ValueError, match=r"rank 3 is not in \[0, 3\)"):
+        datasets.ShardSampler(range(n), 3, 3)

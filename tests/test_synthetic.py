@@ -34,13 +34,40 @@ def test_reversed_video_is_the_partner_class(label):
     assert np.array_equal(render_video(label, 11, 48, 64, 8), render_video(REVERSE_PARTNER[label], 11, 48, 64, 8)[::-1])
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_motion_directions(seed):
-    c = {label: _centroids(render_video(label, seed, 64, 86, 10)) for label in (0, 2, 4)}
-    assert c[0][0][-1, 0] - c[0][0][0, 0] > 10  # left to right: x grows
-    assert c[2][0][0, 1] - c[2][0][-1, 1] > 8  # up: y shrinks
-    assert c[4][1][-1] > 2 * c[4][1][0]  # approaching: area grows
-    assert all(len(set(CLASS_NAMES[i].split())) > 1 for i in range(8)) and len(set(CLASS_NAMES)) == 8
+def _turn(video):
+    """Total rotation (degrees, + = clockwise on screen) of the object, from frame-to-frame shifts of its radial
+    profile (largest radius per 10-degree sector around the centroid)."""
+    m = _object_mask(video)
+    ys, xs = np.mgrid[:m.shape[1], :m.shape[2]]
+    profiles = []
+    for f in m:
+        dx, dy = xs[f] - xs[f].mean(), ys[f] - ys[f].mean()
+        sector = ((np.degrees(np.arctan2(dy, dx)) % 360) // 10).astype(int)
+        profile = np.zeros(36)
+        np.maximum.at(profile, sector, np.hypot(dx, dy))
+        profiles.append(profile - profile.mean())
+    shifts = [max(range(-17, 18), key=lambda k: float(np.dot(a, np.roll(b, -k))))
+              for a, b in zip(profiles, profiles[1:])]
+    return 10 * sum(shifts)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_every_class_moves_as_its_name_says(seed):
+    moves = {}
+    for label in range(8):
+        video = render_video(label, seed, 64, 86, 10)
+        centre, area = _centroids(video)
+        moves[label] = dict(dx=centre[-1, 0] - centre[0, 0], dy=centre[-1, 1] - centre[0, 1],
+                            grow=area[-1] / area[0], turn=_turn(video))
+    still = lambda m: abs(m["dx"]) < 6 and abs(m["dy"]) < 6  # noqa: E731 (a turning polygon's centroid wobbles)
+    assert moves[0]["dx"] > 10 and moves[1]["dx"] < -10  # left to right, right to left
+    assert moves[2]["dy"] < -8 and moves[3]["dy"] > 8  # up (y shrinks), down
+    assert all(abs(moves[k]["dy"]) < 6 and 0.7 < moves[k]["grow"] < 1.4 for k in (0, 1))
+    assert all(abs(moves[k]["dx"]) < 6 and 0.7 < moves[k]["grow"] < 1.4 for k in (2, 3))
+    assert moves[4]["grow"] > 2 and moves[5]["grow"] < 0.5 and still(moves[4]) and still(moves[5])  # camera closer/away
+    assert moves[6]["turn"] > 90 and moves[7]["turn"] < -90  # clockwise, counter-clockwise
+    assert still(moves[6]) and still(moves[7])
+    assert all(0.7 < moves[k]["grow"] < 1.4 for k in (6, 7))
 
 
 def test_dataset_files(synthetic_dir):

@@ -1,4 +1,5 @@
-"""utils: launcher environments, schedules, RNG capture, atomic checkpoints and damaged-checkpoint handling."""
+"""utils: launcher environments, schedules, RNG capture, JSON logs."""
+import math
 import os
 import random
 import re
@@ -59,13 +60,28 @@ def test_more_processes_than_gpus_is_an_error_not_a_crash(monkeypatch):
     assert not utils.is_dist()
 
 
-def test_cosine_scheduler_warmup_steps_and_edges():
-    s = utils.cosine_scheduler(1.0, 0.0, epochs=2, niter_per_ep=5, warmup_epochs=1, warmup_steps=2)
-    np.testing.assert_allclose(s[:2], [0.0, 0.5])
-    assert s[2] == pytest.approx(1.0) and len(s) == 10 and s[-1] > 0 and np.all(np.diff(s[2:]) < 0)
-    flat = utils.cosine_scheduler(0.05, 0.05, 3, 4)
-    np.testing.assert_allclose(flat, 0.05)
-    assert len(utils.cosine_scheduler(1.0, 0.1, 1, 3, warmup_epochs=5)) == 3  # warmup longer than the run
+def published_schedule(base, final, epochs, niter, warmup_iters, start):
+    """VideoMAE's utils.cosine_scheduler, restated: a linear ramp over warmup_iters values including both ends, then
+    base + cosine over the remaining N iterations with angle pi * i / N."""
+    ramp = [start + i * (base - start) / (warmup_iters - 1) if warmup_iters > 1 else start
+            for i in range(warmup_iters)]
+    n = epochs * niter - warmup_iters
+    return np.array(ramp + [final + 0.5 * (base - final) * (1 + math.cos(math.pi * i / n)) for i in range(n)])
+
+
+@pytest.mark.parametrize("kw, warmup_iters", [(dict(warmup_epochs=1), 5), (dict(warmup_epochs=1, warmup_steps=2), 2),
+                                              (dict(warmup_steps=1), 1), (dict(), 0)])
+def test_cosine_scheduler_is_the_published_schedule(kw, warmup_iters):
+    got = utils.cosine_scheduler(1.0, 0.1, epochs=3, niter_per_ep=5, start_warmup_value=0.2, **kw)
+    np.testing.assert_allclose(got, published_schedule(1.0, 0.1, 3, 5, warmup_iters, 0.2), rtol=0, atol=1e-12)
+    if warmup_iters > 1:
+        assert got[warmup_iters - 1] == got[warmup_iters] == 1.0  # the ramp ends on the peak, the cosine starts there
+
+
+def test_cosine_scheduler_edges():
+    np.testing.assert_allclose(utils.cosine_scheduler(0.05, 0.05, 3, 4), 0.05)
+    cut = utils.cosine_scheduler(1.0, 0.1, 1, 3, warmup_epochs=5)  # warmup longer than the run: its first steps
+    np.testing.assert_allclose(cut, np.linspace(0.0, 1.0, 15)[:3])
 
 
 def test_rng_state_round_trip_through_weights_only_file(tmp_path):
@@ -73,50 +89,12 @@ def test_rng_state_round_trip_through_weights_only_file(tmp_path):
     state = utils.capture_rng_state()
     a = (torch.rand(3), np.random.rand(3), random.random())
     path = str(tmp_path / "rng.pth")
-    utils.save_checkpoint(path, {"model": {}, "rng": state})
+    checkpoint.save_checkpoint(path, {"model": {}, "rng": state})
     loaded = checkpoint.safe_load(path)["rng"]
     torch.manual_seed(99), np.random.seed(99), random.seed(99)
     utils.restore_rng_state(loaded)
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
-
-
-def test_seed_worker_follows_torch_seed():
-    torch.manual_seed(1234)
-    utils.seed_worker(0)
-    x = np.random.rand()
-    torch.manual_seed(1234)
-    utils.seed_worker(0)
-    assert np.random.rand() == x
-
-
-def test_atomic_save_keeps_previous_file_when_interrupted(tmp_path, monkeypatch):
-    path = str(tmp_path / "checkpoint-0.pth")
-    utils.save_checkpoint(path, {"model": {"w": torch.ones(2)}})
-    real_save = torch.save
-
-    def dying_save(obj, f, *a, **k):
-        f.write(b"partial garbage")
-        raise KeyboardInterrupt("killed mid-save")
-    monkeypatch.setattr(torch, "save", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        utils.save_checkpoint(path, {"model": {"w": torch.zeros(2)}})
-    monkeypatch.setattr(torch, "save", real_save)
-    assert torch.equal(checkpoint.safe_load(path)["model"]["w"], torch.ones(2))
-    assert os.listdir(tmp_path) == ["checkpoint-0.pth"]  # no temporary file left behind
-
-
-def test_find_resume_skips_damaged_newest(tmp_path):
-    for e in (1, 2, 10):
-        utils.save_checkpoint(str(tmp_path / f"checkpoint-{e}.pth"), {"model": {"e": torch.tensor(e)}})
-    (tmp_path / "checkpoint-best.pth").write_bytes(b"ignored by auto-resume")
-    data = (tmp_path / "checkpoint-10.pth").read_bytes()
-    (tmp_path / "checkpoint-10.pth").write_bytes(data[: len(data) // 2])  # truncated
-    assert [e for e, _ in utils.list_epoch_checkpoints(str(tmp_path))] == [10, 2, 1]
-    with pytest.warns(UserWarning, match="checkpoint-10.pth"):
-        path, ckpt = utils.find_resume_checkpoint(str(tmp_path), checkpoint.safe_load)
-    assert path.endswith("checkpoint-2.pth") and int(ckpt["model"]["e"]) == 2
-    assert utils.find_resume_checkpoint(str(tmp_path / "empty"), checkpoint.safe_load) == (None, None)
 
 
 def test_to_jsonable_and_json_line(tmp_path):
