@@ -187,12 +187,14 @@ class _Meter:
         self.clips += clips
         self.win_clips += clips
         self.t_last = time.perf_counter()
-        if i == 0:
+        if i == 0:  # worker start-up and compilation: left out of the rates when later steps follow
             self.t_first = self.t_last
             if self.compiled:
                 print(f"Epoch [{self.epoch}] first step {self.t_last - self.t_start:.1f}s: torch.compile compiles "
                       f"the model on its first steps (later ones reuse the code); clips/s leaves this step out",
                       flush=True)
+            if self.print_freq > 1 and self.total > 1:
+                self.t_window, self.win_clips, self.win_wait = self.t_last, 0, 0.0
         else:
             self.clips_after_first += clips
         if (i + 1) % self.print_freq == 0 or i + 1 == self.total:

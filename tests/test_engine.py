@@ -124,6 +124,20 @@ def test_every_log_line_shows_data_wait_and_peak_memory(capsys):
     assert stats["data_wait"] > 0.5 and stats["peak_mem_gib"] > 0
 
 
+def test_log_rates_leave_out_the_first_step():
+    """The first batch waits 0.5 s (worker start-up; with --compile also the compilation): the first log line's rates
+    describe steps 2-3 only, so its data-wait share stays small."""
+    def loader():
+        for i, batch in enumerate(batches(3)):
+            if i == 0:
+                time.sleep(0.5)
+            yield batch
+    rec = Recorder()
+    run_epoch(tiny(), loader(), 3, log_writer=rec, print_freq=3)
+    (_, _, logged), = rec.rows
+    assert logged["data_wait"] < 0.3
+
+
 CXX = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")  # the compiler inductor calls
 
 
