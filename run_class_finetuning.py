@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from functools import partial
+from typing import Callable
 
 import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -259,13 +260,23 @@ def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
         model_ema = optim_factory.TrainableEma(model, args.model_ema_decay,
                                                device="cpu" if args.model_ema_force_cpu else None)
     device = torch.device(args.device, args.gpu) if args.device == "cuda" else torch.device(args.device)
-    prepare_batch = partial(engine.to_device, device=device)
+    prepare_batch, per_rank = partial(engine.to_device, device=device), {}
     if args.augment_on == "device":  # per-rank parameter streams, independent of the global RNGs
-        prepare_batch = DeviceAugment(device, args.input_size, args.aa, args.train_interpolation, reprob=args.reprob,
-                                      remode=args.remode, recount=args.recount, num_sample=args.num_sample,
-                                      seed=10_000 + 100 * args.seed + utils.get_rank())
-    return dict(prepare_batch=prepare_batch, optimizer=optimizer, lr_schedule=lr_schedule, wd_schedule=wd_schedule,
-                mixup_fn=mixup_fn, criterion=criterion, scaler=scaler, model_ema=model_ema)
+        prepare_batch = per_rank["device_augment"] = DeviceAugment(
+            device, args.input_size, args.aa, args.train_interpolation, reprob=args.reprob, remode=args.remode,
+            recount=args.recount, num_sample=args.num_sample, seed=10_000 + 100 * args.seed + utils.get_rank())
+    return dict(prepare_batch=prepare_batch, per_rank=per_rank, optimizer=optimizer, lr_schedule=lr_schedule,
+                wd_schedule=wd_schedule, mixup_fn=mixup_fn, criterion=criterion, scaler=scaler, model_ema=model_ema)
+
+
+def restore_per_rank(load: Callable[[dict], None], states: list) -> None:
+    """Restore this rank's entry of a per-rank state list saved by the checkpoint (e.g. the device augmentation's
+    generators); another world size cannot be mapped, so the state then starts afresh, with a warning."""
+    if len(states) == utils.get_world_size():
+        load(states[utils.get_rank()])
+    else:
+        print(f"WARNING: the checkpoint holds {len(states)} per-rank states for {utils.get_world_size()} processes; "
+              f"they start afresh", flush=True)
 
 
 def wrap_model(args, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -330,7 +341,9 @@ def _main(args) -> dict | None:
         raise SystemExit(f"error: {len(loaders['train'].dataset)} training videos give no optimizer step of "
                          f"batch_size {args.batch_size} x update_freq {args.update_freq} x {world} processes")
     t = build_training(args, raw_model, steps_per_epoch)
-    start_epoch, max_acc = checkpoint.resume_training(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"])
+    start_epoch, max_acc = checkpoint.resume_training(
+        args, raw_model, t["optimizer"], t["scaler"], t["model_ema"],
+        restore={name: partial(restore_per_rank, obj.load_state_dict) for name, obj in t["per_rank"].items()})
     print(f"lr {args.scaled_lr:.3e} for {args.batch_size * args.update_freq * world} videos per step, "
           f"{steps_per_epoch} steps per epoch, criterion {type(t['criterion']).__name__}", flush=True)
     if rank == 0 and args.output_dir:
@@ -361,8 +374,9 @@ def _main(args) -> dict | None:
         names = checkpoint.epoch_checkpoint_names(epoch, args.epochs, args.save_ckpt_freq, is_best) \
             if args.output_dir and args.save_ckpt else []
         if names:
-            state = checkpoint.training_state(args, raw_model, t["optimizer"], t["scaler"], t["model_ema"], epoch,
-                                              max_acc)
+            state = checkpoint.training_state(
+                args, raw_model, t["optimizer"], t["scaler"], t["model_ema"], epoch, max_acc,
+                **{name: utils.gather_to_main(obj.state_dict()) for name, obj in t["per_rank"].items()})
             for name in names:
                 path = checkpoint.save_training_checkpoint(args.output_dir, name, state)
                 last_ckpt = path if name != checkpoint.BEST_CHECKPOINT else last_ckpt

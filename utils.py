@@ -181,14 +181,18 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def gather_to_main(obj: Any) -> list | None:
+    """Every rank's `obj` on rank 0, in rank order (None on the other ranks); [obj] in a single process."""
+    if not is_dist():
+        return [obj]
+    out = [None] * get_world_size() if get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def gather_rng_states() -> list[dict] | None:
     """Every rank's RNG state on rank 0 (None on the other ranks); a one-element list in a single process."""
-    state = capture_rng_state()
-    if not is_dist():
-        return [state]
-    out = [None] * get_world_size() if get_rank() == 0 else None
-    dist.gather_object(state, out, dst=0)
-    return out
+    return gather_to_main(capture_rng_state())
 
 
 # ---------------------------------------------------------------------------------------------------------------------

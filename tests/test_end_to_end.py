@@ -111,6 +111,37 @@ def test_resume_after_epoch_0_matches_uninterrupted_and_skips_damaged(straight, 
     assert log_b[0]["train_lr"] == pytest.approx(log_a["train_lr"], rel=1e-12)
 
 
+DEVICE_ARGV = ("--augment_on", "device", "--save_ckpt_freq", "1", "--num_workers", "1", "--reprob", "0.5")
+
+
+@pytest.fixture(scope="session")
+def straight_device(data_dir, tmp_path_factory):
+    """2 epochs with --augment_on device (workers decode; RandAugment, crop, erasing and mixup on the device)."""
+    out = tmp_path_factory.mktemp("straight_device")
+    return str(out), train(base_argv(data_dir, out, *DEVICE_ARGV))
+
+
+def test_device_augmentation_trains_evaluates_and_resumes_exactly(straight_device, straight, data_dir, tmp_path):
+    out, summary = straight_device
+    assert summary["videos"] == 7 and summary["checkpoint"].endswith("checkpoint-1.pth")
+    ck0 = checkpoint.safe_load(os.path.join(out, "checkpoint-0.pth"))
+    ck1 = checkpoint.safe_load(os.path.join(out, "checkpoint-1.pth"))
+    assert len(ck1["device_augment"]) == 1  # one generator state per rank
+    assert ck0["device_augment"][0]["sampler"]["python"] != ck1["device_augment"][0]["sampler"]["python"]
+    workers = checkpoint.safe_load(os.path.join(straight[0], "checkpoint-1.pth"))
+    assert "device_augment" not in workers and not torch.equal(workers["model"]["head.weight"],
+                                                               ck1["model"]["head.weight"])
+    shutil.copy(os.path.join(out, "checkpoint-0.pth"), tmp_path / "checkpoint-0.pth")
+    train(base_argv(data_dir, tmp_path, *DEVICE_ARGV))  # resumes after epoch 0
+    resumed = checkpoint.safe_load(str(tmp_path / "checkpoint-1.pth"))
+    for k in ck1["model"]:
+        torch.testing.assert_close(resumed["model"][k], ck1["model"][k], rtol=0, atol=1e-6, msg=k)
+    log_a = [json.loads(x) for x in open(os.path.join(out, "log.txt"))][1]
+    log_b = [json.loads(x) for x in open(tmp_path / "log.txt")]
+    assert [r["epoch"] for r in log_b] == [1] and log_b[0]["train_loss"] == pytest.approx(log_a["train_loss"],
+                                                                                        abs=1e-6)
+
+
 def test_eval_resume_evaluates_named_checkpoint_not_newest(straight, data_dir):
     out, _ = straight
     final = np.load(os.path.join(out, "final_per_video.npz"))
@@ -455,6 +486,11 @@ FLAG_TABLE = [
     (["--warmup_steps", "1"], lambda b: b.t["lr_schedule"][0] == pytest.approx(1e-6 * S) and
      b.t["lr_schedule"][1] == pytest.approx(5e-2 * S)),
     (["--num_sample", "1"], lambda b: b.loaders["train"].dataset[0][0].shape[0] == 1),
+    (["--augment_on", "device"], lambda b: (lambda batch, out: batch[0].dtype == torch.uint8 and batch[0].dim() == 5
+     and out[0].shape == (8, 3, 8, 32, 32) and out[1].tolist() == batch[2].repeat_interleave(2).tolist())(
+        *(lambda batch: (batch, b.t["prepare_batch"](batch)))(next(iter(b.loaders["train"]))))),  # decoded frames in
+    (["--augment_on", "workers"], lambda b: (lambda batch: batch[0].dtype == torch.float32 and batch[0].shape == (
+        8, 3, 8, 32, 32) and b.t["per_rank"] == {})(next(iter(b.loaders["train"])))),  # augmented clips in
     (["--aa", "none"], lambda b: torch.equal(_clip(b, np_seed=0), _clip(b, np_seed=1)) and  # nothing drawn from numpy
      not torch.equal(_clip(b), _clip(b, aa="rand-m7-n4-mstd0.5-inc1"))),
     (["--aa", ""], lambda b: torch.equal(_clip(b, np_seed=0), _clip(b, np_seed=1))),
