@@ -746,7 +746,7 @@ def test_empty_output_dir_writes_nothing(data_dir, tmp_path, recorded, monkeypat
 
 
 SCRIPT_ENV = ("MODEL", "TOTAL_BATCH", "LR", "LAYER_DECAY", "EPOCHS", "MAX_BATCH_PER_GPU", "PUBLISHED_BATCH_PER_GPU",
-              "COMPILE", "NPROC", "NNODES", "DATA_ROOT", "FINETUNE")
+              "COMPILE", "AUGMENT_ON", "NPROC", "NNODES", "DATA_ROOT", "FINETUNE")
 
 
 def run_script(tmp_path, script, env, gpu_mib=None):
@@ -798,11 +798,14 @@ def test_training_scripts_fit_the_gpu_and_keep_the_published_step(tmp_path, scri
     assert int(got[1]) * int(got[2]) * nproc == (24 if "vits" in script else 12)
     assert value("--test_num_segment") == "2" and value("--test_num_crop") == "3" and "--extra_flag" in argv
     assert ("--llama_path" in argv) == ("llama" in script) and "--compile" in argv
+    assert value("--augment_on") == "device"  # workers only decode on GPU nodes
 
 
 def test_script_compile_off_and_bad_inputs(tmp_path):
-    code, argv, _, _ = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "COMPILE": "0"}, H100_MIB)
+    code, argv, _, _ = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "COMPILE": "0", "AUGMENT_ON": "workers"},
+                                  H100_MIB)
     assert code == 0 and "--compile" not in argv and argv[argv.index("--batch_size") + 1] == "24"
+    assert argv[argv.index("--augment_on") + 1] == "workers"
     code, _, _, err = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "5"}, H100_MIB)
     assert code == 1 and "cannot be split over 5 GPUs" in err
     code, _, _, err = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "MAX_BATCH_PER_GPU": "0"}, H100_MIB)
