@@ -72,6 +72,12 @@ def model_state(ckpt: Mapping, keys: str | Sequence[str] = MODEL_KEYS, *, path: 
                        f"{found[:10]}{' ...' if len(found) > 10 else ''}")
 
 
+def ema_state(ckpt: Mapping, *, path: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The EMA weights of a training checkpoint as a full state dict: 'model' overlaid with 'model_ema' (which holds
+    the trainable weights only; older files hold the whole model, which overlays just the same)."""
+    return {**model_state(ckpt, MODEL_KEYS, path=path), **model_state(ckpt, "model_ema", path=path)}
+
+
 def saved_args(ckpt: Mapping) -> dict:
     """The run arguments stored in a checkpoint ('args': an argparse.Namespace in zoo files, a dict in ours), or {}."""
     args = ckpt.get("args") if isinstance(ckpt, Mapping) else None
@@ -192,7 +198,8 @@ def save_checkpoint(path: str, state: dict) -> None:
 
 
 def _ema_state(model_ema) -> dict | None:
-    return model_ema.module.state_dict() if model_ema is not None else None
+    """The averaged trainable weights (optim_factory.TrainableEma): the frozen block is stored once, under 'model'."""
+    return model_ema.state_dict() if model_ema is not None else None
 
 
 def training_state(args, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, model_ema, epoch: int,
@@ -281,10 +288,10 @@ def load_for_eval(args, model: nn.Module) -> str:
 
 
 def _restore_ema(model_ema, ckpt: Mapping, model: nn.Module) -> None:
-    """The saved average, or (a file without one) a restart of the average from the loaded weights."""
+    """The saved average (its trainable entries: older files stored the whole model), or (a file without one) a
+    restart of the average from the loaded weights."""
     if model_ema is not None:
-        model_ema.module.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None
-                                         else model.state_dict())
+        model_ema.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None else model.state_dict())
 
 
 def resume_training(args, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, model_ema,

@@ -1,14 +1,14 @@
 """Training epoch, single-view validation and the multi-view test with its exact cross-rank merge.
 
-Host-device syncs happen only at the logging interval and at the end of an epoch: per-iteration numbers are
-accumulated in device tensors.
+Per-step numbers are summed in device tensors and read on the host only every print_freq micro-steps and at the end
+of an epoch. The one per-step host sync left is GradScaler.step under fp16, which reads its inf/NaN check to decide
+whether to skip the step (bf16 and fp32 runs have no per-step sync).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
-import json
-import os
+import itertools
 import time
 from functools import partial
 from typing import Any, Callable, Iterable
@@ -34,11 +34,25 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def is_compiled(model: nn.Module) -> bool:
+    """Whether torch.compile wraps the model (under DDP or not)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    return hasattr(model, "_orig_mod")
+
+
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    """Autocast context for amp_dtype (None: full precision)."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+    """Autocast to amp_dtype on device's type; amp_dtype None disables it (full precision)."""
+    return torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+
+def check_device(model: nn.Module, device: torch.device) -> None:
+    """Fail clearly (not deep inside a kernel) when the model's parameters are not on the device the batches go to."""
+    p = next(model.parameters(), None)
+    if p is not None and (p.device.type != device.type or
+                          (device.index is not None and p.device.index not in (None, device.index))):
+        raise ValueError(f"the model's parameters are on {p.device} but its batches go to {device}: move the model "
+                         f"(or put an EMA into it with TrainableEma.applied()) before calling the engine")
 
 
 def apply_mixup(mixup_fn: Callable, clips: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +70,34 @@ def to_device(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
 
 
+def set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    """This step's lr (times each group's lr_scale) and weight decay (on the groups that decay)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+        if g["weight_decay"] > 0:
+            g["weight_decay"] = weight_decay
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[torch.Tensor],
+                   clip_grad: float | None = None, model_ema=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unscale, clip (or only measure) the gradient norm, step, update the loss scale, zero the gradients, update EMA.
+
+    An enabled GradScaler (fp16) skips the step when a gradient holds inf/NaN, which is exactly when the norm is not
+    finite; a disabled one (bf16, fp32) always steps. Returns (grad_norm, skipped) as device tensors.
+    """
+    scaler.unscale_(optimizer)
+    if clip_grad:
+        grad_norm = nn.utils.clip_grad_norm_(params, clip_grad)
+    else:
+        grad_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if model_ema is not None:
+        model_ema.update()
+    return grad_norm, ~torch.isfinite(grad_norm) & scaler.is_enabled()
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, *, lr_schedule: np.ndarray, wd_schedule: np.ndarray,
                     start_step: int, steps_per_epoch: int, update_freq: int = 1,
@@ -65,103 +107,140 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
                     log_writer: utils.TensorboardLogger | None = None, print_freq: int = 20) -> dict:
     """One epoch of steps_per_epoch optimizer steps, each accumulating update_freq micro-batches.
 
-    lr and weight decay are set per optimizer step from the per-iteration schedules (lr * group lr_scale; weight
-    decay only on groups that have it). DDP gradients are all-reduced only on the last micro-batch of a step.
-    prepare_batch turns a loader batch into (clips, labels) on the device: to_device for worker-augmented batches,
-    video_transforms.DeviceAugment for decoded videos.
-    Returns epoch means: loss, lr (largest group lr), min_lr, wd, grad_norm, clips_per_s, bad_videos, time.
+    lr and weight decay follow the per-iteration schedules; DDP all-reduces gradients on a step's last micro-batch
+    only. prepare_batch turns a loader batch into (clips, labels) on the device: to_device (the default) for
+    worker-augmented batches, video_transforms.DeviceAugment for decoded videos. scaler: an enabled GradScaler for
+    fp16 (None: a disabled one). Returns the epoch's numbers (_Meter.stats).
     """
+    check_device(model, device)
     model.train(True)
-    is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    world = utils.get_world_size()
-    zero = lambda: torch.zeros((), device=device)  # noqa: E731
-    loss_sum, grad_sum, win_loss, nonfinite = zero(), zero(), zero(), zero()
-    n_micro = n_steps = win_micro = clips_seen = 0
-    data_time = step_time = 0.0
-    total_micro = steps_per_epoch * update_freq
+    no_sync = model.no_sync if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext
     prepare_batch = prepare_batch or partial(to_device, device=device)
+    total = steps_per_epoch * update_freq
+    meter = _Meter(device, epoch, total, print_freq, log_writer, start_step * update_freq, is_compiled(model))
     optimizer.zero_grad(set_to_none=True)
-    t_epoch = t_last = time.time()
-    for i, batch in enumerate(loader):
-        if i >= total_micro:
-            break
-        t_data = time.time()
-        data_time += t_data - t_last
+    for i, batch in enumerate(itertools.islice(loader, total)):
+        meter.data_ready()
         clips, labels = prepare_batch(batch)
-        step = i // update_freq
-        it = start_step + step
-        last_micro = (i + 1) % update_freq == 0
+        step, last_micro = start_step + i // update_freq, (i + 1) % update_freq == 0
         if i % update_freq == 0:
-            for g in optimizer.param_groups:
-                g["lr"] = float(lr_schedule[it]) * g.get("lr_scale", 1.0)
-                if g["weight_decay"] > 0:
-                    g["weight_decay"] = float(wd_schedule[it])
+            set_schedules(optimizer, float(lr_schedule[step]), float(wd_schedule[step]))
         targets = labels
         if mixup_fn is not None:
             clips, targets = apply_mixup(mixup_fn, clips, labels)
-        sync_ctx = model.no_sync() if (is_ddp and not last_micro) else contextlib.nullcontext()
-        with sync_ctx:
+        with contextlib.nullcontext() if last_micro else no_sync():
             with autocast(device, amp_dtype):
                 logits = model(clips)
             loss = criterion(logits.float(), targets)
-            (scaler.scale(loss / update_freq) if scaler is not None else loss / update_freq).backward()
-        loss = loss.detach()
-        loss_sum += loss
-        win_loss += loss
-        nonfinite += (~torch.isfinite(loss)).float()
-        n_micro += 1
-        win_micro += 1
-        clips_seen += clips.shape[0]
+            scaler.scale(loss / update_freq).backward()
+        grad_norm = skipped = None
         if last_micro:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if clip_grad:
-                grad_norm = nn.utils.clip_grad_norm_(params, clip_grad)
-            else:
-                grad_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            grad_sum += grad_norm.to(device)
-            n_steps += 1
-            if model_ema is not None:
-                model_ema.update(unwrap(model), step=it)
-        t_now = time.time()
-        step_time += t_now - t_data
-        t_last = t_now
-        if (i + 1) % print_freq == 0 or i + 1 == total_micro:
-            if nonfinite.item() > 0:  # checked here, not per iteration, to avoid a host sync every step
-                raise FloatingPointError(f"non-finite loss in epoch {epoch} before iteration {i + 1}; stopping")
-            elapsed = t_now - t_epoch
-            eta = elapsed / (i + 1) * (total_micro - i - 1)
-            lr = max(g["lr"] for g in optimizer.param_groups)
-            avg = (win_loss / win_micro).item()
-            gn = (grad_sum / max(n_steps, 1)).item()
-            print(f"Epoch [{epoch}] [{i + 1}/{total_micro}] eta {datetime.timedelta(seconds=int(eta))} "
-                  f"loss {avg:.4f} lr {lr:.3e} grad_norm {gn:.3f} "
-                  f"data {data_time / (i + 1):.3f}s step {step_time / (i + 1):.3f}s "
-                  f"clips/s {clips_seen * world / elapsed:.1f}", flush=True)
-            if log_writer is not None:
-                log_writer.log({"loss": avg, "lr": lr, "grad_norm": gn,
-                                "scale": scaler.get_scale() if scaler is not None else None},
-                               step=start_step * update_freq + i + 1, head="train")
-            win_loss.zero_()
-            win_micro = 0
-    if n_micro == 0:
+            grad_norm, skipped = optimizer_step(optimizer, scaler, params, clip_grad, model_ema)
+        meter.update(i, loss.detach(), clips.shape[0], grad_norm, skipped, optimizer, scaler)
+    if meter.micro == 0:
         raise RuntimeError("the training loader produced no batch")
-    elapsed = time.time() - t_epoch
-    stats = torch.stack([loss_sum / n_micro, grad_sum / max(n_steps, 1)])
-    utils.all_reduce_sum(stats)
-    stats = (stats / world).tolist()
-    bad = _bad_videos(getattr(loader, "dataset", None), device)
-    return {"loss": stats[0], "lr": max(g["lr"] for g in optimizer.param_groups),
-            "min_lr": min(g["lr"] for g in optimizer.param_groups),
-            "wd": max(g["weight_decay"] for g in optimizer.param_groups), "grad_norm": stats[1],
-            "clips_per_s": clips_seen * world / elapsed, "bad_videos": bad, "time": elapsed}
+    return {**meter.stats(optimizer, scaler), "bad_videos": _bad_videos(getattr(loader, "dataset", None), device)}
+
+
+class _Meter:
+    """Numbers of one training epoch: summed per step in device tensors, read every print_freq micro-steps (a log
+    line and TensorBoard scalars) and at the end (stats, averaged over ranks).
+
+    Sums: loss, non-finite losses, grad norm over finite steps, finite steps, steps skipped by GradScaler.
+    Host timers: data wait (from the end of one micro-step to the arrival of the next batch) and wall time.
+    """
+
+    def __init__(self, device: torch.device, epoch: int, total: int, print_freq: int,
+                 log_writer: utils.TensorboardLogger | None, first_iter: int, compiled: bool):
+        self.device, self.epoch, self.total, self.print_freq = device, epoch, total, print_freq
+        self.log_writer, self.first_iter, self.compiled = log_writer, first_iter, compiled
+        self.sums = torch.zeros(5, device=device)
+        self.window = torch.zeros(5, device=device)
+        self.micro = self.steps = self.clips = self.clips_after_first = 0
+        self.win_micro = self.win_steps = self.win_clips = 0
+        self.wait = self.win_wait = 0.0
+        self.t_start = self.t_window = self.t_last = time.perf_counter()
+        self.t_first = self.t_start  # end of the first micro-step: rates leave out worker start-up and compilation
+        self.world = utils.get_world_size()
+
+    def data_ready(self) -> None:
+        wait = time.perf_counter() - self.t_last
+        self.wait += wait
+        self.win_wait += wait
+
+    def update(self, i: int, loss: torch.Tensor, clips: int, grad_norm: torch.Tensor | None,
+               skipped: torch.Tensor | None, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        row = [loss, (~torch.isfinite(loss)).float()]
+        if grad_norm is None:
+            row += [torch.zeros((), device=self.device)] * 3
+        else:
+            finite = torch.isfinite(grad_norm).to(self.device)
+            grad_norm = torch.where(finite, grad_norm.to(self.device), 0.0)
+            row += [grad_norm, finite.float(), skipped.float().to(self.device)]
+            self.steps += 1
+            self.win_steps += 1
+        self.window += torch.stack(row)
+        self.micro += 1
+        self.win_micro += 1
+        self.clips += clips
+        self.win_clips += clips
+        self.t_last = time.perf_counter()
+        if i == 0:  # worker start-up and compilation: left out of the rates when later steps follow
+            self.t_first = self.t_last
+            if self.compiled:
+                print(f"Epoch [{self.epoch}] first step {self.t_last - self.t_start:.1f}s: torch.compile compiles "
+                      f"the model on its first steps (later ones reuse the code); clips/s leaves this step out",
+                      flush=True)
+            if self.print_freq > 1 and self.total > 1:
+                self.t_window, self.win_clips, self.win_wait = self.t_last, 0, 0.0
+        else:
+            self.clips_after_first += clips
+        if (i + 1) % self.print_freq == 0 or i + 1 == self.total:
+            self._log(i, optimizer, scaler)
+
+    def _log(self, i: int, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        loss, nonfinite, grad_sum, finite, skipped = self.window.tolist()  # the host sync of the logging interval
+        if nonfinite > 0:
+            raise FloatingPointError(f"non-finite loss in epoch {self.epoch} before iteration {i + 1}; stopping")
+        now = time.perf_counter()
+        elapsed = now - self.t_window
+        rec = {"loss": loss / self.win_micro, "lr": max(g["lr"] for g in optimizer.param_groups),
+               "grad_norm": grad_sum / finite if finite else None,
+               "clips_per_s": self.win_clips * self.world / elapsed, "data_wait": self.win_wait / elapsed,
+               "peak_mem_gib": utils.peak_memory_gib(self.device)}
+        eta = (now - self.t_start) / (i + 1) * (self.total - i - 1)
+        gn = f"{rec['grad_norm']:.3f}" if finite else "n/a"
+        line = (f"Epoch [{self.epoch}] [{i + 1}/{self.total}] eta {datetime.timedelta(seconds=int(eta))} "
+                f"loss {rec['loss']:.4f} lr {rec['lr']:.3e} grad_norm {gn}")
+        if scaler.is_enabled():
+            rec.update(loss_scale=scaler.get_scale(), skipped_steps=int(skipped))
+            line += f" loss_scale {rec['loss_scale']:.0f} skipped {int(skipped)}/{self.win_steps} steps"
+        print(f"{line} clips/s {rec['clips_per_s']:.1f} data_wait {100 * rec['data_wait']:.0f}% "
+              f"peak_mem {rec['peak_mem_gib']:.2f}GiB", flush=True)
+        if self.log_writer is not None:
+            self.log_writer.log(rec, step=self.first_iter + i + 1, head="train")
+        self.sums += self.window
+        self.window.zero_()
+        self.win_micro = self.win_steps = self.win_clips = 0
+        self.win_wait, self.t_window = 0.0, now
+
+    def stats(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> dict:
+        """Epoch means over ranks: loss, grad_norm (finite steps), skipped_steps; lr/wd now; this rank's clips/s
+        (times world size), data-wait share and peak memory."""
+        sums = utils.all_reduce_sum(self.sums + self.window)
+        loss, _, grad_sum, finite, skipped = sums.tolist()
+        elapsed = time.perf_counter() - self.t_start
+        rate_time = self.t_last - self.t_first if self.micro > 1 else self.t_last - self.t_start
+        rate_clips = self.clips_after_first if self.micro > 1 else self.clips
+        return {"loss": loss / (self.micro * self.world), "lr": max(g["lr"] for g in optimizer.param_groups),
+                "min_lr": min(g["lr"] for g in optimizer.param_groups),
+                "wd": max(g["weight_decay"] for g in optimizer.param_groups),
+                "grad_norm": grad_sum / finite if finite else None, "loss_scale": scaler.get_scale(),
+                "skipped_steps": int(round(skipped / self.world)),
+                "clips_per_s": rate_clips * self.world / max(rate_time, 1e-9), "data_wait": self.wait / elapsed,
+                "peak_mem_gib": utils.peak_memory_gib(self.device), "time": elapsed}
 
 
 def _bad_videos(dataset, device: torch.device) -> int:
@@ -178,8 +257,9 @@ def validate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
              reduce: bool = False) -> dict:
     """Single-view validation: top-1/top-5 (percent) and cross-entropy over every sample exactly once.
 
-    reduce=True sums the counts over ranks (each rank holding a disjoint shard, see ShardSampler).
+    reduce=True sums the counts over ranks (each rank holding a disjoint shard, see datasets.ShardSampler).
     """
+    check_device(model, device)
     model.eval()
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # correct1, correct5, loss_sum, count
     for batch in loader:
@@ -206,71 +286,80 @@ def _correct_topk(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     return hit[:, 0].sum().float(), hit.any(dim=1).sum().float()
 
 
-class ShardSampler(torch.utils.data.Sampler):
-    """Indices rank, rank + world, ... of a dataset: disjoint shards, no padding, every sample exactly once."""
-
-    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0):
-        self.n, self.num_replicas, self.rank = len(dataset), num_replicas, rank
-
-    def __iter__(self):
-        return iter(range(self.rank, self.n, self.num_replicas))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.num_replicas))
+@torch.no_grad()
+def predict_views(model: nn.Module, views: torch.Tensor,
+                  amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The multi-view prediction (of the test, predict.py and the frame controls): the softmax of each view and
+    their mean per video. views B x V x C x T x H x W on the model's device -> (B x V x classes, B x classes)."""
+    b, v = views.shape[:2]
+    with autocast(views.device, amp_dtype):
+        logits = model(views.flatten(0, 1))
+    probs = logits.float().softmax(dim=-1).unflatten(0, (b, v))
+    return probs, probs.mean(dim=1)
 
 
 @torch.no_grad()
 def multi_view_predict(model: nn.Module, loader: Iterable, device: torch.device,
                        amp_dtype: torch.dtype | None = None, gather: bool = False,
-                       print_freq: int = 20) -> dict | None:
-    """Softmax of every test view. Returns (on rank 0; None elsewhere when gather) a dict of numpy arrays
-    video_ids (n,), view_ids (n, 2), labels (n,), probs (n, C), gathered from all ranks when gather is True.
+                       print_freq: int = 20) -> tuple[dict, dict] | None:
+    """predict_views over a test loader (items: views, label, video id, view ids V x 2).
+
+    Returns numpy arrays (per_view, per_video): per_view video_ids (n*V,), view_ids (n*V, 2), labels, probs
+    (n*V, classes); per_video video_ids (n,), labels, probs (n, classes), views (n,). With gather, every rank's
+    arrays are concatenated on rank 0 and the other ranks get None.
     """
+    check_device(model, device)
     model.eval()
-    vids, view_ids, labels, probs = [], [], [], []
+    cols = {k: [] for k in ("video_ids", "view_ids", "view_probs", "labels", "probs", "views")}
     t0 = time.time()
-    for i, (views, label, video_id, vid_views) in enumerate(loader):
-        b, v = views.shape[:2]
-        with autocast(device, amp_dtype):
-            logits = model(normalize_clips(views.flatten(0, 1).to(device, non_blocking=True)))
-        probs.append(logits.float().softmax(dim=1).cpu())
-        view_ids.append(vid_views.reshape(b * v, 2))
-        labels.append(torch.as_tensor(label).repeat_interleave(v))
-        vids.extend(str(x) for x in video_id for _ in range(v))
+    for i, (views, label, video_id, view_ids) in enumerate(loader):
+        views = normalize_clips(views.to(device, non_blocking=True))  # uint8 B x V x T x H x W x C -> float, C first
+        view_probs, probs = predict_views(model, views, amp_dtype)
+        cols["view_probs"].append(view_probs.flatten(0, 1).cpu())
+        cols["probs"].append(probs.cpu())
+        cols["view_ids"].append(view_ids.reshape(-1, 2))
+        cols["labels"].append(torch.as_tensor(label))
+        cols["video_ids"].extend(str(x) for x in video_id)
+        cols["views"].append(torch.full((len(label),), views.shape[1]))
         if (i + 1) % print_freq == 0:
             print(f"Test [{i + 1}/{len(loader)}] {time.time() - t0:.1f}s", flush=True)
-    local = {"video_ids": np.array(vids, dtype=str),
-             "view_ids": torch.cat(view_ids).long().numpy() if view_ids else np.zeros((0, 2), np.int64),
-             "labels": torch.cat(labels).long().numpy() if labels else np.zeros(0, np.int64),
-             "probs": torch.cat(probs).numpy().astype(np.float32) if probs else None}
-    if not (gather and utils.is_dist()):
-        return local
-    parts = [None] * utils.get_world_size() if utils.is_main_process() else None
-    dist.gather_object(local, parts, dst=0)
-    if not utils.is_main_process():
-        return None
-    parts = [p for p in parts if len(p["video_ids"])]
-    return {k: np.concatenate([p[k] for p in parts]) for k in local}
+    local = _view_arrays(cols) if cols["probs"] else None  # None: this rank's shard is empty (more ranks than videos)
+    if gather and utils.is_dist():
+        parts = [None] * utils.get_world_size() if utils.is_main_process() else None
+        dist.gather_object(local, parts, dst=0)
+        if not utils.is_main_process():
+            return None
+        parts = [p for p in parts if p is not None]
+        local = tuple({k: np.concatenate([p[j][k] for p in parts]) for k in parts[0][j]} for j in range(2)) \
+            if parts else None
+    if local is None:
+        raise RuntimeError("the test loader produced no video")
+    return local
 
 
-def merge_views(per_view: dict) -> tuple[dict, dict]:
-    """De-duplicate views by (video_id, temporal, spatial), sort them, average each video's view softmaxes.
+def _view_arrays(cols: dict) -> tuple[dict, dict]:
+    labels, views = torch.cat(cols["labels"]).long().numpy(), torch.cat(cols["views"]).numpy()
+    video_ids = np.array(cols["video_ids"], dtype=str)
+    return ({"video_ids": np.repeat(video_ids, views), "view_ids": torch.cat(cols["view_ids"]).long().numpy(),
+             "labels": np.repeat(labels, views), "probs": torch.cat(cols["view_probs"]).numpy()},
+            {"video_ids": video_ids, "labels": labels, "probs": torch.cat(cols["probs"]).numpy(), "views": views})
 
-    Returns (per_view, per_video): per_view sorted by (video_id, view ids) with duplicates (sampler padding)
-    removed; per_video with video_ids (m,) sorted, labels (m,), probs (m, C) and views (m,) counts.
-    """
+
+def merge_views(per_view: dict, per_video: dict) -> tuple[dict, dict]:
+    """Sort the (gathered) predictions by video id (views by temporal, spatial index) and drop repeated rows: a
+    video listed twice in the test list, or repeated by a padding sampler, counts once."""
     vids, vv = per_view["video_ids"], per_view["view_ids"]
     order = np.lexsort((vv[:, 1], vv[:, 0], vids))
     keys = [(vids[j], int(vv[j, 0]), int(vv[j, 1])) for j in order]
     keep = [j for n, j in enumerate(order) if n == 0 or keys[n] != keys[n - 1]]
-    pv = {k: v[keep] for k, v in per_view.items()}
-    uniq, start, counts = np.unique(pv["video_ids"], return_index=True, return_counts=True)
-    probs = np.add.reduceat(pv["probs"].astype(np.float64), start, axis=0) / counts[:, None]
-    labels = pv["labels"][start]
-    for s, c, lab in zip(start, counts, labels):
-        if np.any(pv["labels"][s:s + c] != lab):
-            raise RuntimeError(f"video {pv['video_ids'][s]} has views with different labels")
-    return pv, {"video_ids": uniq, "labels": labels, "probs": probs.astype(np.float32), "views": counts}
+    per_view = {k: v[keep] for k, v in per_view.items()}
+    _, first = np.unique(per_video["video_ids"], return_index=True)
+    per_video = {k: v[first] for k, v in per_video.items()}
+    own = per_video["labels"][np.searchsorted(per_video["video_ids"], per_view["video_ids"])]
+    if np.any(own != per_view["labels"]):
+        bad = per_view["video_ids"][np.argmax(own != per_view["labels"])]
+        raise RuntimeError(f"video {bad} appears with different labels")
+    return per_view, per_video
 
 
 def topk_percent(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -281,44 +370,20 @@ def topk_percent(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return 100.0 * hit[:, 0].mean(), 100.0 * hit.any(axis=1).mean()
 
 
-def write_test_outputs(output_dir: str, per_view: dict, per_video: dict, summary: dict,
-                       class_names: list[str] | None) -> dict:
-    """Write test_per_view.npz, test_per_video.npz, the reports (reports.write_reports) and test_summary.json."""
-    os.makedirs(output_dir, exist_ok=True)
-    np.savez(os.path.join(output_dir, "test_per_view.npz"), **per_view)
-    np.savez(os.path.join(output_dir, "test_per_video.npz"),
-             **{k: per_video[k] for k in ("video_ids", "labels", "probs")})
-    import reports
-    extra = reports.write_reports(output_dir, list(per_video["video_ids"]), per_video["labels"],
-                                  per_video["probs"], class_names)
-    summary = {**summary, **(extra or {})}
-    utils.write_json(os.path.join(output_dir, "test_summary.json"), summary)
-    return summary
-
-
 def final_test(model: nn.Module, loader: Iterable, device: torch.device, *, amp_dtype: torch.dtype | None,
-               gather: bool, output_dir: str, summary: dict, class_names: list[str] | None = None) -> dict | None:
-    """Multi-view test: predict every view, merge across ranks exactly, write the outputs on rank 0.
+               gather: bool) -> dict | None:
+    """Multi-view test: predict every view, merge across ranks exactly (gather: each rank holds a shard).
 
-    Returns the summary (top1, top5, videos, views_per_video, + summary fields) on rank 0, None elsewhere.
+    Returns on rank 0 {top1, top5, videos, views_per_video, per_view, per_video} (the arrays of merge_views), None
+    on the other ranks. Writing the arrays and reports is the caller's (reports.write_test_outputs).
     """
-    per_view = multi_view_predict(model, loader, device, amp_dtype, gather)
-    if per_view is None:
+    out = multi_view_predict(model, loader, device, amp_dtype, gather)
+    if out is None or (not gather and utils.get_rank() != 0):
         return None
-    if gather is False and utils.get_rank() != 0:
-        return None
-    per_view, per_video = merge_views(per_view)
+    per_view, per_video = merge_views(*out)
     top1, top5 = topk_percent(per_video["probs"], per_video["labels"])
-    views = np.unique(per_video["views"])
-    if len(views) > 1:
-        print(f"WARNING: videos have different numbers of test views: {views.tolist()}", flush=True)
     result = {"top1": top1, "top5": top5, "videos": int(len(per_video["video_ids"])),
-              "views_per_video": int(views.max()), **summary}
+              "views_per_video": int(per_video["views"].max()), "per_view": per_view, "per_video": per_video}
     print(f"Multi-view test on {result['videos']} videos x {result['views_per_video']} views: "
           f"top-1 {top1:.2f}% top-5 {top5:.2f}%", flush=True)
-    if output_dir:
-        result = write_test_outputs(output_dir, per_view, per_video, result, class_names)
-    print(json.dumps(utils.to_jsonable({k: v for k, v in result.items() if not isinstance(v, (list, dict))})),
-          flush=True)
     return result
-

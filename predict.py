@@ -17,6 +17,7 @@ import torch
 
 import checkpoint
 from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, load_class_names, read_test_views
+from engine_for_finetuning import predict_views
 from llama import LLaMAConfig, layer_spec_arg
 from models import create_model, model_spec
 from video_transforms import normalize_clips
@@ -52,10 +53,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _weights_rule(args: argparse.Namespace) -> dict:
-    """model_state's acceptance rule here: the EMA weights on request, else 'model'/'module' or a bare state dict."""
-    return dict(keys="model_ema", allow_bare=False) if args.use_ema else dict(keys=checkpoint.MODEL_KEYS,
-                                                                              allow_bare=True)
+def _weights(args: argparse.Namespace, ckpt: dict) -> dict:
+    """The state dict to load: the EMA weights on request (checkpoint.ema_state), else 'model'/'module' or a bare
+    state dict."""
+    if args.use_ema:
+        return checkpoint.ema_state(ckpt, path=args.resume)
+    return checkpoint.model_state(ckpt, checkpoint.MODEL_KEYS, path=args.resume, allow_bare=True)
 
 
 def resolve_args(args: argparse.Namespace, ckpt: dict) -> argparse.Namespace:
@@ -74,7 +77,7 @@ def resolve_args(args: argparse.Namespace, ckpt: dict) -> argparse.Namespace:
         if getattr(args, name) is None and has_llama:
             setattr(args, name, saved.get(name))
     if args.nb_classes is None:
-        head = checkpoint.model_state(ckpt, path=args.resume, **_weights_rule(args)).get("head.weight")
+        head = _weights(args, ckpt).get("head.weight")
         if head is None:
             raise PredictError(f"checkpoint {args.resume} has no head.weight to infer the classes from: "
                                f"pass --nb_classes")
@@ -103,7 +106,9 @@ def load_model(args: argparse.Namespace, ckpt: dict) -> torch.nn.Module:
     details = (f"(num_frames {args.num_frames}, input_size {args.input_size}, tubelet_size {args.tubelet_size}, "
                f"nb_classes {args.nb_classes})")
     try:
-        checkpoint.load_model_file(model, ckpt, args.resume, args.model, details, **_weights_rule(args))
+        checkpoint.check_llm_identity(recorded, model, args.resume)
+        checkpoint.load_strict(model, _weights(args, ckpt), args.resume, args.model, details,
+                               checkpoint.saved_args(ckpt).get("model"))
     except RuntimeError as e:
         raise PredictError(str(e)) from None
     return model.to(args.device).eval()
@@ -122,8 +127,8 @@ def decode_views(path: str, args: argparse.Namespace) -> torch.Tensor:
 @torch.inference_mode()
 def predict_video(model: torch.nn.Module, path: str, args: argparse.Namespace) -> torch.Tensor:
     """Mean of the view softmaxes of one video (nb_classes,), float32 on the CPU."""
-    logits = model(normalize_clips(decode_views(path, args).to(args.device)))
-    return logits.float().softmax(-1).mean(0).cpu()
+    _, probs = predict_views(model, normalize_clips(decode_views(path, args).to(args.device))[None])
+    return probs[0].cpu()
 
 
 def top5(probs: torch.Tensor, class_names: list[str] | None) -> list[dict]:

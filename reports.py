@@ -1,7 +1,8 @@
-"""Per-class report, most confused pairs and confusion-matrix figure for a multi-view test.
+"""Outputs of a multi-view test: the raw probabilities, per-class report, most confused pairs and confusion matrix.
 
-`write_reports` is called by the engine after the per-video merge; `python reports.py OUTPUT_DIR` rebuilds the same
-files from a finished run's `test_per_video.npz`. Counts use the top-1 (argmax) of the merged per-video probabilities.
+`write_test_outputs` is called by run_class_finetuning.py with the engine's merged arrays; `python reports.py
+OUTPUT_DIR` rebuilds the reports from a finished run's `test_per_video.npz`. Counts use the top-1 (argmax) of the merged
+per-video probabilities.
 """
 import argparse
 import csv
@@ -9,6 +10,8 @@ import json
 import os
 
 import numpy as np
+
+import utils
 
 NUM_CONFUSED_PAIRS = 20
 
@@ -126,6 +129,20 @@ def write_reports(output_dir: str, video_ids: list[str], labels: np.ndarray, pro
         f"sorted by per-class top-1 (best first); mean class acc {mean_class_acc:.2f}%")
     return {"mean_class_acc": mean_class_acc, "per_class_csv": per_class_csv,
             "confused_pairs_csv": confused_pairs_csv, "confusion_matrix_png": png}
+
+
+def write_test_outputs(output_dir: str, per_view: dict, per_video: dict, summary: dict,
+                       class_names: list[str] | None = None) -> dict:
+    """Write test_per_view.npz, test_per_video.npz, the reports (write_reports) and test_summary.json; return the
+    summary with mean_class_acc and the report paths added."""
+    os.makedirs(output_dir, exist_ok=True)
+    np.savez(os.path.join(output_dir, "test_per_view.npz"), **per_view)
+    np.savez(os.path.join(output_dir, "test_per_video.npz"),
+             **{k: per_video[k] for k in ("video_ids", "labels", "probs")})
+    summary = {**summary, **write_reports(output_dir, list(per_video["video_ids"]), per_video["labels"],
+                                          per_video["probs"], class_names)}
+    utils.write_json(os.path.join(output_dir, "test_summary.json"), summary)
+    return summary
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import checkpoint
 import engine_for_finetuning as engine
 import llama
 import optim_factory
+import reports
 import utils
 from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT
 from video_transforms import DeviceAugment
@@ -195,7 +196,7 @@ def build_model(args) -> torch.nn.Module:
 
 def build_loaders(args, eval_only: bool) -> dict:
     """Datasets and loaders. Train: DistributedSampler (any world size); val/test: disjoint shards when dist_eval."""
-    from datasets import build_dataset, multiple_samples_collate, pack_videos_collate
+    from datasets import ShardSampler, build_dataset, multiple_samples_collate, pack_videos_collate
     world, rank = utils.get_world_size(), utils.get_rank()
     eval_args = argparse.Namespace(**{**vars(args), "data_path": args.eval_data_path or args.data_path})
     shard = dict(num_replicas=world, rank=rank) if args.dist_eval else dict(num_replicas=1, rank=0)
@@ -204,7 +205,7 @@ def build_loaders(args, eval_only: bool) -> dict:
     out = {}
     test_set, _ = build_dataset(is_train=False, test_mode=True, args=eval_args)
     out["test"] = torch.utils.data.DataLoader(test_set, batch_size=args.batch_size, generator=torch.Generator(),
-                                              sampler=engine.ShardSampler(test_set, **shard), **common)
+                                              sampler=ShardSampler(test_set, **shard), **common)
     if eval_only:
         return out
     train_set, _ = build_dataset(is_train=True, test_mode=False, args=args)
@@ -217,7 +218,7 @@ def build_loaders(args, eval_only: bool) -> dict:
     if not args.disable_eval_during_finetuning:
         val_set, _ = build_dataset(is_train=False, test_mode=False, args=eval_args)
         out["val"] = torch.utils.data.DataLoader(val_set, batch_size=int(1.5 * args.batch_size),
-                                                 sampler=engine.ShardSampler(val_set, **shard),
+                                                 sampler=ShardSampler(val_set, **shard),
                                                  generator=torch.Generator(), **common)
     return out
 
@@ -254,12 +255,11 @@ def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
         criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
     else:
         criterion = torch.nn.CrossEntropyLoss()
-    scaler = torch.amp.GradScaler(torch.device(args.device).type) if args.amp == "fp16" else None
+    scaler = torch.amp.GradScaler(torch.device(args.device).type, enabled=args.amp == "fp16")
     model_ema = None
-    if args.model_ema:
-        from timm.utils import ModelEmaV3
-        model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
-                               device=torch.device("cpu") if args.model_ema_force_cpu else None)
+    if args.model_ema:  # trainable parameters only; on the CPU with --model_ema_force_cpu
+        model_ema = optim_factory.TrainableEma(model, args.model_ema_decay,
+                                               device="cpu" if args.model_ema_force_cpu else None)
     device = torch.device(args.device, args.gpu) if args.device == "cuda" else torch.device(args.device)
     prepare_batch, per_rank = partial(engine.to_device, device=device), {}
     if args.augment_on == "device":  # per-rank parameter streams, independent of the global RNGs
@@ -278,6 +278,31 @@ def restore_per_rank(load: Callable[[dict], None], states: list) -> None:
     else:
         print(f"WARNING: the checkpoint holds {len(states)} per-rank states for {utils.get_world_size()} processes; "
               f"they start afresh", flush=True)
+
+
+def wrap_model(args, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The module the loop runs: torch.compile'd with --compile, inside DDP when distributed."""
+    run_model = torch.compile(model) if args.compile else model
+    if args.distributed:
+        run_model = torch.nn.parallel.DistributedDataParallel(
+            run_model, device_ids=[args.gpu] if device.type == "cuda" else None, find_unused_parameters=False,
+            broadcast_buffers=False)  # the only buffer is the fixed position table: identical on every rank
+    return run_model
+
+
+def run_test(args, run_model: torch.nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
+             summary: dict, class_names: list[str] | None) -> dict | None:
+    """Multi-view test; rank 0 writes the arrays, reports and test_summary.json to output_dir and gets the summary."""
+    result = engine.final_test(run_model, loader, device, amp_dtype=amp_dtype, gather=args.dist_eval)
+    if result is None:
+        return None
+    summary = {**{k: result[k] for k in ("top1", "top5", "videos", "views_per_video")}, **summary}
+    if args.output_dir:
+        summary = reports.write_test_outputs(args.output_dir, result["per_view"], result["per_video"], summary,
+                                             class_names)
+    print(json.dumps(utils.to_jsonable({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})),
+          flush=True)
+    return summary
 
 
 def main(args: argparse.Namespace) -> dict | None:
@@ -306,13 +331,8 @@ def _main(args) -> dict | None:
     if args.labels:
         from datasets import load_class_names
         class_names = load_class_names(args.labels)
-    run_model = torch.compile(model) if args.compile else model
-    if args.distributed:
-        run_model = torch.nn.parallel.DistributedDataParallel(
-            run_model, device_ids=[args.gpu] if device.type == "cuda" else None, find_unused_parameters=False,
-            broadcast_buffers=False)  # the only buffer is the fixed position table: identical on every rank
-    test = partial(engine.final_test, run_model, loaders["test"], device, amp_dtype=amp_dtype,
-                   gather=args.dist_eval, output_dir=args.output_dir if rank == 0 else "", class_names=class_names)
+    run_model = wrap_model(args, model, device)
+    test = partial(run_test, args, run_model, loaders["test"], device, amp_dtype, class_names=class_names)
     if args.eval:
         path = checkpoint.load_for_eval(args, raw_model)
         return test(summary={"checkpoint": path, "model": args.model})
@@ -345,7 +365,8 @@ def _main(args) -> dict | None:
             val = engine.validate(run_model, loaders["val"], device, amp_dtype, reduce=args.dist_eval)
             record.update({f"val_{k}": v for k, v in val.items()})
             if t["model_ema"] is not None:
-                ema = engine.validate(t["model_ema"].module, loaders["val"], device, amp_dtype, args.dist_eval)
+                with t["model_ema"].applied():  # the EMA weights in the model, wherever the EMA is kept
+                    ema = engine.validate(run_model, loaders["val"], device, amp_dtype, args.dist_eval)
                 record.update({f"val_ema_{k}": v for k, v in ema.items()})
             print(f"Epoch {epoch}: val top-1 {val['acc1']:.2f}% top-5 {val['acc5']:.2f}% "
                   f"(best {max(max_acc, val['acc1']):.2f}%)", flush=True)

@@ -81,6 +81,7 @@ def init_distributed(args) -> None:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     cuda = str(args.device).startswith("cuda")
     if cuda:
+        check_local_gpu(args.gpu, args.world_size)
         torch.cuda.set_device(args.gpu)
     backend = "nccl" if cuda else "gloo"
     print(f"| distributed init rank {args.rank}/{args.world_size} (local {args.gpu}, {backend}): {args.dist_url}",
@@ -90,6 +91,15 @@ def init_distributed(args) -> None:
                             device_id=torch.device("cuda", args.gpu) if cuda else None)
     dist.barrier()
     _quiet_non_master(args.rank == 0)
+
+
+def check_local_gpu(local_rank: int, world_size: int) -> None:
+    """Stop with a message (not a CUDA error) when this process's local rank has no GPU of its own."""
+    visible = torch.cuda.device_count()
+    if local_rank >= visible:
+        raise SystemExit(f"error: process with local rank {local_rank} (of {world_size} processes) has no GPU: "
+                         f"{visible} visible on this node. Start at most {visible} processes per node "
+                         f"(torchrun --nproc_per_node / NPROC), or pass --device cpu")
 
 
 def _quiet_non_master(is_master: bool) -> None:
@@ -230,6 +240,14 @@ class TensorboardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory so far in GiB: tensors allocated on a CUDA device, else the process's peak resident set (CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def to_jsonable(obj: Any) -> Any:

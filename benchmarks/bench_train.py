@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import resource
 import sys
 import time
 
@@ -50,12 +49,6 @@ class WaitTimer:
                 return
             self.wait += time.perf_counter() - t
             yield batch
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def main() -> None:
@@ -145,7 +138,7 @@ def main() -> None:
     sync(device)
     elapsed = time.perf_counter() - t0
     figures.update(end_to_end_clips_per_s=args.steps * clips_per_step / elapsed, data_wait_share=timer.wait / elapsed,
-                   peak_memory_gib=peak_memory_gib(device), loadavg_1min=os.getloadavg()[0])
+                   peak_memory_gib=utils.peak_memory_gib(device), loadavg_1min=os.getloadavg()[0])
     figures["end_to_end_over_model"] = figures["end_to_end_clips_per_s"] / figures["model_clips_per_s"]
     print(f"{figures['device']}, {args.model}, {clips_per_step} clips/step, --augment_on {args.augment_on}, "
           f"{args.num_workers} workers, amp {args.amp}{', compiled' if args.compile else ''}")

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import checkpoint  # noqa: E402
 from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, read_test_views, read_video_list  # noqa: E402
+from engine_for_finetuning import predict_views  # noqa: E402
 from models import create_model  # noqa: E402
 from video_transforms import normalize_clips  # noqa: E402
 
@@ -28,13 +29,12 @@ def controls(model: torch.nn.Module, videos: list[tuple[str, int]], args) -> dic
     """Top-1 (percent) of the normal multi-view test and of the first-/middle-frame controls."""
     hits = {"normal": 0, "first_frame": 0, "middle_frame": 0}
     t = args.num_frames
-    with torch.no_grad():
-        for path, label in videos:
-            views = normalize_clips(read_test_views(path, args)[0])
-            for name, frame in (("normal", None), ("first_frame", 0), ("middle_frame", t // 2)):
-                x = views if frame is None else views[:, :, [frame] * t]
-                probs = model(x).softmax(1).mean(0)
-                hits[name] += int(probs.argmax().item() == label)
+    for path, label in videos:
+        views = normalize_clips(read_test_views(path, args)[0])
+        for name, frame in (("normal", None), ("first_frame", 0), ("middle_frame", t // 2)):
+            x = views if frame is None else views[:, :, [frame] * t]
+            _, probs = predict_views(model, x[None])
+            hits[name] += int(probs[0].argmax().item() == label)
     return {k: 100.0 * v / len(videos) for k, v in hits.items()}
 
 

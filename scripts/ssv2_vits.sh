@@ -10,11 +10,21 @@
 #   OUTPUT_DIR  checkpoints, log.txt, TensorBoard, test results        [output/ssv2_vits]
 #   NPROC       GPUs per node                                          [all visible GPUs]
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   multi-node torchrun  [1, 0, 127.0.0.1, 29500]
-#   MAX_BATCH_PER_GPU  largest per-GPU batch before accumulating       [6]
+#   MAX_BATCH_PER_GPU  largest per-GPU batch before accumulating       [from GPU memory, see below]
+#   COMPILE     1: torch.compile the model (--compile); COMPILE=0 turns it off                     [1]
+#   AUGMENT_ON  device: workers only decode, clips are augmented on the GPU; workers: the published
+#               PIL path in the DataLoader workers (README, "What a clip is")                   [device]
 #   MODEL, TOTAL_BATCH, LR, LAYER_DECAY, EPOCHS   recipe overrides     (set by the *_llama / vitb scripts)
 # Extra arguments are passed to run_class_finetuning.py (e.g. --eval --resume CKPT, --amp fp16).
+#
 # The per-GPU batch and --update_freq are chosen so that batch x update_freq x GPUs = TOTAL_BATCH whatever the GPU
-# count; the lr scaling then gives the published learning rate. Re-running resumes from the newest checkpoint.
+# count; the lr scaling then gives the published learning rate. The per-GPU batch is the largest divisor of the
+# per-GPU share that fits the smallest visible GPU (memory per video below, 25% kept free); without nvidia-smi the
+# published 4-GPU split (PUBLISHED_BATCH_PER_GPU) is used. Accumulating micro-batches gives the same update as one
+# big step (README, "Training"), so this changes speed, not the recipe. Re-running resumes from the newest checkpoint.
+#
+# torch.compile (COMPILE=1) made the ViT-S-LLaMA step 1.36x faster on an H200; its first step compiles for about
+# half a minute, which the log reports as compilation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +33,9 @@ TOTAL_BATCH=${TOTAL_BATCH:-24}
 LR=${LR:-1e-3}
 LAYER_DECAY=${LAYER_DECAY:-0.7}
 EPOCHS=${EPOCHS:-40}
-MAX_BATCH_PER_GPU=${MAX_BATCH_PER_GPU:-6}
+PUBLISHED_BATCH_PER_GPU=${PUBLISHED_BATCH_PER_GPU:-6}
+COMPILE=${COMPILE:-1}
+AUGMENT_ON=${AUGMENT_ON:-device}
 DATA_PATH=${DATA_PATH:-data/ssv2}
 FINETUNE=${FINETUNE:-checkpoints/videomae_ssv2_vits.pth}
 OUTPUT_DIR=${OUTPUT_DIR:-output/ssv2_vits}
@@ -40,17 +52,44 @@ GPUS=$((NPROC * NNODES))
 if [ $((TOTAL_BATCH % GPUS)) -ne 0 ]; then
     echo "TOTAL_BATCH=${TOTAL_BATCH} videos per step cannot be split over ${GPUS} GPUs; use a divisor" >&2; exit 1
 fi
-BATCH=$((TOTAL_BATCH / GPUS))
+# GiB per video in a micro-batch (num_sample 2 clips of 16 x 224, bf16 autocast, AdamW), fixed part included.
+# Measured: ViT-B-LLaMA, 12 videos (24 clips) in 18.8 GiB on one H200 (torch 2.11, issue 9): 1.57, rounded up; the
+# run did not record eager vs compiled, so the 25% kept free also covers that and the CUDA context. ViT-S(-LLaMA)
+# and ViT-B are smaller in every part (narrower, or no LLaMA block; same tokens): the same figure bounds them until
+# measured (each log line prints peak_mem). Other models: the published split.
+case "${MODEL}" in
+    vit_llama_base_patch16_224) GIB_PER_VIDEO=1.6 ;;
+    vit_llama_small_patch16_224 | vit_base_patch16_224 | vit_small_patch16_224) GIB_PER_VIDEO=1.6 ;;
+    *) GIB_PER_VIDEO="" ;;
+esac
+if [ -z "${MAX_BATCH_PER_GPU:-}" ]; then
+    GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | sort -n | head -n 1 || true)
+    if [ -n "${GPU_MIB}" ] && [ -n "${GIB_PER_VIDEO}" ]; then
+        MAX_BATCH_PER_GPU=$(awk -v mib="${GPU_MIB}" -v per="${GIB_PER_VIDEO}" \
+            'BEGIN { b = int(0.75 * mib / (per * 1024)); print (b < 1 ? 1 : b) }')
+        echo "GPU memory ${GPU_MIB} MiB: up to ${MAX_BATCH_PER_GPU} videos per GPU (${GIB_PER_VIDEO} GiB each, 25% free)"
+    else
+        MAX_BATCH_PER_GPU=${PUBLISHED_BATCH_PER_GPU}
+        echo "no memory figure (nvidia-smi or model table): the published ${MAX_BATCH_PER_GPU} videos per GPU"
+    fi
+fi
+if ! [ "${MAX_BATCH_PER_GPU}" -ge 1 ] 2>/dev/null; then
+    echo "MAX_BATCH_PER_GPU=${MAX_BATCH_PER_GPU}: expected a whole number of videos >= 1" >&2; exit 1
+fi
+SHARE=$((TOTAL_BATCH / GPUS))
 UPDATE_FREQ=1
-while [ "${BATCH}" -gt "${MAX_BATCH_PER_GPU}" ] && [ $((BATCH % 2)) -eq 0 ]; do
-    BATCH=$((BATCH / 2)); UPDATE_FREQ=$((UPDATE_FREQ * 2))
+while [ $((SHARE / UPDATE_FREQ)) -gt "${MAX_BATCH_PER_GPU}" ] || [ $((SHARE % UPDATE_FREQ)) -ne 0 ]; do
+    UPDATE_FREQ=$((UPDATE_FREQ + 1))
 done
+BATCH=$((SHARE / UPDATE_FREQ))
 echo "${MODEL}: ${GPUS} GPUs x batch ${BATCH} x update_freq ${UPDATE_FREQ} = ${TOTAL_BATCH} videos per step"
 
 DATA_ARGS=(--data_path "${DATA_PATH}")
 if [ -n "${DATA_ROOT:-}" ]; then DATA_ARGS+=(--data_root "${DATA_ROOT}"); fi
 FINETUNE_ARGS=()
 if [ -n "${FINETUNE}" ]; then FINETUNE_ARGS=(--finetune "${FINETUNE}"); fi
+COMPILE_ARGS=()
+if [ "${COMPILE}" != 0 ]; then COMPILE_ARGS=(--compile); fi
 mkdir -p "${OUTPUT_DIR}"
 
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} torchrun --nnodes "${NNODES}" --node_rank "${NODE_RANK}" \
@@ -61,6 +100,8 @@ OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} torchrun --nnodes "${NNODES}" --node_rank 
     --nb_classes 174 \
     "${DATA_ARGS[@]}" \
     "${FINETUNE_ARGS[@]}" \
+    "${COMPILE_ARGS[@]}" \
+    --augment_on "${AUGMENT_ON}" \
     --log_dir "${OUTPUT_DIR}" \
     --output_dir "${OUTPUT_DIR}" \
     --batch_size "${BATCH}" \

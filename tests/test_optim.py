@@ -185,3 +185,48 @@ def test_scheduler_matches_formula_in_engine_range():
     np.testing.assert_allclose(s[:4], [0.2, 0.2 + 0.8 / 3, 0.2 + 1.6 / 3, 1.0])  # both ends, as VideoMAE's
     i = np.arange(8)
     np.testing.assert_allclose(s[4:], 0.1 + 0.45 * (1 + np.cos(np.pi * i / 8)))
+
+
+def test_ema_averages_only_trainable_parameters():
+    """TrainableEma on the ViT-LLaMA-shaped stub: one shadow per trainable parameter (the frozen 'llama' is neither
+    copied nor stored), update() = decay * shadow + (1 - decay) * param, a copy rather than a view of the model."""
+    torch.manual_seed(3)
+    model = Stub()
+    ema = optim_factory.TrainableEma(model, decay=0.75, device="cpu")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert list(ema.state_dict()) == trainable and not any(n.startswith("llama.") for n in ema.state_dict())
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update()
+    for n in trainable:
+        torch.testing.assert_close(ema.state_dict()[n], start[n] + 0.25, rtol=0, atol=1e-6)
+    assert all(s.data_ptr() != p.data_ptr() for s, p in zip(ema.shadow, ema.params))
+
+
+def test_ema_loads_old_full_state_and_names_what_is_missing():
+    model = Stub()
+    ema = optim_factory.TrainableEma(model, decay=0.9)
+    full = {k: v + 2.0 for k, v in model.state_dict().items()}  # older checkpoints: the whole model, frozen included
+    ema.load_state_dict(full)
+    for n, s in ema.state_dict().items():
+        assert torch.equal(s, full[n])
+    with pytest.raises(KeyError, match=r"lacks 1 of the \d+ trainable parameters, e.g. \['head.bias'\]"):
+        ema.load_state_dict({k: v for k, v in full.items() if k != "head.bias"})
+
+
+def test_ema_applied_swaps_the_average_in_and_the_training_weights_back():
+    torch.manual_seed(4)
+    model = Stub()
+    ema = optim_factory.TrainableEma(model, decay=0.5)
+    with torch.no_grad():
+        model.head.bias.add_(4.0)
+        model.llama.weight.add_(1.0)  # frozen: not the EMA's business; must stay as it is
+    trained = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ema.update()
+    with ema.applied():
+        torch.testing.assert_close(model.head.bias.detach(), trained["head.bias"] - 2.0)
+        assert torch.equal(model.llama.weight, trained["llama.weight"])
+    for n, p in model.named_parameters():
+        assert torch.equal(p, trained[n]), n

@@ -348,3 +348,14 @@ def test_train_item_equals_independent_transform_calls(synthetic_dir):
         _seed_all(s)
         frames, _ = read_frames(path, lambda n: train_indices(n, 8))
         assert torch.equal(clips, torch.stack([ds.transform(frames) for _ in range(3)]))
+
+
+@pytest.mark.parametrize("n, world", [(7, 3), (2, 4), (8, 1)])
+def test_shard_sampler_gives_every_index_to_exactly_one_rank(n, world):
+    """Evaluation shards: disjoint, no padding (a rank may be empty when there are more ranks than videos)."""
+    parts = [list(datasets.ShardSampler(range(n), world, r)) for r in range(world)]
+    assert sorted(sum(parts, [])) == list(range(n))
+    assert [len(p) for p in parts] == [len(datasets.ShardSampler(range(n), world, r)) for r in range(world)]
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    with pytest.raises(ValueError, match=r"rank 3 is not in \[0, 3\)"):
+        datasets.ShardSampler(range(n), 3, 3)

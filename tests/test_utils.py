@@ -1,6 +1,8 @@
 """utils: launcher environments, schedules, RNG capture, JSON logs."""
 import math
+import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -42,6 +44,20 @@ def test_single_process_init_needs_no_launcher(monkeypatch):
     args = type("A", (), dict(dist_on_itp=False, world_size=1, local_rank=-1, device="cpu", dist_url="env://"))()
     utils.init_distributed(args)
     assert (args.rank, args.world_size, args.distributed) == (0, 1, False) and not utils.is_dist()
+
+
+def test_more_processes_than_gpus_is_an_error_not_a_crash(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU node: rank 1 stops with a message before touching CUDA."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set_device reached"))
+    args = type("A", (), dict(dist_on_itp=False, world_size=1, local_rank=-1, device="cuda", dist_url="env://"))()
+    with pytest.raises(SystemExit, match=r"local rank 1 \(of 2 processes\) has no GPU: 1 visible on this node\. "
+                                         r"Start at most 1 processes per node"):
+        utils.init_distributed(args)
+    assert not utils.is_dist()
 
 
 def published_schedule(base, final, epochs, niter, warmup_iters, start):
@@ -88,3 +104,18 @@ def test_to_jsonable_and_json_line(tmp_path):
     utils.append_json_line(str(tmp_path / "log.txt"), {"epoch": 0})
     utils.append_json_line(str(tmp_path / "log.txt"), {"epoch": 1})
     assert (tmp_path / "log.txt").read_text().splitlines() == ['{"epoch": 0}', '{"epoch": 1}']
+
+
+# torch APIs this code calls, with the release that introduced them (PyTorch docs / release notes)
+TORCH_APIS = {"get_total_norm": (2, 6), "safe_globals": (2, 5)}
+
+
+def test_requirements_torch_bound_covers_the_apis_the_code_calls():
+    """requirements.txt's torch>= is at least the newest release among the APIs found in the sources."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sources = "".join(open(os.path.join(d, f)).read() for d, _, files in os.walk(root) if "/tests" not in d
+                      and "/." not in d for f in files if f.endswith(".py"))
+    used = [v for api, v in TORCH_APIS.items() if api in sources]
+    assert (2, 6) in used  # get_total_norm is called: the table is read against the real code
+    bound = re.search(r"^torch>=(\d+)\.(\d+)", open(os.path.join(root, "requirements.txt")).read(), re.M)
+    assert bound and (int(bound[1]), int(bound[2])) >= max(used)
