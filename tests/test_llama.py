@@ -351,3 +351,16 @@ def test_meta_moe_is_refused(folders, tmp_path):
     (tmp_path / "consolidated.00.pth").write_bytes((root / "meta" / "consolidated.00.pth").read_bytes())
     with pytest.raises(ValueError, match="params.json: a mixture-of-experts model"):
         load_llama_config(str(tmp_path))
+
+
+def test_random_stand_in_block_is_initialised_like_an_untrained_llama():
+    """No folder: N(0, 0.02) weights, zero biases (Qwen2-style biases included), so the block adds small updates to
+    the residual stream (nn.Linear's default init would replace the stream by its own output)."""
+    torch.manual_seed(0)
+    cfg = LLaMAConfig(dim=256, n_heads=4, n_layers=1, multiple_of=256, norm_eps=1e-6, qkv_bias=True)
+    block = llama.build_llama(None, 0, cfg)
+    weights = [m.weight for m in block.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(weights) == 7 and all(abs(w.std().item() - 0.02) < 0.002 for w in weights)
+    assert all(not m.bias.any() for m in block.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None)
+    x = torch.randn(2, 10, 256)
+    assert ((block.hidden(x) - x).norm() / x.norm()).item() < 0.3
