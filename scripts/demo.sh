@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo_output}
 DATA=${DEMO_DIR}/synthetic_ssv2
 OUT=${DEMO_DIR}/vit_llama_tiny
-EPOCHS=${EPOCHS:-6}
+EPOCHS=${EPOCHS:-8}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # idle OpenMP threads must not spin against the data workers
 
 if [ -z "${SKIP_INSTALL:-}" ]; then
