@@ -28,6 +28,7 @@ def main() -> int:
     p.add_argument("--out", default="/tmp/compare_augment_paths")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--model", default="vit_tiny_patch16")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--max_diff", type=float, default=3.0, help="top-1 points")
@@ -44,13 +45,13 @@ def main() -> int:
                 "--smoothing", "0", "--drop_path", "0", "--opt_betas", "0.9", "0.999", "--test_num_segment", "2",
                 "--test_num_crop", "3", "--save_ckpt_freq", "100", "--print_freq", "50", "--batch_size", "16",
                 "--device", a.device, "--num_workers", str(a.num_workers), "--augment_on", path,
-                "--output_dir", os.path.join(a.out, path), "--no_auto_resume"]
+                "--seed", str(a.seed), "--output_dir", os.path.join(a.out, f"{path}_seed{a.seed}"), "--no_auto_resume"]
         results[path] = run.main(run.parse_args(argv))
     diff = results["device"]["top1"] - results["workers"]["top1"]
     for path, r in results.items():
         print(f"--augment_on {path:8s} top-1 {r['top1']:6.2f}%  top-5 {r['top5']:6.2f}%  ({r['videos']} videos)")
     print(f"device - workers: {diff:+.2f} top-1 points (allowed: +-{a.max_diff})")
-    with open(os.path.join(a.out, "compare.json"), "w") as f:
+    with open(os.path.join(a.out, f"compare_seed{a.seed}.json"), "w") as f:
         json.dump({**{k: {"top1": v["top1"], "top5": v["top5"]} for k, v in results.items()}, "top1_diff": diff}, f,
                   indent=1)
     return int(abs(diff) > a.max_diff)
