@@ -264,10 +264,11 @@ def test_load_strict_refuses_misfit_with_report_and_loads_a_fit():
 
 
 @pytest.mark.parametrize("epoch, epochs, freq, best, names", [
-    (0, 3, 1, False, ["checkpoint-0.pth"]),
-    (0, 3, 2, True, ["checkpoint-best.pth"]),
-    (1, 3, 2, False, ["checkpoint-1.pth"]),
-    (2, 3, 100, True, ["checkpoint-2.pth", "checkpoint-best.pth"]),  # the last epoch is always saved
+    (0, 3, 1, False, ["checkpoint-last.pth", "checkpoint-0.pth"]),
+    (0, 3, 2, True, ["checkpoint-last.pth", "checkpoint-best.pth"]),
+    (1, 3, 2, False, ["checkpoint-last.pth", "checkpoint-1.pth"]),
+    (1, 3, 100, False, ["checkpoint-last.pth"]),  # every epoch: a kill never sends the run back to epoch 0
+    (2, 3, 100, True, ["checkpoint-last.pth", "checkpoint-2.pth", "checkpoint-best.pth"]),  # the last epoch: numbered
 ])
 def test_epoch_checkpoint_names(epoch, epochs, freq, best, names):
     assert epoch_checkpoint_names(epoch, epochs, freq, best) == names
@@ -285,9 +286,9 @@ def test_training_state_extra_entries_round_trip_through_resume(tmp_path, capsys
     expected = torch.rand(3, generator=gen)
     gen.manual_seed(99)
     restored = vit()
-    start, best = resume_training(args, restored, torch.optim.AdamW(restored.parameters()), None, None,
-                                  restore={"aug_rng": gen.set_state})
-    assert (start, best) == (5, 12.5) and torch.equal(torch.rand(3, generator=gen), expected)
+    resumed = resume_training(args, restored, torch.optim.AdamW(restored.parameters()), None, None,
+                              restore={"aug_rng": gen.set_state})
+    assert resumed == (5, 12.5, args.resume) and torch.equal(torch.rand(3, generator=gen), expected)
     assert torch.equal(restored.head.weight, model.head.weight)
     calls = []
     resume_training(args, restored, torch.optim.AdamW(restored.parameters()), None, None,

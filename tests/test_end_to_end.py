@@ -198,8 +198,8 @@ def test_resume_from_best_continues_after_its_epoch(straight, data_dir, tmp_path
     model = run.build_model(args)
     t = run.build_training(args, model, steps_per_epoch=4)
     best = checkpoint.safe_load(os.path.join(out, "checkpoint-best.pth"))
-    start, max_acc = checkpoint.resume_training(args, model, t["optimizer"], None, None)
-    assert start == best["epoch"] + 1 and max_acc == best["max_accuracy"]
+    start, max_acc, path = checkpoint.resume_training(args, model, t["optimizer"], None, None)
+    assert start == best["epoch"] + 1 and max_acc == best["max_accuracy"] and path == args.resume
 
 
 def test_torchrun_two_processes_matches_single_process(data_dir, tmp_path):
@@ -244,8 +244,9 @@ def _epoch_clips(data_dir, tmp_path, epoch, fresh=None):
     (same / "train.csv").write_text(f"{os.path.join(data_dir, first)} 0\n" * 4)
     for split in ("val.csv", "test.csv"):
         shutil.copy(os.path.join(data_dir, split), same / split)
-    loaders = fresh or run.build_loaders(run.parse_args(base_argv(
-        str(same), tmp_path, "--num_workers", "2", "--batch_size", "1", "--num_sample", "1")), eval_only=False)
+    loaders = fresh or run.build_loaders(run.parse_args(base_argv(  # val/test list relative paths: --data_root
+        str(same), tmp_path, "--num_workers", "2", "--batch_size", "1", "--num_sample", "1", "--data_root",
+        data_dir)), eval_only=False)
     run.set_train_epoch(loaders, run.parse_args(base_argv(str(same), tmp_path)), epoch)
     clips = {0: [], 1: []}
     for i, (x, _) in enumerate(loaders["train"]):
@@ -543,7 +544,8 @@ FLAG_TABLE = [
     (["--no_pin_mem"], lambda b: _pinned(b, {}) is False),
     (["--no_pin_mem", "--pin_mem"], lambda b: _pinned(b, {}) is True and not b.loaders["train"].pin_memory),  # CPU here
     (["--seed", "5"], lambda b: (run.set_train_epoch(b.loaders, b.args, 1), list(b.loaders["train"].sampler))[1] ==
-     torch.randperm(16, generator=torch.Generator().manual_seed(5 + 1)).tolist()),  # DistributedSampler: seed + epoch
+     [(i, utils.item_seed(5, 1, i)) for i in torch.randperm(16, generator=torch.Generator().manual_seed(5 + 1))
+      .tolist()]),  # DistributedSampler's order (seed + epoch), each video with its seed from (seed, epoch, index)
 ]
 
 
@@ -687,7 +689,9 @@ def test_loop_flags_act(data_dir, tmp_path, recorded):
     assert (summary["top1"], summary["videos"], summary["epochs"]) == (100.0, 2, 3)
     assert summary["checkpoint"].endswith("checkpoint-2.pth") and os.path.isfile(out / "test_per_video.npz")
     assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["checkpoint-1.pth", "checkpoint-2.pth",
-                                                                         "checkpoint-best.pth"]
+                                                                         "checkpoint-best.pth", "checkpoint-last.pth"]
+    assert os.path.samefile(out / "checkpoint-best.pth", out / "checkpoint-2.pth")  # links of the epoch's file
+    assert os.path.samefile(out / "checkpoint-last.pth", out / "checkpoint-2.pth")
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(logs))
     assert json.load(open(out / "args.json"))["clip_grad"] == 0.5
     best = checkpoint.safe_load(str(out / "checkpoint-best.pth"))

@@ -276,12 +276,23 @@ def test_bad_video_count_is_shared_across_workers(tmp_path, synthetic_dir):
 
 
 def test_evaluation_never_substitutes(tmp_path, synthetic_dir):
-    csv = _bad_list(tmp_path, synthetic_dir, ["good", "missing.mp4"])
+    csv = _bad_list(tmp_path, synthetic_dir, ["good", "empty.mp4"])
     for mode in ("validation", "test"):
         ds = SSv2Dataset(csv, mode, nb_classes=8, num_frames=8, input_size=32, short_side_size=32)
         ds[0]
-        with pytest.raises(VideoDecodeError, match="missing.mp4"):
+        with pytest.raises(VideoDecodeError, match="empty.mp4"):
             ds[1]
+
+
+def test_evaluation_lists_are_checked_for_missing_files_when_built(tmp_path, synthetic_dir):
+    """A missing validation video stops the run at startup, not after a training epoch; training lists tolerate
+    it (substitution, max_bad_videos)."""
+    csv = _bad_list(tmp_path, synthetic_dir, ["good", "missing.mp4", "gone.mp4"])
+    for mode in ("validation", "test"):
+        with pytest.raises(FileNotFoundError, match=r"train.csv: 2 of 3 listed videos do not exist .*'.*missing.mp4', "
+                                                    r"'.*gone.mp4'"):
+            SSv2Dataset(csv, mode, nb_classes=8, num_frames=8, input_size=32, short_side_size=32)
+    assert len(SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, input_size=32)) == 3
 
 
 def test_build_dataset_defaults_and_errors(synthetic_dir):
