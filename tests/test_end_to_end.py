@@ -7,6 +7,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 from unittest import mock
@@ -47,12 +48,15 @@ def per_video(out):
         return {k: z[k] for k in z.files}
 
 
+STRAIGHT_ARGV = ("--save_ckpt_freq", "1", "--model_ema", "--model_ema_decay", "0.5", "--clip_grad", "1.0",
+                 "--num_workers", "1")
+
+
 @pytest.fixture(scope="session")
 def straight(data_dir, tmp_path_factory):
     """2 epochs, a checkpoint every epoch, EMA, clip_grad, workers (seeded per epoch), default augmentation+mixup."""
     out = tmp_path_factory.mktemp("straight")
-    summary = train(base_argv(data_dir, out, "--save_ckpt_freq", "1", "--model_ema", "--model_ema_decay", "0.5",
-                              "--clip_grad", "1.0", "--num_workers", "1"))
+    summary = train(base_argv(data_dir, out, *STRAIGHT_ARGV))
     shutil.copy(os.path.join(out, "test_per_video.npz"), os.path.join(out, "final_per_video.npz"))
     return str(out), summary
 
@@ -111,7 +115,8 @@ def test_resume_after_epoch_0_matches_uninterrupted_and_skips_damaged(straight, 
     assert log_b[0]["train_lr"] == pytest.approx(log_a["train_lr"], rel=1e-12)
 
 
-DEVICE_ARGV = ("--augment_on", "device", "--save_ckpt_freq", "1", "--num_workers", "1", "--reprob", "0.5")
+DEVICE_ARGV = ("--augment_on", "device", "--save_ckpt_freq", "1", "--num_workers", "1", "--reprob", "0.5",
+               "--num_frames", "4")  # 4 of 8 frames: TSN sampling draws in the workers
 
 
 @pytest.fixture(scope="session")
@@ -140,6 +145,77 @@ def test_device_augmentation_trains_evaluates_and_resumes_exactly(straight_devic
     log_b = [json.loads(x) for x in open(tmp_path / "log.txt")]
     assert [r["epoch"] for r in log_b] == [1] and log_b[0]["train_loss"] == pytest.approx(log_a["train_loss"],
                                                                                         abs=1e-6)
+
+
+def signal_at_step(monkeypatch, step: int, sig: int = signal.SIGTERM) -> None:
+    """Deliver ``sig`` to this process inside the ``step``-th optimizer step (1-based) of the runs that follow."""
+    real, calls = engine.optimizer_step, []
+
+    def step_and_signal(*a, **k):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), sig)
+        return real(*a, **k)
+    monkeypatch.setattr(engine, "optimizer_step", step_and_signal)
+
+
+def checkpoint_files(out) -> list[str]:
+    return sorted(f for f in os.listdir(out) if f.startswith("checkpoint-"))
+
+
+def assert_same_run(ref: str, out: str, parts=("model",)) -> None:
+    """Final checkpoint tensors bit for bit, log lines (train/val numbers, not timings) and every checkpoint file."""
+    a, b = (checkpoint.safe_load(os.path.join(d, "checkpoint-1.pth")) for d in (ref, out))
+    for part in parts:
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k}"
+    timing = ("train_clips_per_s", "train_data_wait", "train_peak_mem_gib", "train_time")
+    logs = [[{k: v for k, v in json.loads(x).items() if k not in timing} for x in open(os.path.join(d, "log.txt"))]
+            for d in (ref, out)]
+    assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [0, 1]
+    assert checkpoint_files(ref) == checkpoint_files(out)
+    for f in checkpoint_files(out):
+        assert checkpoint.safe_load(os.path.join(out, f))["epoch"] == checkpoint.safe_load(os.path.join(ref, f))["epoch"]
+
+
+@pytest.mark.parametrize("path", ["workers", "device"])
+def test_stop_signal_mid_epoch_then_rerun_equals_uninterrupted(path, straight, straight_device, data_dir, tmp_path,
+                                                                monkeypatch):
+    """SIGTERM inside epoch 1's second optimizer step (of 4; a DataLoader worker, mixup, EMA, and on the device
+    path the device augmentation's generators in play): the step finishes, checkpoint-last.pth records epoch 1 step
+    2, the exit status is 75; rerunning the command ends with the uninterrupted run's weights, EMA, log numbers,
+    checkpoints and test, bit for bit."""
+    (ref, _), extra = (straight, STRAIGHT_ARGV) if path == "workers" else (straight_device, DEVICE_ARGV)
+    argv = base_argv(data_dir, tmp_path, *extra)
+    signal_at_step(monkeypatch, 6)
+    with pytest.raises(SystemExit) as stopped:
+        train(argv)
+    assert stopped.value.code == run.EXIT_PREEMPTED == 75
+    assert checkpoint_files(tmp_path) == [f for f in checkpoint_files(ref) if f != "checkpoint-1.pth"]
+    last = checkpoint.safe_load(str(tmp_path / "checkpoint-last.pth"))
+    assert last["epoch"] == 0 and (last["train_progress"]["epoch"], last["train_progress"]["step"]) == (1, 2)
+    assert [json.loads(x)["epoch"] for x in open(tmp_path / "log.txt")] == [0]
+    monkeypatch.undo()
+    summary = train(argv)
+    assert summary["checkpoint"].endswith("checkpoint-1.pth")
+    assert_same_run(ref, str(tmp_path), ("model", "model_ema") if path == "workers" else ("model",))
+    expected = np.load(os.path.join(ref, "final_per_video.npz" if path == "workers" else "test_per_video.npz"))
+    np.testing.assert_array_equal(per_video(tmp_path)["probs"], expected["probs"])
+
+
+def test_loader_workers_ignore_stop_signals(data_dir, tmp_path):
+    """The scheduler signals every process of the job: a DataLoader worker must not die of it (the main process
+    saves and exits)."""
+    loaders = run.build_loaders(run.parse_args(base_argv(data_dir, tmp_path, "--num_workers", "1",
+                                                         "--exit_signal", "USR2")), eval_only=False)
+    run.set_train_epoch(loaders, run.parse_args(base_argv(data_dir, tmp_path)), 0)
+    batches = iter(loaders["train"])
+    next(batches)
+    worker = batches._workers[0]
+    for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+        os.kill(worker.pid, sig)
+    assert len(list(batches)) == 3 and worker.exitcode in (None, 0)
 
 
 def test_eval_resume_evaluates_named_checkpoint_not_newest(straight, data_dir):
