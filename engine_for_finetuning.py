@@ -171,13 +171,15 @@ class _Meter:
         self.device, self.epoch, self.total, self.print_freq = device, epoch, total, print_freq
         self.log_writer, self.first_iter, self.compiled = log_writer, first_iter, compiled
         self.sums = torch.zeros(5, device=device)
-        self.done_micro = self.done_steps = 0  # micro-steps and steps of the epoch's earlier part (resumed)
-        if state is not None:
-            self.sums += state["sums"].to(device)
-            self.done_micro, self.done_steps = int(state["micro"]), int(state["steps"])
         self.window = torch.zeros(5, device=device)
         self.micro = self.steps = self.clips = self.clips_after_first = 0
         self.win_micro = self.win_steps = self.win_clips = 0
+        self.done_micro = self.done_steps = 0  # micro-steps and steps of the epoch's earlier part (resumed)
+        if state is not None:  # sums and the open window apart: the same float additions as an uninterrupted epoch
+            self.sums += state["sums"].to(device)
+            self.window += state["window"].to(device)
+            self.done_micro, self.done_steps = int(state["micro"]), int(state["steps"])
+            self.win_micro, self.win_steps = int(state["win_micro"]), int(state["win_steps"])
         self.wait = self.win_wait = 0.0
         self.t_start = self.t_window = self.t_last = time.perf_counter()
         self.t_first = self.t_start  # end of the first micro-step: rates leave out worker start-up and compilation
@@ -246,8 +248,8 @@ class _Meter:
 
     def state_dict(self) -> dict:
         """The epoch's sums so far (for a mid-epoch checkpoint): this rank's, as CPU tensors and ints."""
-        return {"sums": (self.sums + self.window).cpu(), "micro": self.done_micro + self.micro,
-                "steps": self.done_steps + self.steps}
+        return {"sums": self.sums.cpu(), "window": self.window.cpu(), "micro": self.done_micro + self.micro,
+                "steps": self.done_steps + self.steps, "win_micro": self.win_micro, "win_steps": self.win_steps}
 
     def nonfinite_steps(self) -> int:
         """This rank's optimizer steps so far that applied a non-finite gradient norm (see stats)."""

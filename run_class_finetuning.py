@@ -371,16 +371,17 @@ def health_problems(record: dict) -> list[str]:
     return problems
 
 
-def stop_diverged(args, epoch: int, problems: list[str], state: dict, last_good: str | None) -> None:
+def stop_diverged(args, epoch: int, problems: list[str], state: dict | None, last_good: str | None,
+                  last_good_epoch: int) -> None:
     """Keep a diverged state only as checkpoint-N.bad.pth (never resumed) and stop, naming the last good file."""
     kept = ""
-    if args.output_dir and args.save_ckpt:
+    if state is not None:
         bad = checkpoint.save_training_checkpoint(args.output_dir, [f"checkpoint-{epoch}.bad.pth"], state)
         kept = f" (kept for inspection as {bad[0]})"
+    good = f"{last_good} (after epoch {last_good_epoch})" if last_good else "none (a rerun starts over)"
     raise SystemExit(f"error: epoch {epoch} diverged: {'; '.join(problems)}. Its state is not saved as a checkpoint "
-                     f"to resume{kept}. The last good checkpoint is {last_good or 'none (a rerun starts over)'}; a "
-                     f"rerun resumes it and, the run being deterministic, diverges again: lower --lr, set "
-                     f"--clip_grad, or train with --amp bf16 or none")
+                     f"to resume{kept}. The last good checkpoint is {good}; a rerun resumes it and, the run being "
+                     f"deterministic, diverges again: lower --lr, set --clip_grad, or train with --amp bf16 or none")
 
 
 def stop_run(stop: utils.StopSignal, paths: list[str]) -> None:
@@ -451,7 +452,7 @@ def _main(args, stop: utils.StopSignal) -> dict | None:
                   f"by a kill", flush=True)
     log_writer = utils.TensorboardLogger(args.log_dir) if rank == 0 and args.log_dir else None
     saving = bool(args.output_dir and args.save_ckpt)
-    last_ckpt, t0 = resumed.path, time.time()
+    last_ckpt, last_epoch, t0 = resumed.path, start_epoch - 1, time.time()
     for epoch in range(start_epoch, args.epochs):
         set_train_epoch(loaders, args, epoch, first_step)
         train_stats = engine.train_one_epoch(
@@ -468,7 +469,7 @@ def _main(args, stop: utils.StopSignal) -> dict | None:
                                         progress_entry(args, epoch, train_stats["stopped_at"], meter))
             if train_stats["nonfinite_steps"]:
                 stop_diverged(args, epoch, [f"{train_stats['nonfinite_steps']} optimizer steps applied a "
-                                            f"non-finite gradient"], state, last_ckpt)
+                                            f"non-finite gradient"], state if saving else None, last_ckpt, last_epoch)
             stop_run(stop, checkpoint.save_training_checkpoint(args.output_dir, [checkpoint.LAST_CHECKPOINT], state)
                      if saving else [])
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()}}
@@ -501,12 +502,12 @@ def _main(args, stop: utils.StopSignal) -> dict | None:
         state = training_checkpoint(args, raw_model, t, epoch, max_acc, best_epoch) if saving else None
         problems = health_problems(record)
         if problems:
-            stop_diverged(args, epoch, problems, state, last_ckpt)
+            stop_diverged(args, epoch, problems, state, last_ckpt, last_epoch)
         if saving:  # checkpoint-last.pth, then checkpoint-N.pth and checkpoint-best.pth as links to it
             paths = checkpoint.save_training_checkpoint(args.output_dir, checkpoint.epoch_checkpoint_names(
                 epoch, args.epochs, args.save_ckpt_freq, best_epoch == epoch), state)
-            last_ckpt = next((p for p in paths if checkpoint.EPOCH_CHECKPOINT.fullmatch(os.path.basename(p))),
-                             paths[0])
+            last_ckpt, last_epoch = next((p for p in paths if checkpoint.EPOCH_CHECKPOINT.fullmatch(
+                os.path.basename(p))), paths[0]), epoch
         del state
         if stop.requested(now=True):
             stop_run(stop, [last_ckpt] if saving else [])

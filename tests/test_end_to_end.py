@@ -278,25 +278,76 @@ def test_resume_from_best_continues_after_its_epoch(straight, data_dir, tmp_path
     assert start == best["epoch"] + 1 and max_acc == best["max_accuracy"] and path == args.resume
 
 
-def test_torchrun_two_processes_matches_single_process(data_dir, tmp_path):
-    out = tmp_path / "ddp"
+def free_ports(n: int) -> list[int]:
+    """n TCP ports free right now (other test runs share this machine: no fixed port numbers)."""
+    import socket
+    socks = [socket.socket() for _ in range(n)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+DDP_ARGV = ("--epochs", "1", "--batch_size", "2", "--dist_eval", "--num_workers", "1")  # 4 steps per rank
+
+
+@pytest.fixture(scope="module")
+def ddp(data_dir, tmp_path_factory):
+    """One torchrun launch (2 processes, gloo; tests/ddp_driver.py) running, for the worker and the device
+    augmentation paths: an uninterrupted epoch (ref), the same run stopped by SIGTERM sent to rank 1 only inside its
+    2nd optimizer step (stopped: exit 75), and its rerun (stopped again, now to the end)."""
+    root = tmp_path_factory.mktemp("ddp")
+    ports = free_ports(7)
+    plan = []
+    for path, extra in (("workers", ()), ("device", DEVICE_ARGV)):
+        for name, signal_rank, code in (("ref", None, 0), ("stopped", 1, run.EXIT_PREEMPTED), ("stopped", None, 0)):
+            plan.append({"argv": base_argv(data_dir, root / path / name, *extra, *DDP_ARGV), "port": ports[len(plan)],
+                         "signal_rank": signal_rank, "signal_step": 2, "exit": code})
+    (root / "plan.json").write_text(json.dumps(plan))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29617",
-           os.path.join(ROOT, "run_class_finetuning.py"),
-           *base_argv(data_dir, out, "--epochs", "1", "--dist_eval", "--mixup", "0", "--cutmix", "0")]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "distributed init rank 1/2" in res.stdout + res.stderr
-    ddp = per_video(out)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={ports[-1]}",
+           os.path.join(ROOT, "tests", "ddp_driver.py"), str(root / "plan.json")]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    return root, res.stdout + res.stderr
+
+
+def test_torchrun_two_processes_matches_single_process(ddp, data_dir, tmp_path):
+    root, output = ddp
+    out = root / "workers" / "ref"
+    assert "distributed init rank 1/2" in output
+    ddp_videos = per_video(out)
     ddp_summary = json.load(open(out / "test_summary.json"))
-    assert ddp_summary["videos"] == 7 and len(ddp["video_ids"]) == 7  # 7 videos over 2 ranks: none counted twice
+    assert ddp_summary["videos"] == 7 and len(ddp_videos["video_ids"]) == 7  # 7 videos over 2 ranks: none twice
     lines = [json.loads(x) for x in open(out / "log.txt")]
     assert lines[0]["val_videos"] == 7
     single = train(base_argv(data_dir, tmp_path / "single", "--eval", "--resume", str(out / "checkpoint-0.pth")))
     one = per_video(tmp_path / "single")
-    assert list(one["video_ids"]) == list(ddp["video_ids"]) and np.array_equal(one["labels"], ddp["labels"])
-    np.testing.assert_allclose(one["probs"], ddp["probs"], rtol=0, atol=1e-5)
+    assert list(one["video_ids"]) == list(ddp_videos["video_ids"])
+    assert np.array_equal(one["labels"], ddp_videos["labels"])
+    np.testing.assert_allclose(one["probs"], ddp_videos["probs"], rtol=0, atol=1e-5)
     assert single["top1"] == ddp_summary["top1"] and single["top5"] == ddp_summary["top5"]
+
+
+@pytest.mark.parametrize("path", ["workers", "device"])
+def test_torchrun_stop_signal_on_one_rank_then_rerun_equals_uninterrupted(ddp, path):
+    """SIGTERM reaching rank 1 alone, in its 2nd step: both ranks stop after the same step (the 3rd: the flag is
+    all-reduced without waiting, so it takes effect one step later), rank 0 saves both ranks' states, both exit 75;
+    the rerun ends with the uninterrupted run's weights, log numbers and multi-view test."""
+    root, output = ddp
+    ref, out = root / path / "ref", root / path / "stopped"
+    assert output.count(f"Stopping on a signal received by another rank") >= 2  # rank 0, once per path
+    timing = ("train_clips_per_s", "train_data_wait", "train_peak_mem_gib", "train_time")
+    logs = [[{k: v for k, v in json.loads(x).items() if k not in timing} for x in open(d / "log.txt")]
+            for d in (ref, out)]
+    assert logs[0] == logs[1] and len(logs[1]) == 1
+    a, b = (checkpoint.safe_load(str(d / "checkpoint-0.pth")) for d in (ref, out))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert len(b["rng_states"]) == 2 and (path == "workers") == ("device_augment" not in b)
+    np.testing.assert_array_equal(per_video(out)["probs"], per_video(ref)["probs"])
 
 
 def test_predict_views_is_the_mean_of_view_softmaxes():
@@ -823,6 +874,162 @@ def test_empty_output_dir_writes_nothing(data_dir, tmp_path, recorded, monkeypat
     args = run.parse_args(base_argv(data_dir, "", "--epochs", "1"))
     run.main(args)
     assert os.listdir(tmp_path) == [] and len(recorded["test"]) == 1
+
+
+def fake_val_accuracies(monkeypatch, accs):
+    """engine.validate replaced: val top-1 accs[0], accs[1], ... per call (the last one repeats); loss 1.0."""
+    calls = []
+
+    def fake_validate(model, loader, device, amp_dtype=None, reduce=False):
+        calls.append(1)
+        return {"acc1": float(accs[min(len(calls), len(accs)) - 1]), "acc5": 90.0, "loss": 1.0, "videos": 7}
+    monkeypatch.setattr(engine, "validate", fake_validate)
+
+
+def fail_at_epoch(monkeypatch, recorded, epoch, error=KeyboardInterrupt):
+    """The recorded training epoch ``epoch`` raises ``error`` (a kill, as far as the run can tell)."""
+    fake = engine.train_one_epoch
+
+    def train_or_die(model, criterion, loader, optimizer, device, e, **kw):
+        if e == epoch:
+            raise error(f"killed in epoch {e}")
+        return fake(model, criterion, loader, optimizer, device, e, **kw)
+    monkeypatch.setattr(engine, "train_one_epoch", train_or_die)
+
+
+def log_epochs(out) -> list[int]:
+    return [json.loads(x)["epoch"] for x in open(out / "log.txt")]
+
+
+def test_kill_with_sparse_numbered_checkpoints_resumes_where_it_was(data_dir, tmp_path, recorded, monkeypatch):
+    """--save_ckpt_freq 100 (the default, as in demo.sh): checkpoint-last.pth is written every epoch, so a run
+    killed in epoch 2 continues at epoch 2 instead of starting over from epoch 0."""
+    argv = base_argv(data_dir, tmp_path, "--epochs", "4")
+    fail_at_epoch(monkeypatch, recorded, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(argv)
+    assert checkpoint_files(tmp_path) == ["checkpoint-best.pth", "checkpoint-last.pth"]
+    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **kw: recorded["train"].append(dict(kw, epoch=a[5]))
+                        or {"loss": 1.0})
+    recorded["train"].clear()
+    train(argv)
+    assert [c["epoch"] for c in recorded["train"]] == [2, 3] and log_epochs(tmp_path) == [0, 1, 2, 3]
+
+
+def test_unreadable_checkpoints_stop_the_run_unless_no_auto_resume(data_dir, tmp_path, recorded):
+    argv = base_argv(data_dir, tmp_path, "--epochs", "2", "--save_ckpt_freq", "1")
+    train(argv)
+    for f in checkpoint_files(tmp_path):
+        (tmp_path / f).write_bytes((tmp_path / f).read_bytes()[:3000])  # every file cut short (links: once)
+    recorded["train"].clear()
+    with pytest.raises(RuntimeError, match=r"(?s)none of the 4 checkpoints in .* can be read:.*checkpoint-last.pth"
+                                           r".*checkpoint-best.pth.*checkpoint-1.pth.*checkpoint-0.pth.*"
+                                           r"--no_auto_resume to start from scratch"):
+        train(argv)
+    assert recorded["train"] == []
+    train(argv + ["--no_auto_resume"])
+    assert [c["epoch"] for c in recorded["train"]] == [0, 1]
+
+
+def test_best_is_never_overwritten_by_a_worse_epoch_after_resuming_an_older_file(data_dir, tmp_path, recorded,
+                                                                                 monkeypatch):
+    argv = base_argv(data_dir, tmp_path, "--epochs", "3", "--save_ckpt_freq", "1")
+    fake_val_accuracies(monkeypatch, [10, 50, 30])
+    train(argv)
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-best.pth"))["epoch"] == 1
+    for f in ("checkpoint-1.pth", "checkpoint-2.pth", "checkpoint-last.pth"):  # lost: only epoch 0 and best remain
+        os.remove(tmp_path / f)
+    fake_val_accuracies(monkeypatch, [40])
+    train(argv)  # resumes checkpoint-0 (best so far 10%), redoes epochs 1 and 2 at 40%
+    best = checkpoint.safe_load(str(tmp_path / "checkpoint-best.pth"))
+    assert (best["epoch"], best["max_accuracy"]) == (1, 50.0)
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-2.pth"))["max_accuracy"] == 50.0
+
+
+def test_rerun_of_a_finished_run_says_so_lists_changed_args_and_tests_the_named_checkpoint(data_dir, tmp_path,
+                                                                                           recorded, capsys):
+    train(base_argv(data_dir, tmp_path, "--epochs", "2"))
+    recorded["train"].clear()
+    capsys.readouterr()
+    summary = train(base_argv(data_dir, tmp_path, "--epochs", "2", "--lr", "0.5", "--batch_size", "2"))
+    out = capsys.readouterr().out
+    assert recorded["train"] == [] and len(recorded["test"]) == 2
+    assert "Nothing to train:" in out and "checkpoint-1.pth ends at epoch 1 and --epochs is 2" in out
+    assert "--lr 0.05 -> 0.5" in out and "--batch_size 4 -> 2" in out and "--scaled_lr 0.00078125 -> " in out
+    assert summary["checkpoint"].endswith("checkpoint-1.pth")
+    assert json.load(open(tmp_path / "test_summary.json"))["checkpoint"].endswith("checkpoint-1.pth")
+    assert json.load(open(tmp_path / "args.json"))["lr"] == 0.05  # the args of the run that trained it
+
+
+def test_a_second_run_into_a_live_folder_stops_and_stale_temp_files_go(data_dir, tmp_path, recorded):
+    import socket
+    (tmp_path / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    with pytest.raises(SystemExit, match="is in use by .* pid"):
+        train(base_argv(data_dir, tmp_path, "--epochs", "1"))
+    assert recorded["train"] == []
+    os.remove(tmp_path / "run.lock")
+    (tmp_path / "checkpoint-0.pth.tmp.4242").write_bytes(b"left by a kill")
+    train(base_argv(data_dir, tmp_path, "--epochs", "1"))
+    assert not any(".tmp." in f for f in os.listdir(tmp_path)) and not (tmp_path / "run.lock").exists()
+
+
+@pytest.mark.parametrize("train_out, val_loss, problem", [
+    ({"nonfinite_steps": 3}, 1.0, r"3 optimizer steps applied a non-finite gradient"),
+    ({}, float("nan"), r"val_loss nan"),
+])
+def test_a_diverged_epoch_is_not_saved_and_the_run_names_the_last_good_checkpoint(
+        data_dir, tmp_path, recorded, monkeypatch, train_out, val_loss, problem):
+    """Epoch 1 diverges (weights hit by inf/NaN gradients, or a NaN validation loss): its state goes to
+    checkpoint-1.bad.pth only, checkpoint-last.pth keeps epoch 0, and the run stops naming it."""
+    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **kw: {"loss": 1.0, **(train_out if a[5] == 1 else {})})
+    losses = iter([1.0, val_loss, 1.0])
+    monkeypatch.setattr(engine, "validate", lambda *a, **kw: {"acc1": 10.0, "acc5": 50.0, "loss": next(losses),
+                                                              "videos": 7})
+    with pytest.raises(SystemExit, match=rf"epoch 1 diverged: {problem}.*kept for inspection as .*checkpoint-1.bad.pth"
+                                         rf".*last good checkpoint is .*checkpoint-last.pth \(after epoch 0\)"):
+        train(base_argv(data_dir, tmp_path, "--epochs", "3"))
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-last.pth"))["epoch"] == 0  # the good one, kept
+    assert "checkpoint-1.bad.pth" in os.listdir(tmp_path) and log_epochs(tmp_path) == [0, 1]
+    assert checkpoint.find_resume_checkpoint(str(tmp_path))[0].endswith("checkpoint-last.pth")  # never .bad
+
+
+def test_log_line_before_checkpoint_and_best_repaired_after_a_kill_between_them(data_dir, tmp_path, recorded,
+                                                                                monkeypatch):
+    argv = base_argv(data_dir, tmp_path, "--epochs", "3")
+    real_link = utils.link_or_copy
+
+    def killed_linking_best(src, dst):
+        if dst.endswith("checkpoint-best.pth") and checkpoint.safe_load(src)["epoch"] == 1:
+            raise KeyboardInterrupt("killed between checkpoint-last.pth and checkpoint-best.pth")
+        real_link(src, dst)
+    monkeypatch.setattr(utils, "link_or_copy", killed_linking_best)
+    with pytest.raises(KeyboardInterrupt):
+        train(argv)  # val top-1 10, 20: epoch 1 is the best
+    assert log_epochs(tmp_path) == [0, 1]  # epoch 1's line was written before its checkpoint
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-best.pth"))["epoch"] == 0
+    monkeypatch.setattr(utils, "link_or_copy", real_link)
+    fake_val_accuracies(monkeypatch, [15])  # epoch 2 is worse than epoch 1 (20)
+    train(argv)
+    best = checkpoint.safe_load(str(tmp_path / "checkpoint-best.pth"))
+    assert (best["epoch"], best["max_accuracy"]) == (1, 20.0) and log_epochs(tmp_path) == [0, 1, 2]
+
+
+def test_validation_failure_keeps_the_trained_epoch(data_dir, tmp_path, recorded, monkeypatch):
+    """A video that breaks validation after an epoch of training: the trained epoch is saved (validation pending);
+    the rerun validates it without training it again."""
+    argv = base_argv(data_dir, tmp_path, "--epochs", "2")
+    fake = engine.validate
+    monkeypatch.setattr(engine, "validate", lambda *a, **kw: fake(*a, **kw) if len(recorded["train"]) < 2 else
+                        (_ for _ in ()).throw(RuntimeError("cannot decode frames of 'bad.mp4'")))
+    with pytest.raises(RuntimeError, match="bad.mp4"):
+        train(argv)
+    last = checkpoint.safe_load(str(tmp_path / "checkpoint-last.pth"))
+    assert (last["train_progress"]["epoch"], last["train_progress"]["step"]) == (1, 4) and last["epoch"] == 0
+    monkeypatch.setattr(engine, "validate", fake)
+    recorded["train"].clear()
+    train(argv)
+    assert [(c["epoch"], c["first_step"]) for c in recorded["train"]] == [(1, 4)]  # no step left to train
+    assert log_epochs(tmp_path) == [0, 1]
 
 
 SCRIPT_ENV = ("MODEL", "TOTAL_BATCH", "LR", "LAYER_DECAY", "EPOCHS", "MAX_BATCH_PER_GPU", "PUBLISHED_BATCH_PER_GPU",
