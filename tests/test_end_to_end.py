@@ -230,6 +230,17 @@ def test_eval_resume_evaluates_named_checkpoint_not_newest(straight, data_dir):
     assert not np.allclose(p0, final["probs"], atol=1e-4)
 
 
+def test_eval_refuses_frames_other_than_the_checkpoints(straight, data_dir, tmp_path):
+    """A 8-frame checkpoint evaluated with --num_frames 4 would load (the position table is fixed, not stored) and
+    report a wrong accuracy: refused, unless --allow_arg_mismatch."""
+    argv = base_argv(data_dir, tmp_path, "--eval", "--resume", os.path.join(straight[0], "checkpoint-1.pth"),
+                     "--num_frames", "4")
+    with pytest.raises(RuntimeError, match=r"trained with other settings: --num_frames 8 -> 4 \(saved -> given\). "
+                                           r"Pass the saved values, or --allow_arg_mismatch"):
+        train(argv)
+    assert train(argv + ["--allow_arg_mismatch"])["videos"] == 7
+
+
 def test_eval_model_zoo_checkpoint(straight, data_dir, tmp_path):
     out, _ = straight
     ck = checkpoint.safe_load(os.path.join(out, "checkpoint-1.pth"))
