@@ -4,9 +4,9 @@ saving, and finding, resuming and evaluating a run's checkpoints.
 Every load uses ``weights_only=True`` (with argparse.Namespace allowed, which the model-zoo files store under
 'args'), so a downloaded file cannot run code. The files read:
 - this project's training checkpoints: {'model', 'optimizer', 'scaler', 'model_ema', 'epoch', 'max_accuracy', 'args',
-  'rng_states'} plus any extra entries the caller adds (``training_state(..., **extra)``), among them
-  'best_epoch' and, in a checkpoint written partway through an epoch, 'train_progress' {'epoch', 'step', ...}
-  ('epoch' is then the last completed epoch);
+  'rng_states', 'llm' (which LLM block the model holds, or None)} plus any extra entries the caller adds
+  (``training_state(..., **extra)``), among them 'best_epoch' and, in a checkpoint written partway through an
+  epoch, 'train_progress' {'epoch', 'step', ...} ('epoch' is then the last completed epoch);
 - model-zoo fine-tuned files: {'model', 'optimizer', 'epoch', 'scaler', 'args': argparse.Namespace};
 - VideoMAE self-supervised files (``--finetune``): 'model' holding encoder.* / decoder.* keys;
 - bare state dicts, where a caller accepts them (``model_state(..., allow_bare=True)``).
@@ -124,9 +124,69 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: str, 
 def load_model_file(model: nn.Module, ckpt: Mapping, path: str, model_name: str, details: str = "",
                     keys: str | Sequence[str] = MODEL_KEYS, allow_bare: bool = False) -> None:
     """Strictly load the weights of a loaded checkpoint, found by model_state(keys, allow_bare), into ``model``
-    (see load_strict)."""
+    (see load_strict), after checking its recorded LLM block against the model's (check_llm_identity)."""
+    check_llm_identity(ckpt.get("llm"), model, path)
     load_strict(model, model_state(ckpt, keys, path=path, allow_bare=allow_bare), path, model_name, details,
                 saved_args(ckpt).get("model"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Which LLM block a checkpoint holds (models with one expose it as ``model.llm_identity``, see llama.block_identity)
+# ---------------------------------------------------------------------------------------------------------------------
+
+_LLM_SHAPE = ("model_type", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+              "intermediate_size", "qkv_bias", "rms_norm_eps")
+
+
+class LLMMismatchError(RuntimeError):
+    """A checkpoint's LLM block is not the one the model was built with."""
+
+
+def describe_llm(ident: Mapping) -> str:
+    """One line: family, shape, layers and where the weights came from."""
+    heads, kv = ident["num_attention_heads"], ident["num_key_value_heads"]
+    shape = (f"hidden {ident['hidden_size']}, {heads} heads" + (f" / {kv} KV" if kv != heads else "")
+             + f", FFN {ident['intermediate_size']}" + (", q/k/v biases" if ident["qkv_bias"] else "")
+             + f", eps {ident['rms_norm_eps']:g}")
+    if ident.get("sha256"):
+        weights = f"from {ident['source']} (sha256 {', '.join(ident['sha256'])})"
+    elif ident.get("source") == "random":
+        weights = "random weights"
+    else:
+        weights = f"weights of unrecorded origin ({ident.get('source')})"
+    return f"{ident['model_type']} ({shape}) layers {ident['layers']}, {weights}"
+
+
+def check_llm_identity(recorded: Mapping | None, model: nn.Module, path: str) -> None:
+    """Refuse (LLMMismatchError naming both) a checkpoint whose recorded LLM block ('llm') differs from the model's.
+
+    Shapes must always agree. When the model's block was read from a folder, the checkpoint's layers and weight
+    hashes must equal it (a checkpoint with a random block is refused too: its weights would replace the folder's).
+    When the model's block is random (no folder given), the checkpoint's weights will fill it: the model takes the
+    checkpoint's identity. A checkpoint without a record (model zoo, older files) loads, with a warning when the
+    model's block came from a folder. A model without an LLM block is left to the strict load.
+    """
+    own = getattr(model, "llm_identity", None)
+    if own is None:
+        return
+    if recorded is None or (recorded.get("sha256") is None and recorded.get("source") != "random"
+                            and own["sha256"] is not None):
+        if own["sha256"] is None:  # nothing to check: the checkpoint's weights fill the block
+            model.llm_identity = {**own, "source": f"{path} (unrecorded)"}
+        else:
+            warnings.warn(f"checkpoint {path} records no LLM identity (a model-zoo or older file): its frozen LLM "
+                          f"weights replace the model's {describe_llm(own)} unchecked", stacklevel=2)
+        return
+    same_shape = all(recorded.get(k) == own[k] for k in _LLM_SHAPE) and len(recorded["layers"]) == len(own["layers"])
+    same_weights = own["sha256"] is None or (recorded["layers"], recorded["sha256"]) == (own["layers"], own["sha256"])
+    if not (same_shape and same_weights):
+        raise LLMMismatchError(
+            f"checkpoint {path} holds another LLM block than the model built:\n"
+            f"  checkpoint: {describe_llm(recorded)}\n  model:      {describe_llm(own)}\n"
+            f"Build the model with the checkpoint's LLM (the --llama_path and --llama_layer it was trained with), or "
+            f"give no --llama_path to take the frozen weights from the checkpoint.")
+    if own["sha256"] is None:
+        model.llm_identity = dict(recorded)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -149,13 +209,15 @@ def training_state(args, model: nn.Module, optimizer: torch.optim.Optimizer, sca
                    max_accuracy: float, **extra: Any) -> dict:
     """Everything a resume needs, plus ``extra`` entries (tensors / plain python, e.g. a generator's state) that
     resume_training hands back through its ``restore`` callbacks. Gathers every rank's RNG state: call on all ranks."""
-    clash = set(extra) & {"model", "optimizer", "scaler", "epoch", "args", "model_ema", "max_accuracy", "rng_states"}
+    clash = set(extra) & {"model", "optimizer", "scaler", "epoch", "args", "model_ema", "max_accuracy", "rng_states",
+                          "llm"}
     if clash:
         raise ValueError(f"training_state: extra entries {sorted(clash)} would overwrite the standard ones")
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
             "args": utils.to_jsonable(vars(args)), "model_ema": _ema_state(model_ema),
-            "max_accuracy": max_accuracy, "rng_states": utils.gather_rng_states(), **extra}
+            "max_accuracy": max_accuracy, "rng_states": utils.gather_rng_states(),
+            "llm": getattr(model, "llm_identity", None), **extra}
 
 
 def epoch_checkpoint_names(epoch: int, epochs: int, save_ckpt_freq: int, is_best: bool) -> list[str]:

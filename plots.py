@@ -1,6 +1,7 @@
 """Training curves from one or more runs' log.txt: train/val loss, lr, val top-1/top-5 and clips/s per epoch.
 
     python plots.py OUTPUT_DIR [OUTPUT_DIR ...] [--out PNG] [--labels NAME ...]
+    python plots.py --sweep OUTPUT_DIR [OUTPUT_DIR ...] [--out sweep.png] [--labels NAME ...]   (test top-1/top-5)
 
 log.txt holds one JSON object per line (the engine writes one per epoch). Lines without an "epoch" key (VideoMAE's
 closing {"Final top-1": ...} line) are skipped, missing keys leave gaps, and a repeated epoch (a run resumed from an
@@ -97,13 +98,66 @@ def plot_logs(run_dirs: list[str], out_path: str, labels: list[str] | None = Non
     return out_path
 
 
+SWEEP_COLUMNS = ("label", "top1", "top5", "mean_class_acc", "videos", "run", "checkpoint")
+
+
+def plot_sweep(run_dirs: list[str], out_path: str, labels: list[str] | None = None) -> tuple[str, list[dict]]:
+    """Tabulate the multi-view test of several runs (their test_summary.json) into a CSV next to out_path (same name,
+    .csv) and draw top-1/top-5 per run as bars; returns (csv path, rows). A run without a summary is an error."""
+    import csv
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+    missing = [r for r in run_dirs if not os.path.isfile(os.path.join(r, "test_summary.json"))]
+    if missing:
+        raise FileNotFoundError(f"no test_summary.json (run not finished?) in: {', '.join(missing)}")
+    rows = []
+    for run, label in zip(run_dirs, labels or _run_names(run_dirs)):
+        with open(os.path.join(run, "test_summary.json")) as f:
+            summary = json.load(f)
+        rows.append({**{k: summary.get(k) for k in SWEEP_COLUMNS}, "label": label, "run": run})
+    csv_path = os.path.splitext(out_path)[0] + ".csv"
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4), dpi=100)
+    x = range(len(rows))
+    for offset, key, name in ((-0.2, "top1", "top-1"), (0.2, "top5", "top-5")):
+        bars = ax.bar([i + offset for i in x], [r[key] for r in rows], width=0.4, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(list(x), [r["label"] for r in rows])
+    ax.set_ylabel("multi-view test accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+    return csv_path, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Plot training curves from log.txt of one or more runs.")
     parser.add_argument("runs", nargs="+", help="output_dir of a run (holding log.txt), or a log.txt path")
     parser.add_argument("--out", default=None,
                         help="PNG to write (default: OUTPUT_DIR/curves.png for one run, ./curves.png for several)")
     parser.add_argument("--labels", nargs="+", default=None, help="legend names, one per run (default: folder names)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="instead of curves: each run's test top-1/top-5 (test_summary.json) as bars in --out "
+                             "(default ./sweep.png) and a CSV of the same name")
     args = parser.parse_args()
+    if args.sweep:
+        try:
+            csv_path, _ = plot_sweep(args.runs, args.out or "sweep.png", args.labels)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"plots.py: {e}")
+        print(f"sweep table written to {csv_path}, plot to {args.out or 'sweep.png'}")
+        return
     out = args.out
     if out is None:
         run = args.runs[0]

@@ -18,11 +18,13 @@ import torch
 import checkpoint
 from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, load_class_names, read_test_views
 from engine_for_finetuning import predict_views
+from llama import LLaMAConfig, layer_spec_arg
+from models import create_model, model_spec
 from video_transforms import normalize_clips
-from modeling_finetune import create_model
 
 DEFAULTS = dict(model=None, num_frames=16, input_size=224, short_side_size=224, test_num_segment=TEST_NUM_SEGMENT,
-                test_num_crop=TEST_NUM_CROP, tubelet_size=2, llama_layer=15, llama_dtype="float32")
+                test_num_crop=TEST_NUM_CROP, tubelet_size=2)
+LLAMA_FLAGS = ("llama_layer", "llama_dtype")  # default to the checkpoint's args for the models with an LLM block
 
 
 class PredictError(RuntimeError):
@@ -39,13 +41,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--use_ema", action="store_true", help="use the checkpoint's model_ema weights")
     p.add_argument("--nb_classes", type=int, default=None, help="default: rows of the checkpoint's head.weight")
-    for name in ("num_frames", "input_size", "short_side_size", "test_num_segment", "test_num_crop", "tubelet_size",
-                 "llama_layer"):
+    for name in ("num_frames", "input_size", "short_side_size", "test_num_segment", "test_num_crop", "tubelet_size"):
         p.add_argument(f"--{name}", type=int, default=None, help=f"default: checkpoint args, else {DEFAULTS[name]}")
+    p.add_argument("--llama_layer", type=layer_spec_arg, default=None, help="default: checkpoint args")
     p.add_argument("--llama_dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--llama_path", default=None,
-                   help="LLaMA folder, only to take the LLaMA block's config from it; its weights come from the "
-                        "checkpoint")
+                   help="LLM folder the checkpoint was trained with: its block is checked against the checkpoint's "
+                        "record. Not needed: the frozen weights and their shape come from the checkpoint")
     p.add_argument("--allow_arg_mismatch", action="store_true",
                    help="predict even though --num_frames/--input_size/--model differ from the checkpoint's args")
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
@@ -69,22 +71,34 @@ def resolve_args(args: argparse.Namespace, ckpt: dict) -> argparse.Namespace:
             setattr(args, name, saved.get(name, default))
     if args.model is None:
         raise PredictError(f"checkpoint {args.resume} does not record its model name: pass --model")
+    try:
+        has_llama = model_spec(args.model).has_llama
+    except ValueError as e:
+        raise PredictError(f"--model {args.model}: {e}") from None
+    for name in LLAMA_FLAGS:
+        if getattr(args, name) is None and has_llama:
+            setattr(args, name, saved.get(name))
     if args.nb_classes is None:
         head = _weights(args, ckpt).get("head.weight")
         if head is None:
             raise PredictError(f"checkpoint {args.resume} has no head.weight to infer the classes from: "
                                f"pass --nb_classes")
         args.nb_classes = head.shape[0]
-    args.use_mean_pooling = saved.get("use_mean_pooling", True)
     return args
 
 
 def load_model(args: argparse.Namespace, ckpt: dict) -> torch.nn.Module:
-    """Build args.model and load the checkpoint strictly; a mismatch names the tensors and the likely cause."""
+    """Build args.model and load the checkpoint strictly; a mismatch names the tensors (or the LLM blocks) and the
+    likely cause. Without --llama_path, the LLM block takes the shape the checkpoint records."""
+    recorded = ckpt.get("llm")
     kwargs = dict(num_classes=args.nb_classes, all_frames=args.num_frames, img_size=args.input_size,
-                  tubelet_size=args.tubelet_size, use_mean_pooling=args.use_mean_pooling)
-    if "llama" in args.model:
-        kwargs.update(llama_path=args.llama_path, llama_layer=args.llama_layer, llama_dtype=args.llama_dtype)
+                  tubelet_size=args.tubelet_size, llama_path=args.llama_path, llama_layer=args.llama_layer,
+                  llama_dtype=args.llama_dtype)
+    if recorded and model_spec(args.model).has_llama:  # the block the checkpoint says it holds
+        if args.llama_path is None:
+            kwargs["llama_config"] = LLaMAConfig.from_description(recorded)
+        if args.llama_path is None or args.llama_layer is None:
+            kwargs["llama_layer"] = recorded["layers"]
     try:
         with warnings.catch_warnings():  # the random-LLaMA warning does not apply: the strict load below replaces it
             warnings.filterwarnings("ignore", message="no llama_path given")
@@ -94,6 +108,7 @@ def load_model(args: argparse.Namespace, ckpt: dict) -> torch.nn.Module:
     details = (f"(num_frames {args.num_frames}, input_size {args.input_size}, tubelet_size {args.tubelet_size}, "
                f"nb_classes {args.nb_classes})")
     try:
+        checkpoint.check_llm_identity(recorded, model, args.resume)
         checkpoint.load_strict(model, _weights(args, ckpt), args.resume, args.model, details,
                                checkpoint.saved_args(ckpt).get("model"))
     except RuntimeError as e:
@@ -101,16 +116,20 @@ def load_model(args: argparse.Namespace, ckpt: dict) -> torch.nn.Module:
     return model.to(args.device).eval()
 
 
-@torch.inference_mode()
-def predict_video(model: torch.nn.Module, path: str, args: argparse.Namespace) -> torch.Tensor:
-    """Mean of the view softmaxes of one video (nb_classes,), float32 on the CPU."""
+def decode_views(path: str, args: argparse.Namespace) -> torch.Tensor:
+    """The test views of one video (uint8 V x T x H x W x C); PredictError naming the file when it cannot be read."""
     if not os.path.isfile(path):
         raise PredictError(f"video {path}: no such file")
     try:
-        views, _ = read_test_views(path, args)
+        return read_test_views(path, args)[0]
     except Exception as e:  # any decoder failure: name the file and pass on the decoder's reason
         raise PredictError(f"video {path}: cannot be decoded ({type(e).__name__}: {e})") from None
-    _, probs = predict_views(model, normalize_clips(views.to(args.device))[None])
+
+
+@torch.inference_mode()
+def predict_video(model: torch.nn.Module, path: str, args: argparse.Namespace) -> torch.Tensor:
+    """Mean of the view softmaxes of one video (nb_classes,), float32 on the CPU."""
+    _, probs = predict_views(model, normalize_clips(decode_views(path, args).to(args.device))[None])
     return probs[0].cpu()
 
 
@@ -120,8 +139,8 @@ def top5(probs: torch.Tensor, class_names: list[str] | None) -> list[dict]:
             for v, c in zip(values, ids)]
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    args = get_args_parser().parse_args(argv)
+def setup(args: argparse.Namespace) -> tuple[argparse.Namespace, torch.nn.Module, list[str] | None]:
+    """Check the inputs, read the checkpoint, fill flags from it, build and load the model: (args, model, names)."""
     args.data_set = "SSV2"
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise PredictError(f"--json {args.json}: its folder does not exist (checked before any work)")
@@ -148,7 +167,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         checkpoint.check_eval_args(args, ckpt, args.resume)
     except RuntimeError as e:
         raise PredictError(str(e)) from None
-    del ckpt
+    return args, model, class_names
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args, model, class_names = setup(get_args_parser().parse_args(argv))
     results, failed = [], []
     for path in args.videos:
         try:

@@ -19,6 +19,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import checkpoint
 import engine_for_finetuning as engine
+import llama
 import optim_factory
 import reports
 import utils
@@ -39,6 +40,8 @@ COMPAT_FLAGS = {
     "resplit": (False, bool, "image-only; random erasing applies to every clip"),
     "enable_deepspeed": (False, bool, "this code uses native mixed precision, --amp bf16|fp16, and "
                                       "DistributedDataParallel"),
+    "use_cls": (False, bool, "the model has no CLS token (neither has VideoMAE's fine-tuning ViT, where the flag "
+                             "pools the first patch token); the tokens are always mean-pooled"),
 }
 
 
@@ -61,9 +64,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--model_ema", action="store_true")
     a("--model_ema_decay", default=0.9999, type=float)
     a("--model_ema_force_cpu", action="store_true")
-    a("--llama_path", default=None, help="LLaMA folder (Meta params.json + consolidated.00.pth, or Hugging Face)")
-    a("--llama_layer", default=15, type=int)
-    a("--llama_dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    a("--llama_path", default=None, help="LLM folder: Meta (params.json + consolidated.00.pth) or Hugging Face "
+      "(config.json + weights) of LLaMA-1/2/3, Mistral or Qwen2")
+    a("--llama_layer", default=None, type=llama.layer_spec_arg,
+      help="LLM layer(s) stacked in order: 15, -1, 14,15 or 12:16 (default: the model's, 15 for the 7B models)")
+    a("--llama_dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default float32")
     # optimizer and schedule
     a("--opt", default="adamw", type=str)
     a("--opt_eps", default=1e-8, type=float)
@@ -105,8 +110,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--model_prefix", default="", type=str)
     a("--init_scale", default=0.001, type=float)
     a("--use_checkpoint", action="store_true", help="activation checkpointing")
-    a("--use_mean_pooling", action="store_true", default=True)
-    a("--use_cls", action="store_false", dest="use_mean_pooling")
+    a("--use_mean_pooling", action="store_true", default=True, help="always on: the tokens are mean-pooled")
     # data
     a("--data_path", default="data/ssv2", type=str, help="folder with train.csv, val.csv, test.csv")
     a("--eval_data_path", default=None, type=str, help="folder with val.csv/test.csv if not --data_path")
@@ -191,16 +195,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(args) -> torch.nn.Module:
-    from modeling_finetune import create_model
-    kw = dict(num_classes=args.nb_classes, all_frames=args.num_frames, img_size=args.input_size,
-              tubelet_size=args.tubelet_size, drop_rate=args.drop, attn_drop_rate=args.attn_drop_rate,
-              drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
-              use_checkpoint=args.use_checkpoint, use_mean_pooling=args.use_mean_pooling)
-    if "llama" in args.model:
-        kw.update(llama_path=args.llama_path, llama_layer=args.llama_layer, llama_dtype=args.llama_dtype)
-    elif args.llama_path:
-        raise SystemExit(f"error: --llama_path given but --model {args.model} has no LLaMA block")
-    model = create_model(args.model, **kw)
+    from models import create_model
+    model = create_model(
+        args.model, num_classes=args.nb_classes, all_frames=args.num_frames, img_size=args.input_size,
+        tubelet_size=args.tubelet_size, drop_rate=args.drop, attn_drop_rate=args.attn_drop_rate,
+        drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
+        use_checkpoint=args.use_checkpoint, llama_path=args.llama_path, llama_layer=args.llama_layer,
+        llama_dtype=args.llama_dtype)
     if args.finetune:
         checkpoint.load_finetune_weights(model, args.finetune, args.model_key, args.model_prefix)
     return model

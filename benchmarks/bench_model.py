@@ -25,7 +25,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_finetune import create_model  # noqa: E402
+from checkpoint import describe_llm  # noqa: E402
+from llama import layer_spec_arg  # noqa: E402
+from models import create_model  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -80,7 +82,9 @@ def main() -> None:
     p.add_argument("--model", default="vit_llama_small_patch16_224")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="autocast dtype (float32: no autocast)")
-    p.add_argument("--llama_dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--llama_dtype", default=None, choices=list(DTYPES), help="frozen LLM weights (default float32)")
+    p.add_argument("--llama_path", default=None, help="LLM folder (Meta or Hugging Face) to read the layers from")
+    p.add_argument("--llama_layer", default=None, type=layer_spec_arg, help="e.g. 15, 14,15 or 12:16")
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--num_frames", type=int, default=16)
     p.add_argument("--input_size", type=int, default=224)
@@ -101,11 +105,9 @@ def main() -> None:
     rss_start = peak_rss_mb()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-LLaMA warning: weights do not matter for speed
-        kw = dict(num_classes=args.num_classes, all_frames=args.num_frames, img_size=args.input_size,
-                  use_checkpoint=args.use_checkpoint)
-        if "llama" in args.model:
-            kw["llama_dtype"] = args.llama_dtype
-        model = create_model(args.model, **kw).to(device)
+        model = create_model(args.model, num_classes=args.num_classes, all_frames=args.num_frames,
+                             img_size=args.input_size, use_checkpoint=args.use_checkpoint, llama_path=args.llama_path,
+                             llama_layer=args.llama_layer, llama_dtype=args.llama_dtype).to(device)
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
     x = torch.randn(args.batch_size, 3, args.num_frames, args.input_size, args.input_size, device=device)
@@ -161,14 +163,17 @@ def main() -> None:
     peak_after, cpu_peak_after, _ = matmul_peak(device, args.gemm_size)
     peak, cpu_peak = max(peak_before, peak_after), max(cpu_peak_before, cpu_peak_after)
     n_tok = (args.num_frames // model.patch_embed.tubelet_size) * (args.input_size // 16) ** 2
-    llama = getattr(model, "llama", None)
-    heads = sum(b.attn.num_heads for b in model.blocks) + (llama.config.n_heads * len(llama.layers) if llama else 0)
+    llm = getattr(model, "llm_identity", None)
+    heads = sum(b.attn.num_heads for b in model.blocks)
+    heads += llm["num_attention_heads"] * len(llm["layers"]) if llm else 0
     materialised = args.batch_size * heads * n_tok ** 2 * 4 * 2 / 2 ** 20  # scores + softmax kept for backward
     total = sum(q.numel() for q in model.parameters())
     print(f"\nmodel {args.model}: {total / 1e6:.1f}M parameters ({sum(q.numel() for q in params) / 1e6:.1f}M "
           f"trainable), input {args.batch_size}x3x{args.num_frames}x{args.input_size}x{args.input_size} "
-          f"({n_tok} tokens), dtype {args.dtype}, llama_dtype {args.llama_dtype}, "
+          f"({n_tok} tokens), dtype {args.dtype}, llama_dtype {args.llama_dtype or 'float32'}, "
           f"use_checkpoint {args.use_checkpoint}")
+    if llm:
+        print(f"LLM block: {describe_llm(llm)}")
     print(f"device: {device_name(device)}; load average {os.getloadavg()[0]:.2f} (1 min); "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}" if device.type == "cpu"
           else f"device: {device_name(device)}")

@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import checkpoint  # noqa: E402
 from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, read_test_views, read_video_list  # noqa: E402
 from engine_for_finetuning import predict_views  # noqa: E402
+from models import create_model  # noqa: E402
 from video_transforms import normalize_clips  # noqa: E402
-from modeling_finetune import create_model  # noqa: E402
 
 
 def controls(model: torch.nn.Module, videos: list[tuple[str, int]], args) -> dict[str, float]:

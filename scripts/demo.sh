@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Demo on a fresh machine: installs the requirements, writes a synthetic SSv2-format dataset once (8 motion classes,
 # 2,400 train / 400 val videos of 64 px), fine-tunes the tiny ViT-LLaMA (4 ViT blocks + a frozen 256-d LLaMA block)
-# on all GPUs (torchrun) or on the CPU, runs the multi-view test and says where everything is.
+# on all GPUs (torchrun) or on the CPU, runs the multi-view test, draws the token maps of one validation video
+# (analyze_tokens.py) and says where everything is.
 # About 6 minutes on an idle 2-core CPU (5.5-8.5 min measured, the longer ones while other jobs shared the cores).
 # Multi-view top-1 on the synthetic validation videos: 50-87% measured (chance 12.5%); six epochs end on the steep
 # part of the curve, so any change to the run's random draws or schedule moves the figure.
@@ -53,6 +54,10 @@ fi
 echo "== finished in $(( $(date +%s) - START )) s"
 
 python plots.py "${OUT}" --out "${OUT}/curves.png"
+# What the frozen block does to the tokens of the first validation video (README, "Frozen LLM blocks").
+python analyze_tokens.py "${DATA}/$(head -n 1 "${DATA}/val.csv" | cut -d ' ' -f 1)" \
+    --resume "${OUT}/checkpoint-$((EPOCHS - 1)).pth" --labels "${DATA}/something-something-v2-labels.json" \
+    --out_dir "${OUT}/token_maps" --top 5 --device "$([ "${NGPU}" -gt 0 ] && echo cuda || echo cpu)"
 python - "${OUT}" <<'PY'
 import json, os, sys
 out = sys.argv[1]
@@ -66,6 +71,7 @@ print(f"TensorBoard:      tensorboard --logdir {out}")
 print(f"test results:     {os.path.join(out, 'test_summary.json')}, test_per_video.npz, test_per_view.npz, per_class.csv")
 print(f"confusion matrix: {os.path.join(out, 'confusion_matrix.png')}")
 print(f"curves:           {os.path.join(out, 'curves.png')}")
+print(f"token maps:       {os.path.join(out, 'token_maps')} (python analyze_tokens.py VIDEO --resume CKPT)")
 print(f"predict a video:  python predict.py VIDEO.mp4 --resume {os.path.join(out, ckpts[-1])} "
       f"--labels {os.path.join(os.path.dirname(out), 'synthetic_ssv2', 'something-something-v2-labels.json')}")
 PY

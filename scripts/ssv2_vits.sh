@@ -12,6 +12,8 @@
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   multi-node torchrun  [1, 0, 127.0.0.1, 29500]
 #   MAX_BATCH_PER_GPU  largest per-GPU batch before accumulating       [from GPU memory, see below]
 #   COMPILE     1: torch.compile the model (--compile); COMPILE=0 turns it off                     [1]
+#   AUGMENT_ON  device: workers only decode, clips are augmented on the GPU; workers: the published
+#               PIL path in the DataLoader workers (README, "What a clip is")                   [device]
 #   MODEL, TOTAL_BATCH, LR, LAYER_DECAY, EPOCHS   recipe overrides     (set by the *_llama / vitb scripts)
 # Extra arguments are passed to run_class_finetuning.py (e.g. --eval --resume CKPT, --amp fp16).
 #
@@ -33,6 +35,7 @@ LAYER_DECAY=${LAYER_DECAY:-0.7}
 EPOCHS=${EPOCHS:-40}
 PUBLISHED_BATCH_PER_GPU=${PUBLISHED_BATCH_PER_GPU:-6}
 COMPILE=${COMPILE:-1}
+AUGMENT_ON=${AUGMENT_ON:-device}
 DATA_PATH=${DATA_PATH:-data/ssv2}
 FINETUNE=${FINETUNE:-checkpoints/videomae_ssv2_vits.pth}
 OUTPUT_DIR=${OUTPUT_DIR:-output/ssv2_vits}
@@ -98,6 +101,7 @@ OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} torchrun --nnodes "${NNODES}" --node_rank 
     "${DATA_ARGS[@]}" \
     "${FINETUNE_ARGS[@]}" \
     "${COMPILE_ARGS[@]}" \
+    --augment_on "${AUGMENT_ON}" \
     --log_dir "${OUTPUT_DIR}" \
     --output_dir "${OUTPUT_DIR}" \
     --batch_size "${BATCH}" \

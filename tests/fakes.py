@@ -4,6 +4,8 @@
 - ``write_hf_llama``: a Hugging Face LLaMA folder (config.json + sharded model-*.safetensors with
   model.safetensors.index.json, or pytorch_model-*.bin with pytorch_model.bin.index.json), wq/wk rows permuted for
   rotary as Hugging Face's conversion script does.
+- ``write_hf_family``: a Hugging Face folder of Llama-3, Mistral or Qwen2 (their real config.json fields, shrunk
+  where asked; Hugging Face tensor names, Qwen2's q/k/v biases), sharded in key order like ``save_pretrained``.
 - ``write_videomae_pretrain``: a VideoMAE self-supervised checkpoint (encoder.*, decoder.*, encoder_to_decoder.*,
   mask_token under 'model').
 - ``published_model_shapes`` + ``write_zoo_checkpoint``: a model-zoo fine-tuned checkpoint {'model', 'optimizer',
@@ -19,7 +21,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from llama import HF_LAYER_KEYS, LAYER_KEYS, LLaMAConfig, _permute_hf
+from llama import HF_LAYER_KEYS, LLaMAConfig, _permute_hf
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,10 +40,10 @@ def make_meta_llama_state(cfg: LLaMAConfig, vocab_size: int = 32, seed: int = 0,
     shapes = cfg.layer_shapes()
     sd = {"tok_embeddings.weight": torch.randn(vocab_size, cfg.dim, generator=g)}
     for i in range(cfg.n_layers):
-        for k in LAYER_KEYS:
+        for k, shape in shapes.items():
             scale = 0.1 if k.endswith("norm.weight") else cfg.dim ** -0.5
             base = 1.0 if k.endswith("norm.weight") else 0.0
-            sd[f"layers.{i}.{k}"] = base + scale * torch.randn(shapes[k], generator=g)
+            sd[f"layers.{i}.{k}"] = base + scale * torch.randn(shape, generator=g)
     sd["norm.weight"] = 1 + 0.1 * torch.randn(cfg.dim, generator=g)
     sd["output.weight"] = torch.randn(vocab_size, cfg.dim, generator=g) * cfg.dim ** -0.5
     sd = {k: v.to(dtype) for k, v in sd.items()}
@@ -56,6 +58,8 @@ def write_meta_llama(folder: str, cfg: LLaMAConfig, seed: int = 0,
     os.makedirs(folder, exist_ok=True)
     params = {"dim": cfg.dim, "multiple_of": cfg.multiple_of, "n_heads": cfg.n_heads, "n_layers": cfg.n_layers,
               "norm_eps": cfg.norm_eps, "vocab_size": -1}
+    if cfg.n_kv_heads is not None:  # Llama-3's params.json
+        params.update(n_kv_heads=cfg.n_kv_heads, ffn_dim_multiplier=cfg.ffn_dim_multiplier, rope_theta=500000.0)
     with open(os.path.join(folder, "params.json"), "w") as f:
         json.dump(params, f)
     sd = make_meta_llama_state(cfg, seed=seed, dtype=dtype)
@@ -67,11 +71,12 @@ def meta_to_hf(sd: dict[str, torch.Tensor], cfg: LLaMAConfig) -> dict[str, torch
     """Rename a Meta state dict to Hugging Face's keys, permuting wq/wk rows for HF's rotary layout."""
     out = {"model.embed_tokens.weight": sd["tok_embeddings.weight"], "model.norm.weight": sd["norm.weight"],
            "lm_head.weight": sd["output.weight"]}
+    heads = {"attention.wq.weight": cfg.n_heads, "attention.wk.weight": cfg.kv_heads}
     for i in range(cfg.n_layers):
-        for k in LAYER_KEYS:
+        for k in cfg.layer_shapes():
             t = sd[f"layers.{i}.{k}"]
-            if k in ("attention.wq.weight", "attention.wk.weight"):
-                t = _permute_hf(t, cfg.n_heads)
+            if k in heads:
+                t = _permute_hf(t, heads[k])
             out[f"model.layers.{i}.{HF_LAYER_KEYS[k]}"] = t.contiguous()
     return out
 
@@ -85,13 +90,77 @@ def write_hf_llama(folder: str, meta_sd: dict[str, torch.Tensor], cfg: LLaMAConf
     vocab = hf["model.embed_tokens.weight"].shape[0]
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": cfg.dim,
               "intermediate_size": cfg.ffn_hidden_dim, "num_attention_heads": cfg.n_heads,
-              "num_hidden_layers": cfg.n_layers, "num_key_value_heads": cfg.n_heads, "rms_norm_eps": cfg.norm_eps,
+              "num_hidden_layers": cfg.n_layers, "num_key_value_heads": cfg.kv_heads, "rms_norm_eps": cfg.norm_eps,
               "vocab_size": vocab, "hidden_act": "silu", "max_position_embeddings": 2048,
               "torch_dtype": str(meta_sd["norm.weight"].dtype).replace("torch.", "")}
+    _write_hf_weights(folder, config, hf, fmt, [list(hf)[i::num_shards] for i in range(num_shards)])
+    return hf
+
+
+# The config.json of each family's released 7B/8B model (Hugging Face Hub), fields as published.
+HF_CONFIGS = {
+    "llama3": {"architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+               "bos_token_id": 128000, "eos_token_id": 128001, "hidden_act": "silu", "hidden_size": 4096,
+               "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 8192,
+               "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+               "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 500000.0,
+               "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.40.0.dev0",
+               "use_cache": True, "vocab_size": 128256},
+    "mistral": {"architectures": ["MistralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+                "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336,
+                "max_position_embeddings": 32768, "model_type": "mistral", "num_attention_heads": 32,
+                "num_hidden_layers": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+                "sliding_window": 4096, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+                "transformers_version": "4.34.0.dev0", "use_cache": True, "vocab_size": 32000},
+    "qwen2": {"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+              "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 3584, "initializer_range": 0.02,
+              "intermediate_size": 18944, "max_position_embeddings": 131072, "max_window_layers": 28,
+              "model_type": "qwen2", "num_attention_heads": 28, "num_hidden_layers": 28, "num_key_value_heads": 4,
+              "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 131072, "tie_word_embeddings": False,
+              "torch_dtype": "bfloat16", "transformers_version": "4.37.2", "use_cache": True,
+              "use_sliding_window": False, "vocab_size": 152064},
+}
+
+
+def write_hf_family(folder: str, family: str, seed: int = 0, num_shards: int = 2, dtype: torch.dtype = torch.bfloat16,
+                    **overrides) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A Hugging Face folder of ``family`` (a key of HF_CONFIGS) with ``overrides`` applied to its config.json (e.g.
+    hidden_size=64 for a test). Weights are random, in Hugging Face's names and row order; the keys are split into
+    ``num_shards`` contiguous safetensors shards (a layer may straddle two, as in save_pretrained) with an index.
+    Returns (config, state dict)."""
+    config = {**HF_CONFIGS[family], **overrides}
+    g = torch.Generator().manual_seed(seed)
+    d, n_heads, n_kv = config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"]
+    hd, ffn, vocab = d // n_heads, config["intermediate_size"], config["vocab_size"]
+    shapes = {"self_attn.q_proj.weight": (n_heads * hd, d), "self_attn.k_proj.weight": (n_kv * hd, d),
+              "self_attn.v_proj.weight": (n_kv * hd, d), "self_attn.o_proj.weight": (d, n_heads * hd),
+              "mlp.gate_proj.weight": (ffn, d), "mlp.up_proj.weight": (ffn, d), "mlp.down_proj.weight": (d, ffn),
+              "input_layernorm.weight": (d,), "post_attention_layernorm.weight": (d,)}
+    if family == "qwen2":
+        shapes.update({"self_attn.q_proj.bias": (n_heads * hd,), "self_attn.k_proj.bias": (n_kv * hd,),
+                       "self_attn.v_proj.bias": (n_kv * hd,)})
+    hf = {"model.embed_tokens.weight": torch.randn(vocab, d, generator=g)}
+    for i in range(config["num_hidden_layers"]):
+        for name, shape in shapes.items():
+            w = torch.randn(shape, generator=g)
+            w = 1 + 0.1 * w if name.endswith("layernorm.weight") else w * (0.3 if name.endswith("bias") else d ** -0.5)
+            hf[f"model.layers.{i}.{name}"] = w
+    hf["model.norm.weight"] = torch.ones(d)
+    hf["lm_head.weight"] = torch.randn(vocab, d, generator=g) * d ** -0.5
+    hf = {k: v.to(dtype) for k, v in hf.items()}
+    keys = list(hf)
+    size = -(-len(keys) // num_shards)
+    _write_hf_weights(folder, config, hf, "safetensors", [keys[i:i + size] for i in range(0, len(keys), size)])
+    return config, hf
+
+
+def _write_hf_weights(folder: str, config: dict, hf: dict[str, torch.Tensor], fmt: str,
+                      chunks: list[list[str]]) -> None:
+    """config.json + the tensors split into the given key chunks (with an index when more than one)."""
+    os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    keys = list(hf)
-    chunks = [keys[i::num_shards] for i in range(num_shards)] if num_shards > 1 else [keys]
+    num_shards = len(chunks)
     ext, stem = ("safetensors", "model") if fmt == "safetensors" else ("bin", "pytorch_model")
     weight_map = {}
     for s, chunk in enumerate(chunks):
@@ -107,7 +176,6 @@ def write_hf_llama(folder: str, meta_sd: dict[str, torch.Tensor], cfg: LLaMAConf
         total = sum(t.numel() * t.element_size() for t in hf.values())
         with open(os.path.join(folder, f"{stem}.{ext}.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    return hf
 
 
 def write_videomae_pretrain(path: str, encoder: nn.Module, decoder_dim: int = 96, decoder_depth: int = 1,

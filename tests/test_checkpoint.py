@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checkpoint import (epoch_checkpoint_names, find_resume_checkpoint, interpolate_pos_embed, list_epoch_checkpoints,
-                        load_finetune_weights, load_model_file, model_state, resume_training, safe_load,
-                        save_checkpoint, training_state)
-from fakes import (published_model_shapes, single_thread, write_videomae_pretrain,  # noqa: F401 (autouse fixture)
-                   write_zoo_checkpoint)
-from modeling_finetune import create_model
+from checkpoint import (LLMMismatchError, check_llm_identity, epoch_checkpoint_names, find_resume_checkpoint,
+                        interpolate_pos_embed, list_epoch_checkpoints, load_finetune_weights, load_model_file,
+                        model_state, resume_training, safe_load, save_checkpoint, training_state)
+from fakes import (published_model_shapes, single_thread, write_hf_llama, write_meta_llama,  # noqa: F401
+                   write_videomae_pretrain, write_zoo_checkpoint)
+from llama import LLaMAConfig, build_llama
+from models import create_model
 
 TINY = dict(all_frames=4, img_size=32, num_classes=7)
 
@@ -325,3 +326,62 @@ def test_find_resume_skips_damaged_newest(tmp_path):
         path, ckpt = find_resume_checkpoint(str(tmp_path))
     assert path.endswith("checkpoint-2.pth") and int(ckpt["model"]["e"]) == 2
     assert find_resume_checkpoint(str(tmp_path / "empty")) == (None, None)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Which LLM block a checkpoint holds
+
+LLM = LLaMAConfig(dim=64, n_heads=4, n_layers=3, multiple_of=32, norm_eps=1e-5)
+LLM_GQA = LLaMAConfig(dim=64, n_heads=4, n_layers=3, multiple_of=64, norm_eps=1e-5, n_kv_heads=2)
+
+
+@pytest.fixture(scope="module")
+def llm_folders(tmp_path_factory):
+    """Meta and Hugging Face folders of one small LLaMA, another LLaMA of the same shape, and a GQA one."""
+    root = tmp_path_factory.mktemp("llm")
+    meta = write_meta_llama(str(root / "meta"), LLM, seed=1, dtype=torch.bfloat16)
+    write_hf_llama(str(root / "hf"), meta, LLM, num_shards=2)
+    write_meta_llama(str(root / "other"), LLM, seed=9, dtype=torch.bfloat16)
+    write_hf_llama(str(root / "hf_gqa"), write_meta_llama(str(root / "gqa"), LLM_GQA, seed=2), LLM_GQA)
+    return root
+
+
+def test_identity_check_accepts_the_same_block_and_refuses_another(llm_folders):
+    root = llm_folders
+    saved = build_llama(str(root / "meta"), [1])
+    recorded = saved.llm_identity
+    assert recorded["source"] == os.path.abspath(root / "meta") and recorded["layers"] == [1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_llm_identity(recorded, build_llama(str(root / "hf"), [1]), "ck.pth")  # same LLM, HF format
+    cases = [(build_llama(str(root / "meta"), [2]), r"layers \[1\].*\n.*layers \[2\]"),
+             (build_llama(str(root / "other"), [1]), "sha256"),
+             (build_llama(None, [1], LLaMAConfig(dim=32, n_heads=4, n_layers=3)), r"model: +llama \(hidden 32"),
+             (build_llama(None, [1, 2], LLM), r"layers \[1\].*\n.*layers \[1, 2\]")]
+    for model, detail in cases:
+        with pytest.raises(LLMMismatchError, match=r"checkpoint ck.pth holds another LLM block than the model built:"
+                                                   r"\n  checkpoint: llama \(hidden 64, 4 heads, FFN 192, eps 1e-05\) "
+                                                   rf"(?s:.*){detail}"):
+            check_llm_identity(recorded, model, "ck.pth")
+    random_block = build_llama(None, [7], LLM)
+    check_llm_identity(recorded, random_block, "ck.pth")  # weights will come from the checkpoint: adopt its record
+    assert random_block.llm_identity == recorded
+    with pytest.raises(LLMMismatchError, match=r"checkpoint: llama .* layers \[0\], random weights"):
+        check_llm_identity(build_llama(None, [0], LLM).llm_identity, build_llama(str(root / "meta"), [0]), "ck.pth")
+    with pytest.warns(UserWarning, match="ck.pth records no LLM identity .* replace the model's llama .* unchecked"):
+        check_llm_identity(None, saved, "ck.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh = build_llama(None, [7], LLM)
+        check_llm_identity(None, fresh, "zoo.pth")  # a random block just takes the file's weights
+    assert fresh.llm_identity["source"] == "zoo.pth (unrecorded)" and fresh.llm_identity["sha256"] is None
+    with pytest.warns(UserWarning, match="zoo.pth records no LLM identity"):  # and carries "unrecorded" onwards
+        check_llm_identity(fresh.llm_identity, saved, "zoo.pth")
+
+
+def test_identity_round_trips_a_weights_only_checkpoint(llm_folders, tmp_path):
+    block = build_llama(str(llm_folders / "hf_gqa"), "0:2")
+    torch.save({"model": block.state_dict(), "llm": block.llm_identity}, tmp_path / "ck.pth")
+    recorded = safe_load(str(tmp_path / "ck.pth"))["llm"]
+    assert recorded == block.llm_identity and recorded["num_key_value_heads"] == 2
+    assert LLaMAConfig.from_description(recorded).describe() == block.config.describe()

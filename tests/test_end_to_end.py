@@ -265,6 +265,21 @@ def test_eval_wrong_model_names_file(straight, data_dir, tmp_path):
                         os.path.join(out, "checkpoint-1.pth")))
 
 
+def test_eval_refuses_a_checkpoint_of_another_llm_block(straight, data_dir, tmp_path):
+    from fakes import write_meta_llama
+    from llama import LLaMAConfig
+    out, _ = straight
+    path = os.path.join(out, "checkpoint-1.pth")
+    recorded = checkpoint.safe_load(path)["llm"]  # written by training: the demo-style random tiny block
+    assert (recorded["source"], recorded["layers"], recorded["hidden_size"]) == ("random", [0], 256)
+    write_meta_llama(str(tmp_path / "llm"), LLaMAConfig(dim=64, n_heads=4, n_layers=2, multiple_of=32))
+    with pytest.raises(checkpoint.LLMMismatchError, match=r"checkpoint-1.pth holds another LLM block(?s:.*)checkpoint: "
+                                                          r"llama \(hidden 256.*random weights\n  model: +llama "
+                                                          r"\(hidden 64.*layers \[1\], from .*llm \(sha256"):
+        train(base_argv(data_dir, tmp_path / "o", "--eval", "--resume", path, "--llama_path", str(tmp_path / "llm"),
+                        "--llama_layer", "-1"))
+
+
 def test_resume_loads_an_old_checkpoint_whose_ema_is_the_whole_model(straight, data_dir, tmp_path):
     out, _ = straight
     ck = checkpoint.safe_load(os.path.join(out, "checkpoint-0.pth"))
@@ -582,7 +597,7 @@ def _pooled_logits(b, pool):
     m = b.model.eval()
     x = torch.randn(2, 3, 8, 32, 32)
     with torch.no_grad():
-        tokens = m.norm(m.forward_tokens(x))
+        tokens = m.forward_tokens(x)
         return torch.allclose(m(x), m.head(pool(m, tokens)), atol=1e-5)
 
 
@@ -600,8 +615,7 @@ FLAG_TABLE = [
     (["--drop_path", "0.3"], lambda b: [round(float((b.model.train().blocks[i].drop_path(torch.ones(20000, 1, 1)) == 0)
                                                    .float().mean()), 1) for i in range(4)] == [0.0, 0.1, 0.2, 0.3]),
     (["--init_scale", "0"], lambda b: b.model.head.weight.abs().sum() == 0 and b.model.head.bias.abs().sum() == 0),
-    (["--use_cls"], lambda b: _pooled_logits(b, lambda m, t: t[:, 0])),
-    (["--use_cls", "--use_mean_pooling"], lambda b: _pooled_logits(b, lambda m, t: m.fc_norm(t.mean(1)))),
+    (["--use_mean_pooling"], lambda b: _pooled_logits(b, lambda m, t: m.fc_norm(t.mean(1)))),
     (["--llama_dtype", "bfloat16"], lambda b: {p.dtype for p in b.model.llama.parameters()} == {torch.bfloat16}),
     (["--model_ema", "--model_ema_decay", "0.9"], lambda b: _ema_follows(b, 0.9)),
     (["--model_ema", "--model_ema_force_cpu"], lambda b: b.t["model_ema"].device == torch.device("cpu") and
@@ -717,7 +731,8 @@ def test_distributed_flags_reach_init_process_group(data_dir, tmp_path, monkeypa
 def test_compatibility_flags_take_only_their_default(data_dir, tmp_path, capsys):
     group = next(g for g in run.get_args_parser()._action_groups if g.title == "VideoMAE compatibility")
     assert sorted(a.dest for a in group._group_actions) == sorted(
-        ["color_jitter", "crop_pct", "resplit", "num_segments", "sampling_rate", "enable_deepspeed", "data_set"])
+        ["color_jitter", "crop_pct", "resplit", "num_segments", "sampling_rate", "enable_deepspeed", "data_set",
+         "use_cls"])
     args = run.parse_args(base_argv(data_dir, tmp_path, "--data_set", "SSV2", "--num_segments", "1",
                                     "--sampling_rate", "4", "--color_jitter", "0.4"))
     assert (args.data_set, args.num_segments, args.sampling_rate, args.color_jitter) == ("SSV2", 1, 4, 0.4)
@@ -734,6 +749,7 @@ def test_compatibility_flags_take_only_their_default(data_dir, tmp_path, capsys)
     (["--sampling_rate", "2"], "--sampling_rate 2: only 4 is supported .*one frame per segment"),
     (["--color_jitter", "0.2"], "--color_jitter 0.2: only 0.4 is supported .*unused for video"),
     (["--data_set", "Kinetics-400"], "--data_set Kinetics-400: only SSV2 is supported"),
+    (["--use_cls"], "--use_cls is not supported .*no CLS token"),
     (["--opt_betas", "0.9"], "two numbers"),
     (["--cutmix_minmax", "0.3"], "two numbers"),
     (["--device", "cuda"], "no CUDA device"),
@@ -745,27 +761,28 @@ def test_flag_fails_clearly(data_dir, tmp_path, extra, message):
         run.parse_args(base_argv(data_dir, tmp_path, *extra))
 
 
-def test_llama_path_on_plain_vit_fails(data_dir, tmp_path):
-    with pytest.raises(SystemExit, match="has no LLaMA block"):
-        build(data_dir, tmp_path, ["--model", "vit_tiny_patch16", "--llama_path", str(tmp_path)])
+def test_llama_flags_on_plain_vit_fail(data_dir, tmp_path):
+    for flag, value in (("--llama_path", str(tmp_path)), ("--llama_layer", "3"), ("--llama_dtype", "float32")):
+        with pytest.raises(ValueError, match=f"vit_tiny_patch16 has no LLaMA block: {flag[2:]} apply only to"):
+            build(data_dir, tmp_path, ["--model", "vit_tiny_patch16", flag, value])
 
 
 def test_llama_flags_and_finetune_flags_reach_the_model(data_dir, tmp_path, monkeypatch):
-    import modeling_finetune
+    import models
     seen = {}
-    real = modeling_finetune.create_model
+    real = models.create_model
 
     def record(name, **kw):
         seen.update(kw, name=name)
         return real(name, **{k: v for k, v in kw.items() if k not in ("llama_path", "llama_layer")})
-    monkeypatch.setattr(modeling_finetune, "create_model", record)
+    monkeypatch.setattr(models, "create_model", record)
     ref = real("vit_llama_tiny_patch16", num_classes=8, all_frames=8, img_size=32)
     torch.save({"weights": {"net." + k: v for k, v in ref.state_dict().items()}}, tmp_path / "ft.pth")
     b = build(data_dir, tmp_path, ["--llama_path", "/llama", "--llama_layer", "3", "--use_checkpoint",
                                    "--attn_drop_rate", "0.1", "--finetune", str(tmp_path / "ft.pth"),
                                    "--model_key", "other|weights", "--model_prefix", "net."])
     assert (seen["llama_path"], seen["llama_layer"], seen["use_checkpoint"], seen["attn_drop_rate"]) == \
-        ("/llama", 3, True, 0.1)
+        ("/llama", "3", True, 0.1)
     for k, v in ref.state_dict().items():
         assert torch.equal(b.model.state_dict()[k], v), k
 
@@ -1042,7 +1059,7 @@ def test_validation_failure_keeps_the_trained_epoch(data_dir, tmp_path, recorded
 
 
 SCRIPT_ENV = ("MODEL", "TOTAL_BATCH", "LR", "LAYER_DECAY", "EPOCHS", "MAX_BATCH_PER_GPU", "PUBLISHED_BATCH_PER_GPU",
-              "COMPILE", "NPROC", "NNODES", "DATA_ROOT", "FINETUNE")
+              "COMPILE", "AUGMENT_ON", "NPROC", "NNODES", "DATA_ROOT", "FINETUNE")
 
 
 def run_script(tmp_path, script, env, gpu_mib=None):
@@ -1094,11 +1111,14 @@ def test_training_scripts_fit_the_gpu_and_keep_the_published_step(tmp_path, scri
     assert int(got[1]) * int(got[2]) * nproc == (24 if "vits" in script else 12)
     assert value("--test_num_segment") == "2" and value("--test_num_crop") == "3" and "--extra_flag" in argv
     assert ("--llama_path" in argv) == ("llama" in script) and "--compile" in argv
+    assert value("--augment_on") == "device"  # workers only decode on GPU nodes
 
 
 def test_script_compile_off_and_bad_inputs(tmp_path):
-    code, argv, _, _ = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "COMPILE": "0"}, H100_MIB)
+    code, argv, _, _ = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "COMPILE": "0", "AUGMENT_ON": "workers"},
+                                  H100_MIB)
     assert code == 0 and "--compile" not in argv and argv[argv.index("--batch_size") + 1] == "24"
+    assert argv[argv.index("--augment_on") + 1] == "workers"
     code, _, _, err = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "5"}, H100_MIB)
     assert code == 1 and "cannot be split over 5 GPUs" in err
     code, _, _, err = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "MAX_BATCH_PER_GPU": "0"}, H100_MIB)

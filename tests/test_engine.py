@@ -14,7 +14,8 @@ from torch import nn
 
 import engine_for_finetuning as engine
 import run_class_finetuning as run
-from modeling_finetune import VisionTransformer, create_model
+from modeling_finetune import VisionTransformer
+from models import create_model
 
 CPU = torch.device("cpu")
 

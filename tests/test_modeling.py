@@ -8,7 +8,8 @@ import torch
 
 from fakes import single_thread, write_meta_llama  # noqa: F401 (autouse fixture)
 from llama import LLaMAConfig
-from modeling_finetune import Attention, create_model, get_sinusoid_encoding_table, list_models
+from modeling_finetune import Attention, get_sinusoid_encoding_table
+from models import create_model, list_models, model_spec
 
 TINY = dict(all_frames=4, img_size=32, num_classes=7)
 
@@ -43,7 +44,7 @@ def test_parameter_counts_and_keys(name, total, trainable):
                                             "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
                                             "mlp.fc2.bias"]}
     assert len(vit) == 162
-    if "llama" in name:
+    if model_spec(name).has_llama:
         vit |= {f"llama.layers.0.attention.w{c}.weight" for c in "qkvo"}
         vit |= {f"llama.layers.0.feed_forward.w{c}.weight" for c in "123"}
         vit |= {"llama.layers.0.attention_norm.weight", "llama.layers.0.ffn_norm.weight", "llama.norm.weight",
@@ -51,19 +52,37 @@ def test_parameter_counts_and_keys(name, total, trainable):
     assert keys == vit
 
 
-def test_registry():
+def test_registry_declares_families():
     names = list_models()
-    for n in ["vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224", "vit_huge_patch16_224",
-              "vit_tiny_patch16", "vit_llama_small_patch16_224", "vit_llama_base_patch16_224",
-              "vit_llama_tiny_patch16"]:
-        assert n in names
+    assert names == sorted(["vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224",
+                            "vit_huge_patch16_224", "vit_tiny_patch16", "vit_llama_small_patch16_224",
+                            "vit_llama_base_patch16_224", "vit_llama_tiny_patch16"])
+    assert [n for n in names if model_spec(n).has_llama] == ["vit_llama_base_patch16_224",
+                                                             "vit_llama_small_patch16_224", "vit_llama_tiny_patch16"]
     with pytest.raises(ValueError, match="unknown model 'vit_nope'.*vit_small_patch16_224"):
         create_model("vit_nope")
-    create_model("vit_tiny_patch16", llama_path=None, llama_layer=15, llama_dtype="float32", **TINY)
-    with pytest.raises(ValueError, match="vit_tiny_patch16 has no LLaMA block"):
-        create_model("vit_tiny_patch16", llama_path="/somewhere", **TINY)
+    create_model("vit_tiny_patch16", llama_path=None, llama_layer=None, llama_dtype=None, **TINY)  # "not given"
+    for option, value in (("llama_path", "/somewhere"), ("llama_layer", 15), ("llama_dtype", "float32"),
+                          ("llama_config", LLaMAConfig())):
+        with pytest.raises(ValueError, match=f"vit_tiny_patch16 has no LLaMA block: {option} apply only to "
+                                             f"vit_llama_base_patch16_224, vit_llama_small"):
+            create_model("vit_tiny_patch16", **{option: value}, **TINY)
+    import models
+    with pytest.raises(ValueError, match="model 'vit_tiny_patch16' is declared by two model modules"):
+        models.collect(models.modeling_finetune.MODELS, {"vit_tiny_patch16": model_spec("vit_llama_tiny_patch16")})
+
+
+def test_timm_models_of_the_same_name_stay_timm_s():
+    """Our registry is not timm's: after importing it, timm still builds its own image ViT for the names we share
+    and knows none of the others."""
     import timm
-    assert "vit_tiny_patch16" not in timm.list_models("vit_tiny_patch16")  # timm's registry untouched
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+    shared = [n for n in list_models() if timm.is_model(n)]
+    assert shared == ["vit_base_patch16_224", "vit_large_patch16_224", "vit_small_patch16_224"]
+    with torch.device("meta"):
+        theirs = timm.create_model("vit_small_patch16_224")
+    assert type(theirs) is TimmViT and theirs.patch_embed.proj.kernel_size == (16, 16)  # 2-D images, a CLS token
+    assert type(create_model("vit_small_patch16_224", **TINY)).__module__ == "modeling_finetune"
 
 
 def test_sinusoid_table_matches_formula_and_is_a_nonpersistent_buffer():
@@ -122,11 +141,11 @@ def test_attention_equals_explicit_softmax_and_k_bias_stays_zero():
     assert a.q_bias.grad is not None and a.v_bias.grad is not None
 
 
-def test_mean_pooling_off_uses_norm_and_first_token():
-    m = create_model("vit_tiny_patch16", use_mean_pooling=False, **TINY).eval()
-    assert "norm.weight" in m.state_dict() and m.fc_norm is None
+def test_mean_pooling_and_no_weight_decay_names_real_parameters():
+    m = create_model("vit_tiny_patch16", use_learnable_pos_emb=True, **TINY).eval()
     x = torch.randn(1, 3, 4, 32, 32)
-    torch.testing.assert_close(m(x), m.head(m.norm(m.forward_tokens(x))[:, 0]))
+    torch.testing.assert_close(m(x), m.head(m.fc_norm(m.forward_tokens(x).mean(1))))
+    assert m.no_weight_decay() <= dict(m.named_parameters()).keys()  # every name it gives exists (no CLS token)
 
 
 def test_gradients_reach_vit_and_mappers_never_llama():
@@ -186,3 +205,44 @@ def test_random_llama_warns():
     with pytest.warns(UserWarning, match="RANDOM frozen weights"):
         create_model("vit_llama_tiny_patch16", **TINY)
 
+
+
+def test_import_graph_has_no_cycle():
+    """Every import between the project's modules (function-level ones included, so a lazy import cannot hide a
+    cycle) forms a DAG; the registry's edges are exactly modeling_finetune <- modeling_finetune_llama <- models."""
+    import ast
+    import glob
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = {os.path.splitext(os.path.relpath(p, root))[0].replace(os.sep, ".").removesuffix(".__init__"): p
+             for p in glob.glob(os.path.join(root, "*.py")) + glob.glob(os.path.join(root, "datasets", "*.py"))}
+    graph = {}
+    for module, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                while name and name not in files:
+                    name = name.rpartition(".")[0]
+                if name and name != module:
+                    deps.add(name)
+        graph[module] = deps
+    assert graph["modeling_finetune"] == set() and graph["modeling_finetune_llama"] == {"llama", "modeling_finetune"}
+    assert graph["models"] == {"modeling_finetune", "modeling_finetune_llama"}
+    done, active = set(), []
+
+    def visit(module):
+        assert module not in active, f"import cycle: {' -> '.join(active[active.index(module):] + [module])}"
+        if module not in done:
+            active.append(module)
+            for dep in sorted(graph[module]):
+                visit(dep)
+            active.pop()
+            done.add(module)
+    for module in sorted(graph):
+        visit(module)

@@ -83,7 +83,7 @@ def test_groups_scales_wd_and_frozen():
 
 
 def test_real_tiny_llama_model_groups():
-    from modeling_finetune import create_model
+    from models import create_model
     model = create_model("vit_llama_tiny_patch16", num_classes=4, all_frames=4, img_size=32)
     opt = optim_factory.create_optimizer(args_for(layer_decay=0.75), model)
     names = {n: g["lr_scale"] for g in opt.param_groups for n in g["names"]}

@@ -133,7 +133,7 @@ def test_llama_checkpoint_equals_direct_forward(trained, tmp_path):
     from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from datasets import read_test_views
-    from modeling_finetune import create_model
+    from models import create_model
     torch.manual_seed(0)
     with warnings.catch_warnings():  # random LLaMA weights, saved into the checkpoint below
         warnings.simplefilter("ignore")
@@ -153,6 +153,42 @@ def test_llama_checkpoint_equals_direct_forward(trained, tmp_path):
         expected = model(clips).softmax(-1).mean(0)
     assert {t["class_id"]: t["prob"] for t in got[0]["top5"]} == pytest.approx(
         {c: float(p) for c, p in enumerate(expected)}, abs=1e-6)
+
+
+def test_llm_checkpoint_needs_no_folder_and_refuses_another(trained, tmp_path):
+    """A ViT-LLaMA on a Qwen2 layer (GQA, q/k/v biases): predict rebuilds the block from the checkpoint's record
+    without --llama_path (same probabilities as the model itself), accepts the folder it was trained with, and refuses
+    another Qwen2 folder naming both blocks."""
+    from datasets import read_test_views
+    from fakes import write_hf_family
+    from models import create_model
+    from video_transforms import normalize_clips
+    small = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+                 num_hidden_layers=2, vocab_size=32)
+    write_hf_family(str(tmp_path / "qwen"), "qwen2", seed=1, **small)
+    write_hf_family(str(tmp_path / "qwen_other"), "qwen2", seed=2, **small)
+    torch.manual_seed(0)
+    model = create_model("vit_llama_tiny_patch16", num_classes=3, all_frames=4, img_size=32,
+                         llama_path=str(tmp_path / "qwen"), llama_layer="-1").eval()
+    torch.save({"model": model.state_dict(), "llm": model.llm_identity,
+                "args": {"model": "vit_llama_tiny_patch16", "num_frames": 4, "input_size": 32, "short_side_size": 32}},
+               tmp_path / "qwen.pth")
+    video = trained["test_videos"][1]
+    argv = [video, "--resume", str(tmp_path / "qwen.pth"), "--test_num_segment", "1", "--test_num_crop", "2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither the random-block nor the unrecorded-identity warning
+        got = predict.main(argv)
+    views, _ = read_test_views(video, argparse.Namespace(num_frames=4, input_size=32, short_side_size=32,
+                                                         test_num_segment=1, test_num_crop=2))
+    with torch.no_grad():
+        expected = model(normalize_clips(views)).softmax(-1).mean(0)
+    assert {t["class_id"]: t["prob"] for t in got[0]["top5"]} == pytest.approx(
+        {c: float(p) for c, p in enumerate(expected)}, abs=1e-6)
+    assert predict.main(argv + ["--llama_path", str(tmp_path / "qwen")]) == got
+    with pytest.raises(predict.PredictError, match=r"qwen.pth holds another LLM block(?s:.*)checkpoint: qwen2 \(hidden "
+                                                   r"64, 4 heads / 2 KV, FFN 96, q/k/v biases, eps 1e-06\) layers "
+                                                   r"\[1\], from .*qwen \(sha256 .*\n  model: +qwen2 .*qwen_other"):
+        predict.main(argv + ["--llama_path", str(tmp_path / "qwen_other")])
 
 
 @pytest.mark.parametrize("extra, message", [
