@@ -1059,7 +1059,7 @@ def test_validation_failure_keeps_the_trained_epoch(data_dir, tmp_path, recorded
 
 
 SCRIPT_ENV = ("MODEL", "TOTAL_BATCH", "LR", "LAYER_DECAY", "EPOCHS", "MAX_BATCH_PER_GPU", "PUBLISHED_BATCH_PER_GPU",
-              "COMPILE", "AUGMENT_ON", "NPROC", "NNODES", "DATA_ROOT", "FINETUNE")
+              "COMPILE", "AUGMENT_ON", "NPROC", "NNODES", "DATA_ROOT", "FINETUNE", "TORCHELASTIC_SIGNALS_TO_HANDLE")
 
 
 def run_script(tmp_path, script, env, gpu_mib=None):
@@ -1067,7 +1067,8 @@ def run_script(tmp_path, script, env, gpu_mib=None):
     absent); returns (returncode, torchrun argv, stdout, stderr)."""
     fake = tmp_path / "bin"
     fake.mkdir(exist_ok=True)
-    (fake / "torchrun").write_text('#!/bin/sh\nfor a in "$@"; do echo "ARG $a"; done\n')
+    (fake / "torchrun").write_text('#!/bin/sh\necho "SIGNALS $TORCHELASTIC_SIGNALS_TO_HANDLE"\n'
+                                   'for a in "$@"; do echo "ARG $a"; done\n')
     smi = ('#!/bin/sh\ncase "$*" in *--query-gpu=memory.total*) for i in $(seq ${NPROC}); do echo %s; done ;; '
            '*) for i in $(seq ${NPROC}); do echo "GPU $i"; done ;; esac\n' % gpu_mib) if gpu_mib else "#!/bin/sh\nexit 1\n"
     (fake / "nvidia-smi").write_text(smi)
@@ -1115,14 +1116,37 @@ def test_training_scripts_fit_the_gpu_and_keep_the_published_step(tmp_path, scri
 
 
 def test_script_compile_off_and_bad_inputs(tmp_path):
-    code, argv, _, _ = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "COMPILE": "0", "AUGMENT_ON": "workers"},
-                                  H100_MIB)
+    code, argv, out, _ = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "COMPILE": "0", "AUGMENT_ON": "workers"},
+                                    H100_MIB)
     assert code == 0 and "--compile" not in argv and argv[argv.index("--batch_size") + 1] == "24"
+    assert "SIGNALS SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1\n" in out  # torchrun passes SIGUSR1 on to the ranks
     assert argv[argv.index("--augment_on") + 1] == "workers"
     code, _, _, err = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "5"}, H100_MIB)
     assert code == 1 and "cannot be split over 5 GPUs" in err
     code, _, _, err = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "MAX_BATCH_PER_GPU": "0"}, H100_MIB)
     assert code == 1 and "MAX_BATCH_PER_GPU=0: expected a whole number of videos >= 1" in err
+
+
+@pytest.mark.parametrize("srun_status, requeued", [(75, True), (0, False), (1, False)])
+def test_slurm_example_requeues_when_the_run_stopped_on_its_signal(tmp_path, srun_status, requeued):
+    """--signal=USR1@120 with --requeue; the run gets --exit_signal USR1, and its exit status 75 (stopped after
+    saving) makes the script requeue the job, while success or a crash does not."""
+    script = open(os.path.join(ROOT, "scripts", "slurm_example.sh")).read()
+    assert "#SBATCH --signal=USR1@120\n" in script and "#SBATCH --requeue\n" in script
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text(f'#!/bin/sh\nfor a in "$@"; do echo "ARG $a"; done\nexit {srun_status}\n')
+    (fake / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/scontrol.txt\n')
+    for f in ("srun", "scontrol"):
+        (fake / f).chmod(0o755)
+    own = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV}
+    res = subprocess.run(["bash", os.path.join(ROOT, "scripts", "slurm_example.sh")], capture_output=True, text=True,
+                         env={**own, "PATH": f"{fake}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": ROOT,
+                              "SLURM_JOB_ID": "4711"}, timeout=60)
+    argv = [x[4:] for x in res.stdout.splitlines() if x.startswith("ARG ")]
+    assert res.returncode == srun_status and argv[argv.index("--exit_signal") + 1] == "USR1"
+    assert ((tmp_path / "scontrol.txt").read_text() == "requeue 4711\n") if requeued else \
+        not (tmp_path / "scontrol.txt").exists()
 
 
 @pytest.mark.parametrize("compile_env, expect", [({}, True), ({"COMPILE": "0"}, False)])
