@@ -400,6 +400,21 @@ def _restore_best(args, path: str, ckpt: Mapping) -> float:
     return max(own, best)
 
 
+# What each entry of a training checkpoint must be (None allowed for all): a file that is not one fails with a line
+# naming the entry, instead of a TypeError deep inside a load.
+ENTRY_TYPES = {"optimizer": (Mapping, "a dict"), "scaler": (Mapping, "a dict"), "model_ema": (Mapping, "a dict"),
+               "max_accuracy": ((int, float), "a number"), "rng_states": ((list, tuple), "a list (one per rank)"),
+               PROGRESS: (Mapping, "a dict"), "best_epoch": (int, "an integer")}
+
+
+def check_entry_types(ckpt: Mapping, path: str) -> None:
+    """RuntimeError naming the first entry of a training checkpoint whose type is not ENTRY_TYPES'."""
+    for name, (kind, what) in ENTRY_TYPES.items():
+        value = ckpt.get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise RuntimeError(f"checkpoint {path}: its {name!r} entry is a {type(value).__name__}, expected {what}")
+
+
 def resume_training(args, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, model_ema,
                     restore: Mapping[str, Callable[[Any], None]] | None = None) -> Resumed:
     """Restore from --resume, else (auto_resume) the checkpoint find_resume_checkpoint picks in output_dir.
@@ -413,6 +428,7 @@ def resume_training(args, model: nn.Module, optimizer: torch.optim.Optimizer, sc
     path, ckpt = checkpoint_to_load(args)
     if not path:
         return Resumed(args.start_epoch, 0.0, None)
+    check_entry_types(ckpt, path)
     load_model_file(model, ckpt, path, args.model, keys=args.model_key)
     print(f"Resuming from {path}", flush=True)
     changes = changed_args(saved_args(ckpt), vars(args))

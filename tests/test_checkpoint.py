@@ -385,3 +385,18 @@ def test_identity_round_trips_a_weights_only_checkpoint(llm_folders, tmp_path):
     recorded = safe_load(str(tmp_path / "ck.pth"))["llm"]
     assert recorded == block.llm_identity and recorded["num_key_value_heads"] == 2
     assert LLaMAConfig.from_description(recorded).describe() == block.config.describe()
+
+
+@pytest.mark.parametrize("entry, value, expected", [
+    ("optimizer", [1, 2], "a dict"), ("rng_states", "x", "a list"), ("max_accuracy", "high", "a number"),
+    ("train_progress", [1], "a dict"), ("best_epoch", 1.5, "an integer")])
+def test_resume_names_an_entry_of_the_wrong_type(tmp_path, entry, value, expected):
+    """A file that loads but is not a training checkpoint of ours fails with one line naming the entry, not with a
+    TypeError from deep inside a load."""
+    model = vit()
+    args = argparse.Namespace(resume=str(tmp_path / "odd.pth"), auto_resume=False, output_dir="",
+                              model="vit_tiny_patch16", model_key="model|module", start_epoch=0, seed=0)
+    torch.save({"model": model.state_dict(), "epoch": 3, entry: value}, args.resume)
+    with pytest.raises(RuntimeError, match=rf"odd.pth: its '{entry}' entry is a {type(value).__name__}, expected "
+                                           rf"{expected}"):
+        resume_training(args, model, torch.optim.AdamW(model.parameters()), None, None)
