@@ -13,8 +13,9 @@ the dataset's default data_root), and a copy of the labels json.
 
 Resumable: an existing videos/<id>.mp4 is skipped (outputs are encoded to <id>.mp4.part and renamed when complete,
 so a finished name is always a whole video; leftover .part files are overwritten). Failures (missing source video,
-ffmpeg error, a truncated source: ffmpeg's "ended prematurely" or fewer frames than its header promises) never vanish: every one is printed with its reason and written to OUT_DIR/failed.txt, the CSVs list only
-the videos that exist, the summary gives listed/converted/skipped/failed per split, and the exit status is 1.
+ffmpeg error, a truncated source: ffmpeg's "ended prematurely" or fewer frames than its header promises) never
+vanish: every one is printed with its reason and written to OUT_DIR/failed.txt, the CSVs list only the videos that
+exist, the summary gives listed/converted/skipped/failed per split, and the exit status is 1.
 """
 import argparse
 import json

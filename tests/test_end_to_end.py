@@ -176,7 +176,8 @@ def assert_same_run(ref: str, out: str, parts=("model",)) -> None:
     assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [0, 1]
     assert checkpoint_files(ref) == checkpoint_files(out)
     for f in checkpoint_files(out):
-        assert checkpoint.safe_load(os.path.join(out, f))["epoch"] == checkpoint.safe_load(os.path.join(ref, f))["epoch"]
+        epochs = [checkpoint.safe_load(os.path.join(d, f))["epoch"] for d in (ref, out)]
+        assert epochs[0] == epochs[1], f
 
 
 @pytest.mark.parametrize("path", ["workers", "device"])
@@ -381,7 +382,7 @@ def test_torchrun_stop_signal_on_one_rank_then_rerun_equals_uninterrupted(ddp, p
     the rerun ends with the uninterrupted run's weights, log numbers and multi-view test."""
     root, output = ddp
     ref, out = root / path / "ref", root / path / "stopped"
-    assert output.count(f"Stopping on a signal received by another rank") >= 2  # rank 0, once per path
+    assert output.count("Stopping on a signal received by another rank") >= 2  # rank 0, once per path
     timing = ("train_clips_per_s", "train_data_wait", "train_peak_mem_gib", "train_time")
     logs = [[{k: v for k, v in json.loads(x).items() if k not in timing} for x in open(d / "log.txt")]
             for d in (ref, out)]

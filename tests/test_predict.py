@@ -266,8 +266,8 @@ def test_bad_videos_are_skipped_and_reported_and_the_others_written(trained, tmp
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(open(good[0], "rb").read()[:500])
     out_json = tmp_path / "pred.json"
-    with pytest.raises(predict.PredictError, match=r"2 of 4 videos could not be predicted \(the others were\): "
-                                                   r"video .*broken.mp4: cannot be decoded.*; video .*gone.mp4: no such"):
+    with pytest.raises(predict.PredictError, match=r"2 of 4 videos could not be predicted \(the others were\): video "
+                                                   r".*broken.mp4: cannot be decoded.*; video .*gone.mp4: no such"):
         predict.main([good[0], str(broken), str(tmp_path / "gone.mp4"), good[1], "--resume", trained["checkpoint"],
                       "--json", str(out_json)])
     assert [r["video"] for r in json.loads(out_json.read_text())] == good

@@ -127,6 +127,6 @@ def test_truncated_source_is_a_failure_not_converted(src, tmp_path, monkeypatch,
     summary = prepare_ssv2.prepare(str(src), str(tmp_path / "out"), workers=2, height=HEIGHT)
     assert summary["train"] == {"listed": 6, "converted": 5, "skipped": 0, "failed": 1, "in_csv": 5}
     (split, failed, reason), = summary["failed"]
-    assert failed == vid and (f"frames decode, its header promises 12" if hide_warning else "File ended prematurely") \
+    assert failed == vid and ("frames decode, its header promises 12" if hide_warning else "File ended prematurely") \
         in reason
     assert not os.path.exists(tmp_path / "out" / "videos" / f"{vid}.mp4")

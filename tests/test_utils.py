@@ -139,7 +139,8 @@ def test_item_seeds_and_seeded_rngs_leave_the_callers_streams_alone():
         assert draws() == inside
 
 
-@pytest.mark.parametrize("text, sig", [("USR1", "SIGUSR1"), ("sigusr2", "SIGUSR2"), ("HUP", "SIGHUP"), ("15", "SIGTERM")])
+@pytest.mark.parametrize("text, sig", [("USR1", "SIGUSR1"), ("sigusr2", "SIGUSR2"), ("HUP", "SIGHUP"),
+                                       ("15", "SIGTERM")])
 def test_parse_signal(text, sig):
     assert utils.parse_signal(text).name == sig
 
