@@ -4,7 +4,8 @@ trial must end with the uninterrupted run's weights, and no checkpoint may be lo
     python benchmarks/preempt_harness.py --trials 10 [--signal TERM|USR1|INT|KILL|mixed] [--stops 2]
         [--augment_on workers|device] [--nproc 2] [--seed 0] [--workdir DIR]
 
-The run (vit_llama_tiny_patch16 on a generated 16-video dataset, 3 epochs of 4 steps, a DataLoader worker, EMA,
+The run (vit_llama_tiny_patch16 on a generated 16-video dataset, 3 epochs of 4 steps (2 with --nproc 2), a
+DataLoader worker, EMA,
 mixup, numbered checkpoints every 2 epochs) is started as its own process group, as a scheduler starts a job. For
 each stop a random optimizer step is drawn; when the run's log line for that step (or a later one) appears, every
 process of the job gets the signal, as SLURM sends it: the trainer, its DataLoader workers and, under torchrun, the
@@ -191,7 +192,7 @@ def main() -> int:
     if not os.path.isfile(os.path.join(ref, "test_summary.json")):
         subprocess.run(command(run_argv(data, ref, a.augment_on), a.nproc), env=env, cwd=ROOT, check=True,
                        stdout=log, stderr=subprocess.STDOUT)
-    total_steps, failed = 3 * 4, 0
+    total_steps, failed = 3 * (16 // (4 * a.nproc)), 0  # 3 epochs of 16 videos, 4 per process and step
     for trial in range(a.trials):
         out = os.path.join(a.workdir, f"trial_{a.augment_on}_{a.nproc}_{a.seed}_{trial}")
         shutil.rmtree(out, ignore_errors=True)
