@@ -5,13 +5,12 @@ trial must end with the uninterrupted run's weights, and no checkpoint may be lo
         [--augment_on workers|device] [--nproc 2] [--seed 0] [--workdir DIR]
 
 The run (vit_llama_tiny_patch16 on a generated 16-video dataset, 3 epochs of 4 steps (2 with --nproc 2), a
-DataLoader worker, EMA,
-mixup, numbered checkpoints every 2 epochs) is started as its own process group, as a scheduler starts a job. For
-each stop a random optimizer step is drawn; when the run's log line for that step (or a later one) appears, every
-process of the job gets the signal, as SLURM sends it: the trainer, its DataLoader workers and, under torchrun, the
-agent and the ranks. KILL (no chance to save) comes up to a second after the line, so it also lands inside
-validation and checkpoint writes. After each stop the same command is run again; after --stops stops it runs to the
-end.
+DataLoader worker, EMA, mixup, numbered checkpoints every 2 epochs) is started as its own process group, as a
+scheduler starts a job. For each stop a random optimizer step is drawn; when the run's log line for that step (or a
+later one) appears, every process of the job gets the signal, as SLURM sends it: the trainer, its DataLoader workers
+and, under torchrun, the agent and the ranks. KILL (no chance to save) comes up to a second after the line, so it
+also lands inside validation and checkpoint writes. After each stop the same command is run again; after --stops
+stops it runs to the end.
 
 Reported per stop: the signal, the step whose log line triggered it, the exit status (75 after a clean stop), where
 checkpoint-last.pth says training continues, and whether every checkpoint file reads. Per trial: whether the final
