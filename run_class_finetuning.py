@@ -325,6 +325,17 @@ def run_test(args, run_model: torch.nn.Module, loader, device: torch.device, amp
     return summary
 
 
+def validate_all(args, run_model: torch.nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
+                 model_ema) -> dict:
+    """Single-view validation of the model (val_*) and, with --model_ema, of its EMA weights (val_ema_*)."""
+    record = {f"val_{k}": v for k, v in engine.validate(run_model, loader, device, amp_dtype, args.dist_eval).items()}
+    if model_ema is not None:
+        with model_ema.applied():  # the EMA weights in the model, wherever the EMA is kept
+            ema = engine.validate(run_model, loader, device, amp_dtype, args.dist_eval)
+        record.update({f"val_ema_{k}": v for k, v in ema.items()})
+    return record
+
+
 def training_checkpoint(args, model: torch.nn.Module, t: dict, epoch_done: int, max_acc: float,
                         best_epoch: int | None, progress: dict | None = None) -> dict:
     """checkpoint.training_state plus every rank's augmentation generators, the best epoch and, partway through an
@@ -466,32 +477,27 @@ def _main(args, stop: utils.StopSignal) -> dict | None:
             print_freq=args.print_freq)
         first_step, meter_state, meter = 0, None, train_stats.pop("meter", None)
         if "stopped_at" in train_stats:  # a stop signal: save where this epoch stands, then exit
-            state = training_checkpoint(args, raw_model, t, epoch - 1, max_acc, best_epoch,
-                                        progress_entry(args, epoch, train_stats["stopped_at"], meter))
+            state = training_checkpoint(args, raw_model, t, epoch - 1, max_acc, best_epoch, progress_entry(
+                args, epoch, train_stats["stopped_at"], meter)) if saving else None
             if train_stats["nonfinite_steps"]:
                 stop_diverged(args, epoch, [f"{train_stats['nonfinite_steps']} optimizer steps applied a "
-                                            f"non-finite gradient"], state if saving else None, last_ckpt, last_epoch)
+                                            f"non-finite gradient"], state, last_ckpt, last_epoch)
             stop_run(stop, checkpoint.save_training_checkpoint(args.output_dir, [checkpoint.LAST_CHECKPOINT], state)
                      if saving else [])
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()}}
         if "val" in loaders:
             pending = training_checkpoint(args, raw_model, t, epoch - 1, max_acc, best_epoch,  # trained, not validated
-                                          progress_entry(args, epoch, steps_per_epoch, meter))
+                                          progress_entry(args, epoch, steps_per_epoch, meter)) if saving else None
             try:
-                val = engine.validate(run_model, loaders["val"], device, amp_dtype, reduce=args.dist_eval)
-                record.update({f"val_{k}": v for k, v in val.items()})
-                if t["model_ema"] is not None:
-                    with t["model_ema"].applied():  # the EMA weights in the model, wherever the EMA is kept
-                        ema = engine.validate(run_model, loaders["val"], device, amp_dtype, args.dist_eval)
-                    record.update({f"val_ema_{k}": v for k, v in ema.items()})
+                record.update(validate_all(args, run_model, loaders["val"], device, amp_dtype, t["model_ema"]))
             except Exception:
                 if saving:  # a rerun resumes the trained epoch (validation first), not the epoch before
                     checkpoint.save_training_checkpoint(args.output_dir, [checkpoint.LAST_CHECKPOINT], pending,
                                                         wait=False)
                 raise
             del pending
-            print(f"Epoch {epoch}: val top-1 {val['acc1']:.2f}% top-5 {val['acc5']:.2f}% "
-                  f"(best {max(max_acc, val['acc1']):.2f}%)", flush=True)
+            print(f"Epoch {epoch}: val top-1 {record['val_acc1']:.2f}% top-5 {record['val_acc5']:.2f}% "
+                  f"(best {max(max_acc, record['val_acc1']):.2f}%)", flush=True)
         if "val_acc1" in record and record["val_acc1"] > max_acc:
             max_acc, best_epoch = record["val_acc1"], epoch
         if rank == 0 and log_path:  # the log line first: a checkpoint on disk always has its line
