@@ -185,7 +185,7 @@ def main() -> int:
         from datasets.synthetic import make_synthetic_dataset
         make_synthetic_dataset(data, num_train=16, num_val=7, height=32, num_frames=8, workers=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
-           "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"}  # as scripts/ssv2_vits.sh
+           "PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"}  # as scripts/ssv2_vits.sh
     log = open(os.path.join(a.workdir, "runs.log"), "a")
     ref = os.path.join(a.workdir, f"ref_{a.augment_on}_{a.nproc}")
     if not os.path.isfile(os.path.join(ref, "test_summary.json")):

@@ -1078,7 +1078,7 @@ def test_validation_failure_keeps_the_trained_epoch(data_dir, tmp_path, recorded
 
 
 SCRIPT_ENV = ("MODEL", "TOTAL_BATCH", "LR", "LAYER_DECAY", "EPOCHS", "MAX_BATCH_PER_GPU", "PUBLISHED_BATCH_PER_GPU",
-              "COMPILE", "AUGMENT_ON", "NPROC", "NNODES", "DATA_ROOT", "FINETUNE", "TORCHELASTIC_SIGNALS_TO_HANDLE")
+              "COMPILE", "AUGMENT_ON", "NPROC", "NNODES", "DATA_ROOT", "FINETUNE", "PET_SIGNALS_TO_HANDLE")
 
 
 def run_script(tmp_path, script, env, gpu_mib=None):
@@ -1086,7 +1086,7 @@ def run_script(tmp_path, script, env, gpu_mib=None):
     absent); returns (returncode, torchrun argv, stdout, stderr)."""
     fake = tmp_path / "bin"
     fake.mkdir(exist_ok=True)
-    (fake / "torchrun").write_text('#!/bin/sh\necho "SIGNALS $TORCHELASTIC_SIGNALS_TO_HANDLE"\n'
+    (fake / "torchrun").write_text('#!/bin/sh\necho "SIGNALS $PET_SIGNALS_TO_HANDLE"\n'
                                    'for a in "$@"; do echo "ARG $a"; done\n')
     smi = ('#!/bin/sh\ncase "$*" in *--query-gpu=memory.total*) for i in $(seq ${NPROC}); do echo %s; done ;; '
            '*) for i in $(seq ${NPROC}); do echo "GPU $i"; done ;; esac\n' % gpu_mib) if gpu_mib else "#!/bin/sh\nexit 1\n"
