@@ -359,7 +359,8 @@ class Resumed(NamedTuple):
 
 # Arguments that say how a run is launched or where it writes, not what it trains: not reported as changes.
 RUN_ONLY_ARGS = {"resume", "auto_resume", "start_epoch", "eval", "output_dir", "log_dir", "rank", "gpu",
-                 "distributed", "local_rank", "dist_url", "dist_on_itp", "num_workers", "pin_mem", "print_freq"}
+                 "distributed", "local_rank", "dist_url", "dist_on_itp", "num_workers", "pin_mem", "print_freq",
+                 "exit_signal", "allow_arg_mismatch"}
 
 
 def changed_args(saved: Mapping, current: Mapping, keys: Sequence[str] | None = None) -> list[str]:
