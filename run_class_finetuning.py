@@ -476,9 +476,12 @@ def _main(args, stop: utils.StopSignal) -> dict | None:
             clip_grad=args.clip_grad, model_ema=t["model_ema"], mixup_fn=t["mixup_fn"], log_writer=log_writer,
             print_freq=args.print_freq)
         first_step, meter_state, meter = 0, None, train_stats.pop("meter", None)
-        if "stopped_at" in train_stats:  # a stop signal: save where this epoch stands, then exit
+        stopped_at = train_stats.get("stopped_at")
+        if stopped_at is None and stop.requested(now=True):  # a signal late in the last step: save, then validate
+            stopped_at = steps_per_epoch
+        if stopped_at is not None:  # a stop signal: save where this epoch stands, then exit
             state = training_checkpoint(args, raw_model, t, epoch - 1, max_acc, best_epoch, progress_entry(
-                args, epoch, train_stats["stopped_at"], meter)) if saving else None
+                args, epoch, stopped_at, meter)) if saving else None
             if train_stats["nonfinite_steps"]:
                 stop_diverged(args, epoch, [f"{train_stats['nonfinite_steps']} optimizer steps applied a "
                                             f"non-finite gradient"], state, last_ckpt, last_epoch)
