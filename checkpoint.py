@@ -270,6 +270,15 @@ def resume_position(ckpt: Mapping) -> tuple[int, int]:
     return (epoch + 1, 0) if isinstance(epoch, int) else (-1, 0)
 
 
+def peek(path: str) -> dict:
+    """A checkpoint's entries without reading its tensors (memory-mapped); a file too old to be memory-mapped
+    (torch's legacy format) is read whole."""
+    try:
+        return safe_load(path, mmap=True)
+    except RuntimeError:
+        return safe_load(path)
+
+
 def _skip(path: str, error: Exception) -> None:
     warnings.warn(f"auto-resume: skipping damaged checkpoint {path}: {error}")
     print(f"WARNING: auto-resume skips damaged checkpoint {path}: {error}", flush=True)
@@ -285,8 +294,8 @@ def find_resume_checkpoint(output_dir: str) -> tuple[str, dict] | tuple[None, No
     for name in (LAST_CHECKPOINT, BEST_CHECKPOINT):
         path = os.path.join(output_dir, name)
         if os.path.exists(path):
-            try:  # memory-mapped: reads the entries, not the tensors
-                candidates.append((resume_position(safe_load(path, mmap=True)), rank[name], path))
+            try:
+                candidates.append((resume_position(peek(path)), rank[name], path))
             except (RuntimeError, KeyError, TypeError, ValueError) as e:
                 errors.append((path, e))
                 _skip(path, e)
@@ -372,13 +381,13 @@ def changed_args(saved: Mapping, current: Mapping, keys: Sequence[str] | None = 
 
 
 def best_accuracy(output_dir: str) -> tuple[float, int | None]:
-    """(max_accuracy, epoch) recorded in output_dir/checkpoint-best.pth (read memory-mapped), (0.0, None) when it
-    is missing or unreadable."""
+    """(max_accuracy, epoch) recorded in output_dir/checkpoint-best.pth (peek), (0.0, None) when it is missing or
+    unreadable."""
     path = os.path.join(output_dir, BEST_CHECKPOINT) if output_dir else ""
     if not os.path.isfile(path):
         return 0.0, None
     try:
-        best = safe_load(path, mmap=True)
+        best = peek(path)
         return float(best.get("max_accuracy", 0.0)), best.get("epoch")
     except (RuntimeError, AttributeError, TypeError, ValueError):
         return 0.0, None

@@ -400,3 +400,19 @@ def test_resume_names_an_entry_of_the_wrong_type(tmp_path, entry, value, expecte
     with pytest.raises(RuntimeError, match=rf"odd.pth: its '{entry}' entry is a {type(value).__name__}, expected "
                                            rf"{expected}"):
         resume_training(args, model, torch.optim.AdamW(model.parameters()), None, None)
+
+
+def test_find_resume_takes_the_furthest_of_last_numbered_and_best(tmp_path):
+    """checkpoint-last.pth partway through epoch 3 beats checkpoint-2.pth; a legacy-format (not memory-mappable)
+    checkpoint-best.pth is still read; on a tie the numbered file is named."""
+    w = {"w": torch.ones(1)}
+    save_checkpoint(str(tmp_path / "checkpoint-2.pth"), {"model": w, "epoch": 2})
+    save_checkpoint(str(tmp_path / "checkpoint-last.pth"), {"model": w, "epoch": 2,
+                                                             "train_progress": {"epoch": 3, "step": 5}})
+    torch.save({"model": w, "epoch": 1}, tmp_path / "checkpoint-best.pth", _use_new_zipfile_serialization=False)
+    assert find_resume_checkpoint(str(tmp_path))[0].endswith("checkpoint-last.pth")
+    save_checkpoint(str(tmp_path / "checkpoint-last.pth"), {"model": w, "epoch": 2})
+    assert find_resume_checkpoint(str(tmp_path))[0].endswith("checkpoint-2.pth")
+    os.remove(tmp_path / "checkpoint-2.pth")
+    os.remove(tmp_path / "checkpoint-last.pth")
+    assert find_resume_checkpoint(str(tmp_path))[0].endswith("checkpoint-best.pth")  # an older version's folder
