@@ -395,18 +395,22 @@ def best_accuracy(output_dir: str) -> tuple[float, int | None]:
 
 def _restore_best(args, path: str, ckpt: Mapping) -> float:
     """The best val top-1 so far: the larger of the resumed file's and checkpoint-best.pth's (a run resumed from
-    an older file must not overwrite a better best). A kill between writing an epoch's checkpoint and linking it as
-    best is repaired here: a resumed end-of-epoch file of output_dir that records itself as the best epoch becomes
-    checkpoint-best.pth when that file holds another epoch."""
+    an older file must not overwrite a better best). Also repairs a kill between writing an epoch's
+    checkpoint-last.pth and linking its other names (save_training_checkpoint): when the resumed file is an
+    end-of-epoch checkpoint of output_dir, its epoch's checkpoint-N.pth is linked to it if missing, and
+    checkpoint-best.pth if it records itself as the best epoch but checkpoint-best.pth holds another."""
     best, best_file_epoch = best_accuracy(args.output_dir)
     own = float(ckpt.get("max_accuracy", 0.0))
     epoch = ckpt.get("epoch")
     in_run = bool(args.output_dir) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(args.output_dir)
-    if (in_run and utils.is_main_process() and PROGRESS not in ckpt and isinstance(epoch, int)
-            and ckpt.get("best_epoch") == epoch and best_file_epoch != epoch and own > best):
-        best_path = os.path.join(args.output_dir, BEST_CHECKPOINT)
-        utils.link_or_copy(path, best_path)
-        print(f"{best_path} did not hold the best epoch ({epoch}, top-1 {own:.2f}%): linked it to {path}", flush=True)
+    if in_run and utils.is_main_process() and PROGRESS not in ckpt and isinstance(epoch, int):
+        is_best = ckpt.get("best_epoch") == epoch and best_file_epoch != epoch and own > best
+        for name in epoch_checkpoint_names(epoch, args.epochs, args.save_ckpt_freq, is_best)[1:]:
+            target = os.path.join(args.output_dir, name)
+            if name == BEST_CHECKPOINT or not os.path.exists(target):
+                utils.link_or_copy(path, target)
+                print(f"{target} was not written for epoch {epoch} (a kill while saving): linked it to {path}",
+                      flush=True)
     return max(own, best)
 
 

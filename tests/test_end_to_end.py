@@ -1059,6 +1059,28 @@ def test_log_line_before_checkpoint_and_best_repaired_after_a_kill_between_them(
     assert (best["epoch"], best["max_accuracy"]) == (1, 20.0) and log_epochs(tmp_path) == [0, 1, 2]
 
 
+def test_numbered_checkpoint_repaired_after_a_kill_before_its_link(data_dir, tmp_path, recorded, monkeypatch):
+    """A kill after the last epoch's checkpoint-last.pth but before its checkpoint-N.pth link: the rerun has
+    nothing to train, but creates checkpoint-1.pth (the final numbered file is not lost)."""
+    argv = base_argv(data_dir, tmp_path, "--epochs", "2", "--save_ckpt_freq", "100")
+    real_link = utils.link_or_copy
+
+    def killed_linking(src, dst):
+        if dst.endswith("checkpoint-1.pth"):
+            raise KeyboardInterrupt("killed between checkpoint-last.pth and checkpoint-1.pth")
+        real_link(src, dst)
+    monkeypatch.setattr(utils, "link_or_copy", killed_linking)
+    with pytest.raises(KeyboardInterrupt):
+        train(argv)
+    assert checkpoint_files(tmp_path) == ["checkpoint-best.pth", "checkpoint-last.pth"]
+    monkeypatch.setattr(utils, "link_or_copy", real_link)
+    recorded["train"].clear()
+    train(argv)
+    assert recorded["train"] == [] and checkpoint_files(tmp_path) == ["checkpoint-1.pth", "checkpoint-best.pth",
+                                                                      "checkpoint-last.pth"]
+    assert os.path.samefile(tmp_path / "checkpoint-1.pth", tmp_path / "checkpoint-last.pth")
+
+
 def test_validation_failure_keeps_the_trained_epoch(data_dir, tmp_path, recorded, monkeypatch):
     """A video that breaks validation after an epoch of training: the trained epoch is saved (validation pending);
     the rerun validates it without training it again."""
