@@ -5,7 +5,8 @@ Every load uses ``weights_only=True`` (with argparse.Namespace allowed, which th
 'args'), so a downloaded file cannot run code. The files read:
 - this project's training checkpoints: {'model', 'optimizer', 'scaler', 'model_ema', 'epoch', 'max_accuracy', 'args',
   'rng_states', 'llm' (which LLM block the model holds, or None)} plus any extra entries the caller adds
-  (``training_state(..., **extra)``);
+  (``training_state(..., **extra)``), among them 'best_epoch' and, in a checkpoint written partway through an
+  epoch, 'train_progress' {'epoch', 'step', ...} ('epoch' is then the last completed epoch);
 - model-zoo fine-tuned files: {'model', 'optimizer', 'epoch', 'scaler', 'args': argparse.Namespace};
 - VideoMAE self-supervised files (``--finetune``): 'model' holding encoder.* / decoder.* keys;
 - bare state dicts, where a caller accepts them (``model_state(..., allow_bare=True)``).
@@ -19,7 +20,7 @@ import os
 import re
 import warnings
 from collections import Counter
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -31,6 +32,8 @@ MODEL_KEYS = "model|module"  # where VideoMAE's files keep their weights (--mode
 DROP_PREFIXES = ("decoder.", "encoder_to_decoder.", "mask_token")
 EPOCH_CHECKPOINT = re.compile(r"checkpoint-(\d+)\.pth")
 BEST_CHECKPOINT = "checkpoint-best.pth"
+LAST_CHECKPOINT = "checkpoint-last.pth"  # every epoch, and partway through one when the run is stopped
+PROGRESS = "train_progress"  # the extra entry of a mid-epoch checkpoint: {'epoch', 'step', ...}
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading
@@ -218,20 +221,28 @@ def training_state(args, model: nn.Module, optimizer: torch.optim.Optimizer, sca
 
 
 def epoch_checkpoint_names(epoch: int, epochs: int, save_ckpt_freq: int, is_best: bool) -> list[str]:
-    """Files to write after ``epoch`` (0-based): checkpoint-N.pth every save_ckpt_freq epochs and after the last one,
-    checkpoint-best.pth when the validation top-1 improved."""
+    """Files to write after ``epoch`` (0-based): checkpoint-last.pth always, checkpoint-N.pth every save_ckpt_freq
+    epochs and after the last one, checkpoint-best.pth when the validation top-1 improved. The first is written,
+    the others are links to it (save_training_checkpoint)."""
     names = [f"checkpoint-{epoch}.pth"] if (epoch + 1) % save_ckpt_freq == 0 or epoch + 1 == epochs else []
-    return names + ([BEST_CHECKPOINT] if is_best else [])
+    return [LAST_CHECKPOINT] + names + ([BEST_CHECKPOINT] if is_best else [])
 
 
-def save_training_checkpoint(output_dir: str, name: str, state: dict) -> str:
-    """Atomic save of output_dir/name on rank 0; every rank waits for it and gets the path."""
-    path = os.path.join(output_dir, name)
-    if utils.is_main_process():
-        save_checkpoint(path, state)
-        print(f"Saved {path}", flush=True)
-    utils.barrier()
-    return path
+def save_training_checkpoint(output_dir: str, names: Sequence[str], state: dict, wait: bool = True) -> list[str]:
+    """On rank 0, atomically write output_dir/names[0], then make each other name a hard link to it (a copy where
+    links are not supported), also atomically; with ``wait`` every rank waits for that. Returns the paths.
+
+    A kill at any point leaves every name either its previous file or the new one, and the first name is complete
+    before any other points to it."""
+    paths = [os.path.join(output_dir, n) for n in names]
+    if utils.is_main_process() and paths:
+        save_checkpoint(paths[0], state)
+        for p in paths[1:]:
+            utils.link_or_copy(paths[0], p)
+        print(f"Saved {', '.join(paths)}", flush=True)
+    if wait:
+        utils.barrier()
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -249,23 +260,64 @@ def list_epoch_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
+def resume_position(ckpt: Mapping) -> tuple[int, int]:
+    """(epoch, step) at which training continues from a loaded checkpoint: after its last completed epoch, or at
+    the step its train_progress records; (-1, 0) when it holds no integer epoch (a zoo file)."""
+    progress = ckpt.get(PROGRESS)
+    if isinstance(progress, Mapping):
+        return int(progress["epoch"]), int(progress["step"])
+    epoch = ckpt.get("epoch")
+    return (epoch + 1, 0) if isinstance(epoch, int) else (-1, 0)
+
+
+def peek(path: str) -> dict:
+    """A checkpoint's entries without reading its tensors (memory-mapped); a file too old to be memory-mapped
+    (torch's legacy format) is read whole."""
+    try:
+        return safe_load(path, mmap=True)
+    except RuntimeError:
+        return safe_load(path)
+
+
+def _skip(path: str, error: Exception) -> None:
+    warnings.warn(f"auto-resume: skipping damaged checkpoint {path}: {error}")
+    print(f"WARNING: auto-resume skips damaged checkpoint {path}: {error}", flush=True)
+
+
 def find_resume_checkpoint(output_dir: str) -> tuple[str, dict] | tuple[None, None]:
-    """The newest checkpoint-N.pth in output_dir that reads and holds 'model'; damaged ones are skipped with a
-    warning (a run killed while saving must restart from the previous file)."""
-    for _, path in list_epoch_checkpoints(output_dir):
+    """The checkpoint to resume in output_dir: the one furthest on (resume_position) of checkpoint-last.pth,
+    checkpoint-N.pth and (a last resort, e.g. a folder of an older version) checkpoint-best.pth that reads and holds
+    'model'; on a tie the numbered file, whose name says the most. Damaged files are skipped with a warning; when
+    files exist but none reads, a RuntimeError names each with its error (starting over would overwrite them)."""
+    rank = {LAST_CHECKPOINT: 1, BEST_CHECKPOINT: 0}
+    candidates, errors = [], []
+    for name in (LAST_CHECKPOINT, BEST_CHECKPOINT):
+        path = os.path.join(output_dir, name)
+        if os.path.exists(path):
+            try:
+                candidates.append((resume_position(peek(path)), rank[name], path))
+            except (RuntimeError, KeyError, TypeError, ValueError) as e:
+                errors.append((path, e))
+                _skip(path, e)
+    candidates += [((epoch + 1, 0), 2, path) for epoch, path in list_epoch_checkpoints(output_dir)]
+    for _, _, path in sorted(candidates, reverse=True):
         try:
             ckpt = safe_load(path)
             model_state(ckpt, "model", path=path)
             return path, ckpt
         except RuntimeError as e:
-            warnings.warn(f"auto-resume: skipping damaged checkpoint {path}: {e}")
-            print(f"WARNING: auto-resume skips damaged checkpoint {path}: {e}", flush=True)
+            errors.append((path, e))
+            _skip(path, e)
+    if errors:
+        raise RuntimeError(f"auto-resume: none of the {len(errors)} checkpoints in {output_dir!r} can be read:\n"
+                           + "\n".join(f"  {p!r}: {e}" for p, e in errors) + "\nPass --resume FILE to resume a "
+                           "file of your choice, or --no_auto_resume to start from scratch (overwriting them).")
     return None, None
 
 
 def checkpoint_to_load(args) -> tuple[str, dict] | tuple[None, None]:
-    """--resume exactly (an unreadable file is an error), else with --auto_resume the newest loadable
-    checkpoint-N.pth in --output_dir, else (None, None)."""
+    """--resume exactly (an unreadable file is an error), else with --auto_resume the checkpoint to resume in
+    --output_dir (find_resume_checkpoint), else (None, None)."""
     if args.resume:
         return args.resume, safe_load(args.resume)
     if args.auto_resume and args.output_dir:
@@ -273,12 +325,26 @@ def checkpoint_to_load(args) -> tuple[str, dict] | tuple[None, None]:
     return None, None
 
 
+def check_eval_args(args, ckpt: Mapping, path: str) -> None:
+    """Refuse --num_frames / --input_size (and --model, for this project's checkpoints) other than the ones the
+    checkpoint was trained with, unless args.allow_arg_mismatch: the weights would load (the position table is
+    fixed, not stored) and give wrong predictions silently. Model-zoo files (args as argparse.Namespace) are not
+    checked for the model name, which the published code spells its own way: the strict key check decides."""
+    keys = ["num_frames", "input_size"] + (["model"] if isinstance(ckpt.get("args"), Mapping) else [])
+    changes = changed_args(saved_args(ckpt), vars(args), keys)
+    if changes and not getattr(args, "allow_arg_mismatch", False):
+        raise RuntimeError(f"checkpoint {path} was trained with other settings: {'; '.join(changes)} (saved -> "
+                           f"given). Pass the saved values, or --allow_arg_mismatch to run anyway")
+
+
 def load_for_eval(args, model: nn.Module) -> str:
-    """Load the weights --eval evaluates: --resume exactly, else the newest loadable checkpoint-N.pth in output_dir
-    (auto-resume), else the --finetune weights already in the model. Returns the path; errors when there is none."""
+    """Load the weights --eval evaluates: --resume exactly, else the newest loadable checkpoint in output_dir
+    (find_resume_checkpoint), else the --finetune weights already in the model; refuses a checkpoint trained with
+    other frames/size/model (check_eval_args). Returns the path; errors when there is none."""
     path, ckpt = checkpoint_to_load(args)
     if path:
         load_model_file(model, ckpt, path, args.model, keys=args.model_key)
+        check_eval_args(args, ckpt, path)
         print(f"Evaluating {path}", flush=True)
         return path
     if args.finetune:
@@ -294,19 +360,95 @@ def _restore_ema(model_ema, ckpt: Mapping, model: nn.Module) -> None:
         model_ema.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None else model.state_dict())
 
 
-def resume_training(args, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, model_ema,
-                    restore: Mapping[str, Callable[[Any], None]] | None = None) -> tuple[int, float]:
-    """Restore from --resume, else (auto_resume) the newest loadable checkpoint-N.pth in output_dir.
+class Resumed(NamedTuple):
+    start_epoch: int
+    max_accuracy: float
+    path: str | None  # the checkpoint resumed, None for a fresh start
 
-    Loads model, optimizer, scaler, EMA, best val top-1 and this rank's RNG state, and calls ``restore[name](value)``
-    for each extra entry saved by training_state that the file holds; returns (start_epoch, max_accuracy). A file
+
+# Arguments that say how a run is launched or where it writes, not what it trains: not reported as changes.
+RUN_ONLY_ARGS = {"resume", "auto_resume", "start_epoch", "eval", "output_dir", "log_dir", "rank", "gpu",
+                 "distributed", "local_rank", "dist_url", "dist_on_itp", "num_workers", "pin_mem", "print_freq",
+                 "exit_signal", "allow_arg_mismatch"}
+
+
+def changed_args(saved: Mapping, current: Mapping, keys: Sequence[str] | None = None) -> list[str]:
+    """'--name saved -> current' for the arguments (``keys``, default all but RUN_ONLY_ARGS) that both hold and
+    that differ."""
+    keys = keys if keys is not None else [k for k in current if k not in RUN_ONLY_ARGS]
+    return [f"--{k} {saved[k]!r} -> {current[k]!r}" for k in keys
+            if k in saved and k in current and utils.to_jsonable(saved[k]) != utils.to_jsonable(current[k])]
+
+
+def best_accuracy(output_dir: str) -> tuple[float, int | None]:
+    """(max_accuracy, epoch) recorded in output_dir/checkpoint-best.pth (peek), (0.0, None) when it is missing or
+    unreadable."""
+    path = os.path.join(output_dir, BEST_CHECKPOINT) if output_dir else ""
+    if not os.path.isfile(path):
+        return 0.0, None
+    try:
+        best = peek(path)
+        return float(best.get("max_accuracy", 0.0)), best.get("epoch")
+    except (RuntimeError, AttributeError, TypeError, ValueError):
+        return 0.0, None
+
+
+def _restore_best(args, path: str, ckpt: Mapping) -> float:
+    """The best val top-1 so far: the larger of the resumed file's and checkpoint-best.pth's (a run resumed from
+    an older file must not overwrite a better best). Also repairs a kill between writing an epoch's
+    checkpoint-last.pth and linking its other names (save_training_checkpoint): when the resumed file is an
+    end-of-epoch checkpoint of output_dir, its epoch's checkpoint-N.pth is linked to it if missing, and
+    checkpoint-best.pth if it records itself as the best epoch but checkpoint-best.pth holds another."""
+    best, best_file_epoch = best_accuracy(args.output_dir)
+    own = float(ckpt.get("max_accuracy", 0.0))
+    epoch = ckpt.get("epoch")
+    in_run = bool(args.output_dir) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(args.output_dir)
+    if in_run and utils.is_main_process() and PROGRESS not in ckpt and isinstance(epoch, int):
+        is_best = ckpt.get("best_epoch") == epoch and best_file_epoch != epoch and own > best
+        for name in epoch_checkpoint_names(epoch, args.epochs, args.save_ckpt_freq, is_best)[1:]:
+            target = os.path.join(args.output_dir, name)
+            if name == BEST_CHECKPOINT or not os.path.exists(target):
+                utils.link_or_copy(path, target)
+                print(f"{target} was not written for epoch {epoch} (a kill while saving): linked it to {path}",
+                      flush=True)
+    return max(own, best)
+
+
+# What each entry of a training checkpoint must be (None allowed for all): a file that is not one fails with a line
+# naming the entry, instead of a TypeError deep inside a load.
+ENTRY_TYPES = {"optimizer": (Mapping, "a dict"), "scaler": (Mapping, "a dict"), "model_ema": (Mapping, "a dict"),
+               "max_accuracy": ((int, float), "a number"), "rng_states": ((list, tuple), "a list (one per rank)"),
+               PROGRESS: (Mapping, "a dict"), "best_epoch": (int, "an integer")}
+
+
+def check_entry_types(ckpt: Mapping, path: str) -> None:
+    """RuntimeError naming the first entry of a training checkpoint whose type is not ENTRY_TYPES'."""
+    for name, (kind, what) in ENTRY_TYPES.items():
+        value = ckpt.get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise RuntimeError(f"checkpoint {path}: its {name!r} entry is a {type(value).__name__}, expected {what}")
+
+
+def resume_training(args, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, model_ema,
+                    restore: Mapping[str, Callable[[Any], None]] | None = None) -> Resumed:
+    """Restore from --resume, else (auto_resume) the checkpoint find_resume_checkpoint picks in output_dir.
+
+    Loads model, optimizer, scaler, EMA, best val top-1 (see _restore_best) and this rank's RNG state, calls
+    ``restore[name](value)`` for each extra entry saved by training_state that the file holds, and lists the
+    arguments that differ from the saved ones. Returns Resumed(start_epoch, max_accuracy, path): start_epoch is
+    the epoch after the last completed one (a train_progress entry says where inside it to continue). A file
     without an integer epoch (e.g. a zoo file) restores the weights and starts at --start_epoch.
     """
     path, ckpt = checkpoint_to_load(args)
     if not path:
-        return args.start_epoch, 0.0
+        return Resumed(args.start_epoch, 0.0, None)
+    check_entry_types(ckpt, path)
     load_model_file(model, ckpt, path, args.model, keys=args.model_key)
     print(f"Resuming from {path}", flush=True)
+    changes = changed_args(saved_args(ckpt), vars(args))
+    if changes:
+        print(f"WARNING: resuming {path} with arguments that differ from the ones it was trained with (the lr "
+              f"follows the new videos per step):\n  " + "\n  ".join(changes), flush=True)
     if ckpt.get("optimizer") is not None:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -319,20 +461,20 @@ def resume_training(args, model: nn.Module, optimizer: torch.optim.Optimizer, sc
     for name, load in (restore or {}).items():
         if ckpt.get(name) is not None:
             load(ckpt[name])
-        else:
+        elif name != PROGRESS:  # only a mid-epoch checkpoint has one
             print(f"WARNING: {path} holds no {name!r} state; it starts afresh", flush=True)
-    max_accuracy = float(ckpt.get("max_accuracy", 0.0))
+    max_accuracy = _restore_best(args, path, ckpt)
     epoch = ckpt.get("epoch")
     if not isinstance(epoch, int):
         print(f"WARNING: {path} has no integer epoch ({epoch!r}); starting at epoch {args.start_epoch}", flush=True)
-        return args.start_epoch, max_accuracy
+        return Resumed(args.start_epoch, max_accuracy, path)
     states = ckpt.get("rng_states")
     if states and len(states) == utils.get_world_size():
         utils.restore_rng_state(states[utils.get_rank()])
     else:
         print("WARNING: no RNG state for this world size in the checkpoint; reseeding", flush=True)
         utils.seed_everything(args.seed + utils.get_rank() + 1000 * (epoch + 1))
-    return epoch + 1, max_accuracy
+    return Resumed(epoch + 1, max_accuracy, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -100,17 +100,23 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, *, lr_schedule: np.ndarray, wd_schedule: np.ndarray,
-                    start_step: int, steps_per_epoch: int, update_freq: int = 1,
+                    start_step: int, steps_per_epoch: int, update_freq: int = 1, first_step: int = 0,
+                    stop: Callable[[], bool] | None = None, meter_state: dict | None = None,
                     prepare_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
                     scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
                     clip_grad: float | None = None, model_ema=None, mixup_fn: Callable | None = None,
                     log_writer: utils.TensorboardLogger | None = None, print_freq: int = 20) -> dict:
     """One epoch of steps_per_epoch optimizer steps, each accumulating update_freq micro-batches.
 
-    lr and weight decay follow the per-iteration schedules; DDP all-reduces gradients on a step's last micro-batch
-    only. prepare_batch turns a loader batch into (clips, labels) on the device: to_device (the default) for
-    worker-augmented batches, video_transforms.DeviceAugment for decoded videos. scaler: an enabled GradScaler for
-    fp16 (None: a disabled one). Returns the epoch's numbers (_Meter.stats).
+    lr and weight decay follow the per-iteration schedules (start_step: the global step of the epoch's first step);
+    DDP all-reduces gradients on a step's last micro-batch only. prepare_batch turns a loader batch into
+    (clips, labels) on the device: to_device (the default) for worker-augmented batches, video_transforms.
+    DeviceAugment for decoded videos. scaler: an enabled GradScaler for fp16 (None: a disabled one).
+
+    A resumed epoch starts at ``first_step`` (the loader yields the remaining batches only) with the sums of its
+    earlier steps (``meter_state``). ``stop`` is called after every optimizer step (on every rank); when it says
+    True the epoch ends there. Returns the epoch's numbers (_Meter.stats) and "meter" (the state that continues its
+    sums), or, when stopped, {"stopped_at": optimizer steps of the epoch done, "meter", "nonfinite_steps"}.
     """
     check_device(model, device)
     model.train(True)
@@ -118,10 +124,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
     params = [p for g in optimizer.param_groups for p in g["params"]]
     no_sync = model.no_sync if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext
     prepare_batch = prepare_batch or partial(to_device, device=device)
-    total = steps_per_epoch * update_freq
-    meter = _Meter(device, epoch, total, print_freq, log_writer, start_step * update_freq, is_compiled(model))
+    first, total = first_step * update_freq, steps_per_epoch * update_freq
+    meter = _Meter(device, epoch, total, print_freq, log_writer, start_step * update_freq, is_compiled(model),
+                   meter_state)
     optimizer.zero_grad(set_to_none=True)
-    for i, batch in enumerate(itertools.islice(loader, total)):
+    for i, batch in enumerate(itertools.islice(loader, total - first) if total > first else (), start=first):
         meter.data_ready()
         clips, labels = prepare_batch(batch)
         step, last_micro = start_step + i // update_freq, (i + 1) % update_freq == 0
@@ -139,9 +146,13 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
         if last_micro:
             grad_norm, skipped = optimizer_step(optimizer, scaler, params, clip_grad, model_ema)
         meter.update(i, loss.detach(), clips.shape[0], grad_norm, skipped, optimizer, scaler)
-    if meter.micro == 0:
+        if last_micro and stop is not None and stop():
+            return {"stopped_at": (i + 1) // update_freq, "meter": meter.state_dict(),
+                    "nonfinite_steps": meter.nonfinite_steps()}
+    if meter.micro + meter.done_micro == 0:
         raise RuntimeError("the training loader produced no batch")
-    return {**meter.stats(optimizer, scaler), "bad_videos": _bad_videos(getattr(loader, "dataset", None), device)}
+    return {**meter.stats(optimizer, scaler), "bad_videos": _bad_videos(getattr(loader, "dataset", None), device),
+            "meter": meter.state_dict()}
 
 
 class _Meter:
@@ -150,16 +161,25 @@ class _Meter:
 
     Sums: loss, non-finite losses, grad norm over finite steps, finite steps, steps skipped by GradScaler.
     Host timers: data wait (from the end of one micro-step to the arrival of the next batch) and wall time.
+    A resumed epoch continues the sums of its earlier part (state_dict / ``state``); rates and timers cover this
+    process's part only.
     """
 
     def __init__(self, device: torch.device, epoch: int, total: int, print_freq: int,
-                 log_writer: utils.TensorboardLogger | None, first_iter: int, compiled: bool):
+                 log_writer: utils.TensorboardLogger | None, first_iter: int, compiled: bool,
+                 state: dict | None = None):
         self.device, self.epoch, self.total, self.print_freq = device, epoch, total, print_freq
         self.log_writer, self.first_iter, self.compiled = log_writer, first_iter, compiled
         self.sums = torch.zeros(5, device=device)
         self.window = torch.zeros(5, device=device)
         self.micro = self.steps = self.clips = self.clips_after_first = 0
         self.win_micro = self.win_steps = self.win_clips = 0
+        self.done_micro = self.done_steps = 0  # micro-steps and steps of the epoch's earlier part (resumed)
+        if state is not None:  # sums and the open window apart: the same float additions as an uninterrupted epoch
+            self.sums += state["sums"].to(device)
+            self.window += state["window"].to(device)
+            self.done_micro, self.done_steps = int(state["micro"]), int(state["steps"])
+            self.win_micro, self.win_steps = int(state["win_micro"]), int(state["win_steps"])
         self.wait = self.win_wait = 0.0
         self.t_start = self.t_window = self.t_last = time.perf_counter()
         self.t_first = self.t_start  # end of the first micro-step: rates leave out worker start-up and compilation
@@ -187,13 +207,13 @@ class _Meter:
         self.clips += clips
         self.win_clips += clips
         self.t_last = time.perf_counter()
-        if i == 0:  # worker start-up and compilation: left out of the rates when later steps follow
+        if self.micro == 1:  # worker start-up and compilation: left out of the rates when later steps follow
             self.t_first = self.t_last
             if self.compiled:
                 print(f"Epoch [{self.epoch}] first step {self.t_last - self.t_start:.1f}s: torch.compile compiles "
                       f"the model on its first steps (later ones reuse the code); clips/s leaves this step out",
                       flush=True)
-            if self.print_freq > 1 and self.total > 1:
+            if self.print_freq > 1 and self.total - i > 1:
                 self.t_window, self.win_clips, self.win_wait = self.t_last, 0, 0.0
         else:
             self.clips_after_first += clips
@@ -210,7 +230,7 @@ class _Meter:
                "grad_norm": grad_sum / finite if finite else None,
                "clips_per_s": self.win_clips * self.world / elapsed, "data_wait": self.win_wait / elapsed,
                "peak_mem_gib": utils.peak_memory_gib(self.device)}
-        eta = (now - self.t_start) / (i + 1) * (self.total - i - 1)
+        eta = (now - self.t_start) / self.micro * (self.total - i - 1)
         gn = f"{rec['grad_norm']:.3f}" if finite else "n/a"
         line = (f"Epoch [{self.epoch}] [{i + 1}/{self.total}] eta {datetime.timedelta(seconds=int(eta))} "
                 f"loss {rec['loss']:.4f} lr {rec['lr']:.3e} grad_norm {gn}")
@@ -226,19 +246,32 @@ class _Meter:
         self.win_micro = self.win_steps = self.win_clips = 0
         self.win_wait, self.t_window = 0.0, now
 
+    def state_dict(self) -> dict:
+        """The epoch's sums so far (for a mid-epoch checkpoint): this rank's, as CPU tensors and ints."""
+        return {"sums": self.sums.cpu(), "window": self.window.cpu(), "micro": self.done_micro + self.micro,
+                "steps": self.done_steps + self.steps, "win_micro": self.win_micro, "win_steps": self.win_steps}
+
+    def nonfinite_steps(self) -> int:
+        """This rank's optimizer steps so far that applied a non-finite gradient norm (see stats)."""
+        _, _, _, finite, skipped = (self.sums + self.window).tolist()
+        return int(round(self.done_steps + self.steps - finite - skipped))
+
     def stats(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> dict:
-        """Epoch means over ranks: loss, grad_norm (finite steps), skipped_steps; lr/wd now; this rank's clips/s
-        (times world size), data-wait share and peak memory."""
+        """Epoch means over ranks: loss, grad_norm (finite steps), skipped_steps, nonfinite_steps (optimizer steps
+        taken with a non-finite gradient norm: not skipped by an fp16 GradScaler, so they reached the weights);
+        lr/wd now; this rank's clips/s (times world size), data-wait share and peak memory."""
         sums = utils.all_reduce_sum(self.sums + self.window)
         loss, _, grad_sum, finite, skipped = sums.tolist()
+        micro, steps = self.done_micro + self.micro, self.done_steps + self.steps
         elapsed = time.perf_counter() - self.t_start
         rate_time = self.t_last - self.t_first if self.micro > 1 else self.t_last - self.t_start
         rate_clips = self.clips_after_first if self.micro > 1 else self.clips
-        return {"loss": loss / (self.micro * self.world), "lr": max(g["lr"] for g in optimizer.param_groups),
+        return {"loss": loss / (micro * self.world), "lr": max(g["lr"] for g in optimizer.param_groups),
                 "min_lr": min(g["lr"] for g in optimizer.param_groups),
                 "wd": max(g["weight_decay"] for g in optimizer.param_groups),
                 "grad_norm": grad_sum / finite if finite else None, "loss_scale": scaler.get_scale(),
                 "skipped_steps": int(round(skipped / self.world)),
+                "nonfinite_steps": int(round(steps - (finite + skipped) / self.world)),
                 "clips_per_s": rate_clips * self.world / max(rate_time, 1e-9), "data_wait": self.wait / elapsed,
                 "peak_mem_gib": utils.peak_memory_gib(self.device), "time": elapsed}
 

@@ -48,6 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--llama_path", default=None,
                    help="LLM folder the checkpoint was trained with: its block is checked against the checkpoint's "
                         "record. Not needed: the frozen weights and their shape come from the checkpoint")
+    p.add_argument("--allow_arg_mismatch", action="store_true",
+                   help="predict even though --num_frames/--input_size/--model differ from the checkpoint's args")
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
     p.add_argument("--decode_threads", type=int, default=1)
     return p
@@ -140,10 +142,10 @@ def top5(probs: torch.Tensor, class_names: list[str] | None) -> list[dict]:
 def setup(args: argparse.Namespace) -> tuple[argparse.Namespace, torch.nn.Module, list[str] | None]:
     """Check the inputs, read the checkpoint, fill flags from it, build and load the model: (args, model, names)."""
     args.data_set = "SSV2"
-    missing = [v for v in args.videos if not os.path.isfile(v)]
-    if missing:
-        raise PredictError(f"video {missing[0]}: no such file" + (f" (and {len(missing) - 1} more)"
-                                                                   if len(missing) > 1 else ""))
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise PredictError(f"--json {args.json}: its folder does not exist (checked before any work)")
+    if len(args.videos) == 1 and not os.path.isfile(args.videos[0]):
+        raise PredictError(f"video {args.videos[0]}: no such file")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise PredictError("--device cuda: no CUDA device is visible; use --device cpu")
     if not os.path.isfile(args.resume):
@@ -160,23 +162,36 @@ def setup(args: argparse.Namespace) -> tuple[argparse.Namespace, torch.nn.Module
     if class_names is not None and len(class_names) != args.nb_classes:
         raise PredictError(f"--labels {args.labels} names {len(class_names)} classes; the checkpoint's head has "
                            f"{args.nb_classes}")
-    return args, load_model(args, ckpt), class_names
+    model = load_model(args, ckpt)
+    try:  # after the strict load, whose report names the tensors of another model
+        checkpoint.check_eval_args(args, ckpt, args.resume)
+    except RuntimeError as e:
+        raise PredictError(str(e)) from None
+    return args, model, class_names
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args, model, class_names = setup(get_args_parser().parse_args(argv))
-    results = []
+    results, failed = [], []
     for path in args.videos:
-        ranked = top5(predict_video(model, path, args), class_names)
+        try:
+            ranked = top5(predict_video(model, path, args), class_names)
+        except PredictError as e:  # a bad video is reported and skipped; the others still get predictions
+            failed.append(str(e))
+            print(f"SKIPPED {e}", file=sys.stderr, flush=True)
+            continue
         results.append({"video": path, "top5": ranked})
         print(path)
         for i, r in enumerate(ranked, 1):
             label = f"{r['name']} ({r['class_id']})" if r["name"] is not None else f"class {r['class_id']}"
             print(f"  {i}. {r['prob']:.4f}  {label}")
-    if args.json:
+    if args.json and results:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
-        print(f"predictions written to {args.json}")
+        print(f"predictions for {len(results)} videos written to {args.json}")
+    if failed:
+        raise PredictError(failed[0] if len(args.videos) == 1 else f"{len(failed)} of {len(args.videos)} videos "
+                           f"could not be predicted (the others were): {'; '.join(failed)}")
     return results
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
 import time
 from functools import partial
@@ -24,6 +26,8 @@ import utils
 from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT
 from video_transforms import DeviceAugment
 
+
+EXIT_PREEMPTED = 75  # exit status after a stop signal: the state is saved, rerunning the command continues it
 
 # VideoMAE flags that cannot act here: each is accepted at its default only. flag -> (default, type, why);
 # type bool: a switch that must stay off.
@@ -132,6 +136,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--no_save_ckpt", action="store_false", dest="save_ckpt")
     a("--start_epoch", default=0, type=int)
     a("--eval", action="store_true", help="multi-view test of --resume (or the newest checkpoint) and exit")
+    a("--allow_arg_mismatch", action="store_true",
+      help="evaluate a checkpoint even though --num_frames/--input_size/--model differ from its saved args")
+    a("--exit_signal", default="USR1",
+      help="signal that, like SIGTERM and a first Ctrl-C, makes the run finish its optimizer step, save "
+           f"checkpoint-last.pth and exit with status {EXIT_PREEMPTED} (SLURM: #SBATCH --signal=USR1@120)")
     a("--dist_eval", action="store_true", help="shard validation and test over the processes")
     a("--num_workers", default=10, type=int)
     a("--pin_mem", action="store_true", default=True)
@@ -161,6 +170,10 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         bad.append("--opt_betas takes two numbers")
     if args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2:
         bad.append("--cutmix_minmax takes two numbers")
+    try:
+        utils.parse_signal(args.exit_signal)
+    except ValueError as e:
+        bad.append(f"--exit_signal: {e}")
     if bad:
         raise SystemExit("error: " + "; ".join(bad))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -194,14 +207,21 @@ def build_model(args) -> torch.nn.Module:
     return model
 
 
+def stop_signals(args) -> list[int]:
+    """The signals that stop a run cleanly (utils.StopSignal): SIGTERM, --exit_signal, SIGINT."""
+    return [signal.SIGTERM, utils.parse_signal(args.exit_signal), signal.SIGINT]
+
+
 def build_loaders(args, eval_only: bool) -> dict:
-    """Datasets and loaders. Train: DistributedSampler (any world size); val/test: disjoint shards when dist_eval."""
-    from datasets import ShardSampler, build_dataset, multiple_samples_collate, pack_videos_collate
+    """Datasets and loaders. Train: TrainSampler (shuffled per epoch over any world size, per-item seeds, resumable
+    mid-epoch); val/test: disjoint shards when dist_eval. Workers ignore the stop signals (the main process acts)."""
+    from datasets import ShardSampler, TrainSampler, build_dataset, multiple_samples_collate, pack_videos_collate
     world, rank = utils.get_world_size(), utils.get_rank()
     eval_args = argparse.Namespace(**{**vars(args), "data_path": args.eval_data_path or args.data_path})
     shard = dict(num_replicas=world, rank=rank) if args.dist_eval else dict(num_replicas=1, rank=0)
     pin = args.pin_mem and torch.device(args.device).type == "cuda"  # pinning needs an accelerator
-    common = dict(num_workers=args.num_workers, pin_memory=pin)
+    common = dict(num_workers=args.num_workers, pin_memory=pin,
+                  worker_init_fn=partial(utils.ignore_stop_signals, stop_signals(args)))
     out = {}
     test_set, _ = build_dataset(is_train=False, test_mode=True, args=eval_args)
     out["test"] = torch.utils.data.DataLoader(test_set, batch_size=args.batch_size, generator=torch.Generator(),
@@ -213,7 +233,7 @@ def build_loaders(args, eval_only: bool) -> dict:
     out["train"] = torch.utils.data.DataLoader(
         train_set, batch_size=args.batch_size, drop_last=True,
         collate_fn=pack_videos_collate if args.augment_on == "device" else multiple_samples_collate,
-        sampler=torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed),
+        sampler=TrainSampler(train_set, world, rank, seed=args.seed),
         generator=out["generator"], **common)
     if not args.disable_eval_during_finetuning:
         val_set, _ = build_dataset(is_train=False, test_mode=False, args=eval_args)
@@ -223,11 +243,11 @@ def build_loaders(args, eval_only: bool) -> dict:
     return out
 
 
-def set_train_epoch(loaders: dict, args, epoch: int) -> None:
-    """Shuffle order and DataLoader worker seeds (python, numpy and torch, each worker its own: PyTorch derives them
-    from the loader's generator) as functions of (seed, epoch, rank) alone, so a resumed run draws what an
-    uninterrupted one does."""
-    loaders["train"].sampler.set_epoch(epoch)
+def set_train_epoch(loaders: dict, args, epoch: int, first_step: int = 0) -> None:
+    """Shuffle order (starting after ``first_step`` optimizer steps of a resumed epoch) and the DataLoader's worker
+    seeds as functions of (seed, epoch, rank) alone; each item's draws come from its own seed (TrainSampler), so a
+    run resumed at any step draws what an uninterrupted one does."""
+    loaders["train"].sampler.set_epoch(epoch, first_step * args.batch_size * args.update_freq)
     loaders["generator"].manual_seed(args.seed + 1000 * epoch + utils.get_rank())
 
 
@@ -305,22 +325,103 @@ def run_test(args, run_model: torch.nn.Module, loader, device: torch.device, amp
     return summary
 
 
+def validate_all(args, run_model: torch.nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
+                 model_ema) -> dict:
+    """Single-view validation of the model (val_*) and, with --model_ema, of its EMA weights (val_ema_*)."""
+    record = {f"val_{k}": v for k, v in engine.validate(run_model, loader, device, amp_dtype, args.dist_eval).items()}
+    if model_ema is not None:
+        with model_ema.applied():  # the EMA weights in the model, wherever the EMA is kept
+            ema = engine.validate(run_model, loader, device, amp_dtype, args.dist_eval)
+        record.update({f"val_ema_{k}": v for k, v in ema.items()})
+    return record
+
+
+def training_checkpoint(args, model: torch.nn.Module, t: dict, epoch_done: int, max_acc: float,
+                        best_epoch: int | None, progress: dict | None = None) -> dict:
+    """checkpoint.training_state plus every rank's augmentation generators, the best epoch and, partway through an
+    epoch, the train_progress entry (progress_entry). Collective: call on every rank."""
+    extra = {name: utils.gather_to_main(obj.state_dict()) for name, obj in t["per_rank"].items()}
+    if progress is not None:
+        extra[checkpoint.PROGRESS] = progress
+    return checkpoint.training_state(args, model, t["optimizer"], t["scaler"], t["model_ema"], epoch_done, max_acc,
+                                     best_epoch=best_epoch, **extra)
+
+
+def progress_entry(args, epoch: int, step: int, meter_state: dict | None) -> dict:
+    """Where inside ``epoch`` training continues: the optimizer steps done, the batch layout they were taken with
+    and every rank's sums of the epoch so far (engine meter states). Collective."""
+    return {"epoch": epoch, "step": step, "layout": [args.batch_size, args.update_freq, utils.get_world_size()],
+            "meters": utils.gather_to_main(meter_state)}
+
+
+def resume_step(args, progress: dict | None, epoch: int, steps_per_epoch: int) -> tuple[int, dict | None]:
+    """(first optimizer step, this rank's meter state) at which ``epoch`` continues after a mid-epoch checkpoint's
+    train_progress; (0, None) without one. Another batch layout (batch size, update_freq, processes) cannot continue
+    the sample order exactly: the step is then scaled to the videos already seen, with a warning."""
+    if not progress or progress["epoch"] != epoch:
+        return 0, None
+    layout = [args.batch_size, args.update_freq, utils.get_world_size()]
+    step, meters = int(progress["step"]), progress.get("meters") or []
+    if list(progress["layout"]) == layout:
+        return step, meters[utils.get_rank()] if len(meters) == layout[2] else None
+    scaled = min(step * math.prod(progress["layout"]) // math.prod(layout), steps_per_epoch)
+    print(f"WARNING: epoch {epoch} was stopped after {step} steps of batch_size x update_freq x processes = "
+          f"{progress['layout']}; with {layout} it continues at step {scaled}, and the rest of the epoch visits the "
+          f"videos in another order than an uninterrupted run", flush=True)
+    return scaled, None
+
+
+def health_problems(record: dict) -> list[str]:
+    """Why an epoch's state must not become a checkpoint: optimizer steps that applied a non-finite gradient (an
+    fp16 GradScaler skips those; bf16/fp32 apply them), or a non-finite validation loss."""
+    problems = []
+    if record.get("train_nonfinite_steps"):
+        problems.append(f"{record['train_nonfinite_steps']} optimizer steps applied a non-finite gradient "
+                        f"(grad_norm inf/NaN)")
+    problems += [f"{k} {record[k]}" for k in ("val_loss", "val_ema_loss") if k in record
+                 and not math.isfinite(record[k])]
+    return problems
+
+
+def stop_diverged(args, epoch: int, problems: list[str], state: dict | None, last_good: str | None,
+                  last_good_epoch: int) -> None:
+    """Keep a diverged state only as checkpoint-N.bad.pth (never resumed) and stop, naming the last good file."""
+    kept = ""
+    if state is not None:
+        bad = checkpoint.save_training_checkpoint(args.output_dir, [f"checkpoint-{epoch}.bad.pth"], state)
+        kept = f" (kept for inspection as {bad[0]})"
+    good = f"{last_good} (after epoch {last_good_epoch})" if last_good else "none (a rerun starts over)"
+    raise SystemExit(f"error: epoch {epoch} diverged: {'; '.join(problems)}. Its state is not saved as a checkpoint "
+                     f"to resume{kept}. The last good checkpoint is {good}; a rerun resumes it and, the run being "
+                     f"deterministic, diverges again: lower --lr, set --clip_grad, or train with --amp bf16 or none")
+
+
+def stop_run(stop: utils.StopSignal, paths: list[str]) -> None:
+    """Exit with EXIT_PREEMPTED after a stop signal, saying what was saved."""
+    saved = f"saved {', '.join(paths)}" if paths else "nothing saved (no --output_dir, or --no_save_ckpt)"
+    print(f"Stopping on {stop.received or 'a signal received by another rank'}: {saved}; exit status "
+          f"{EXIT_PREEMPTED}. Rerun the same command to continue.", flush=True)
+    raise SystemExit(EXIT_PREEMPTED)
+
+
 def main(args: argparse.Namespace) -> dict | None:
-    """Train (or with --eval only test); returns the multi-view test summary on rank 0."""
+    """Train (or with --eval only test); returns the multi-view test summary on rank 0. Holds output_dir's lock;
+    a stop signal ends training after a checkpoint with SystemExit(EXIT_PREEMPTED)."""
     utils.init_distributed(args)
     try:
-        return _main(args)
+        with utils.RunLock(args.output_dir), utils.StopSignal(stop_signals(args)[1:2]) as stop:
+            return _main(args, stop)
     finally:
         utils.cleanup_distributed()
 
 
-def _main(args) -> dict | None:
+def _main(args, stop: utils.StopSignal) -> dict | None:
     rank, world = utils.get_rank(), utils.get_world_size()
     device = torch.device(args.device, args.gpu) if args.device == "cuda" else torch.device(args.device)
     utils.seed_everything(args.seed + rank)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     if args.output_dir and rank == 0:
-        os.makedirs(args.output_dir, exist_ok=True)
+        utils.remove_stale_temp_files(args.output_dir)  # RunLock made the folder and holds it: no live writer
     print("Command:", " ".join(sys.argv), "\nArgs:", json.dumps(utils.to_jsonable(vars(args))), flush=True)
     loaders = build_loaders(args, eval_only=args.eval)
     model = build_model(args).to(device)
@@ -342,51 +443,84 @@ def _main(args) -> dict | None:
         raise SystemExit(f"error: {len(loaders['train'].dataset)} training videos give no optimizer step of "
                          f"batch_size {args.batch_size} x update_freq {args.update_freq} x {world} processes")
     t = build_training(args, raw_model, steps_per_epoch)
-    start_epoch, max_acc = checkpoint.resume_training(
+    saved: dict = {}
+    restore = {name: partial(restore_per_rank, obj.load_state_dict) for name, obj in t["per_rank"].items()}
+    resumed = checkpoint.resume_training(
         args, raw_model, t["optimizer"], t["scaler"], t["model_ema"],
-        restore={name: partial(restore_per_rank, obj.load_state_dict) for name, obj in t["per_rank"].items()})
+        restore={**restore, **{k: partial(saved.__setitem__, k) for k in (checkpoint.PROGRESS, "best_epoch")}})
+    start_epoch, max_acc, best_epoch = resumed.start_epoch, resumed.max_accuracy, saved.get("best_epoch")
+    first_step, meter_state = resume_step(args, saved.get(checkpoint.PROGRESS), start_epoch, steps_per_epoch)
     print(f"lr {args.scaled_lr:.3e} for {args.batch_size * args.update_freq * world} videos per step, "
           f"{steps_per_epoch} steps per epoch, criterion {type(t['criterion']).__name__}", flush=True)
-    if rank == 0 and args.output_dir:
+    log_path = os.path.join(args.output_dir, "log.txt") if args.output_dir else None
+    if start_epoch >= args.epochs:
+        print(f"Nothing to train: {resumed.path} ends at epoch {start_epoch - 1} and --epochs is {args.epochs}; "
+              f"running the multi-view test on it (a new run needs another --output_dir)", flush=True)
+    elif rank == 0 and log_path:
         utils.write_json(os.path.join(args.output_dir, "args.json"), vars(args))
+        dropped = utils.keep_json_lines(log_path, lambda r: r.get("epoch", -1) < start_epoch)
+        if dropped:
+            print(f"{log_path}: dropped {dropped} lines of epochs this run redoes (from {start_epoch} on) or cut "
+                  f"by a kill", flush=True)
     log_writer = utils.TensorboardLogger(args.log_dir) if rank == 0 and args.log_dir else None
-    last_ckpt, t0 = None, time.time()
+    saving = bool(args.output_dir and args.save_ckpt)
+    last_ckpt, last_epoch, t0 = resumed.path, start_epoch - 1, time.time()
     for epoch in range(start_epoch, args.epochs):
-        set_train_epoch(loaders, args, epoch)
+        set_train_epoch(loaders, args, epoch, first_step)
         train_stats = engine.train_one_epoch(
             run_model, t["criterion"], loaders["train"], t["optimizer"], device, epoch,
             lr_schedule=t["lr_schedule"], wd_schedule=t["wd_schedule"], start_step=epoch * steps_per_epoch,
-            steps_per_epoch=steps_per_epoch, update_freq=args.update_freq, prepare_batch=t["prepare_batch"],
+            steps_per_epoch=steps_per_epoch, update_freq=args.update_freq, first_step=first_step,
+            stop=stop.requested, meter_state=meter_state, prepare_batch=t["prepare_batch"],
             scaler=t["scaler"], amp_dtype=amp_dtype,
             clip_grad=args.clip_grad, model_ema=t["model_ema"], mixup_fn=t["mixup_fn"], log_writer=log_writer,
             print_freq=args.print_freq)
+        first_step, meter_state, meter = 0, None, train_stats.pop("meter", None)
+        stopped_at = train_stats.get("stopped_at")
+        if stopped_at is None and stop.requested(now=True):  # a signal late in the last step: save, then validate
+            stopped_at = steps_per_epoch
+        if stopped_at is not None:  # a stop signal: save where this epoch stands, then exit
+            state = training_checkpoint(args, raw_model, t, epoch - 1, max_acc, best_epoch, progress_entry(
+                args, epoch, stopped_at, meter)) if saving else None
+            if train_stats["nonfinite_steps"]:
+                stop_diverged(args, epoch, [f"{train_stats['nonfinite_steps']} optimizer steps applied a "
+                                            f"non-finite gradient"], state, last_ckpt, last_epoch)
+            stop_run(stop, checkpoint.save_training_checkpoint(args.output_dir, [checkpoint.LAST_CHECKPOINT], state)
+                     if saving else [])
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()}}
         if "val" in loaders:
-            val = engine.validate(run_model, loaders["val"], device, amp_dtype, reduce=args.dist_eval)
-            record.update({f"val_{k}": v for k, v in val.items()})
-            if t["model_ema"] is not None:
-                with t["model_ema"].applied():  # the EMA weights in the model, wherever the EMA is kept
-                    ema = engine.validate(run_model, loaders["val"], device, amp_dtype, args.dist_eval)
-                record.update({f"val_ema_{k}": v for k, v in ema.items()})
-            print(f"Epoch {epoch}: val top-1 {val['acc1']:.2f}% top-5 {val['acc5']:.2f}% "
-                  f"(best {max(max_acc, val['acc1']):.2f}%)", flush=True)
-        is_best = "val_acc1" in record and record["val_acc1"] > max_acc
-        max_acc = max(max_acc, record.get("val_acc1", max_acc))
-        names = checkpoint.epoch_checkpoint_names(epoch, args.epochs, args.save_ckpt_freq, is_best) \
-            if args.output_dir and args.save_ckpt else []
-        if names:
-            state = checkpoint.training_state(
-                args, raw_model, t["optimizer"], t["scaler"], t["model_ema"], epoch, max_acc,
-                **{name: utils.gather_to_main(obj.state_dict()) for name, obj in t["per_rank"].items()})
-            for name in names:
-                path = checkpoint.save_training_checkpoint(args.output_dir, name, state)
-                last_ckpt = path if name != checkpoint.BEST_CHECKPOINT else last_ckpt
-        if rank == 0 and args.output_dir:
-            utils.append_json_line(os.path.join(args.output_dir, "log.txt"), {**record, "n_parameters": n_parameters})
+            pending = training_checkpoint(args, raw_model, t, epoch - 1, max_acc, best_epoch,  # trained, not validated
+                                          progress_entry(args, epoch, steps_per_epoch, meter)) if saving else None
+            try:
+                record.update(validate_all(args, run_model, loaders["val"], device, amp_dtype, t["model_ema"]))
+            except Exception:
+                if saving:  # a rerun resumes the trained epoch (validation first), not the epoch before
+                    checkpoint.save_training_checkpoint(args.output_dir, [checkpoint.LAST_CHECKPOINT], pending,
+                                                        wait=False)
+                raise
+            del pending
+            print(f"Epoch {epoch}: val top-1 {record['val_acc1']:.2f}% top-5 {record['val_acc5']:.2f}% "
+                  f"(best {max(max_acc, record['val_acc1']):.2f}%)", flush=True)
+        if "val_acc1" in record and record["val_acc1"] > max_acc:
+            max_acc, best_epoch = record["val_acc1"], epoch
+        if rank == 0 and log_path:  # the log line first: a checkpoint on disk always has its line
+            utils.append_json_line(log_path, {**record, "n_parameters": n_parameters})
         if log_writer is not None:
             log_writer.log({k[4:]: v for k, v in record.items() if k.startswith("val_")}, step=epoch, head="perf")
             log_writer.log({k[6:]: v for k, v in record.items() if k.startswith("train_")}, step=epoch, head="epoch")
             log_writer.flush()
+        state = training_checkpoint(args, raw_model, t, epoch, max_acc, best_epoch) if saving else None
+        problems = health_problems(record)
+        if problems:
+            stop_diverged(args, epoch, problems, state, last_ckpt, last_epoch)
+        if saving:  # checkpoint-last.pth, then checkpoint-N.pth and checkpoint-best.pth as links to it
+            paths = checkpoint.save_training_checkpoint(args.output_dir, checkpoint.epoch_checkpoint_names(
+                epoch, args.epochs, args.save_ckpt_freq, best_epoch == epoch), state)
+            last_ckpt, last_epoch = next((p for p in paths if checkpoint.EPOCH_CHECKPOINT.fullmatch(
+                os.path.basename(p))), paths[0]), epoch
+        del state
+        if stop.requested(now=True):
+            stop_run(stop, [last_ckpt] if saving else [])
     print(f"Training time {time.time() - t0:.0f}s", flush=True)
     result = test(summary={"checkpoint": last_ckpt, "model": args.model, "epochs": args.epochs})
     if log_writer is not None:

@@ -7,12 +7,12 @@ import os
 
 import torch
 
-from datasets.samplers import ShardSampler
+from datasets.samplers import ShardSampler, TrainSampler
 from datasets.ssv2 import (SSv2Dataset, load_class_names, multiple_samples_collate, pack_videos_collate,
                            read_video_list, read_views, train_indices, eval_indices, val_indices, video_id)
 
 __all__ = ["TEST_NUM_SEGMENT", "TEST_NUM_CROP", "build_dataset", "read_test_views", "load_class_names",
-           "multiple_samples_collate", "pack_videos_collate", "SSv2Dataset", "ShardSampler",
+           "multiple_samples_collate", "pack_videos_collate", "SSv2Dataset", "ShardSampler", "TrainSampler",
            "read_video_list", "train_indices", "eval_indices", "val_indices", "video_id"]
 
 LABELS_FILE = "something-something-v2-labels.json"

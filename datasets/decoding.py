@@ -92,15 +92,15 @@ def open_video(path: str, decoder: str = "auto", num_threads: int = 1) -> "Decor
     """Opens `path` with the chosen decoder; raises VideoDecodeError naming the file for missing/empty/bad videos."""
     decoder = resolve_decoder(decoder)
     if not os.path.isfile(path):
-        raise VideoDecodeError(f"video file not found: {path}")
+        raise VideoDecodeError(f"video file not found: {path!r}")
     if os.path.getsize(path) == 0:
-        raise VideoDecodeError(f"video file is empty (0 bytes): {path}")
+        raise VideoDecodeError(f"video file is empty (0 bytes): {path!r}")
     try:
         reader = DecordReader(path, num_threads) if decoder == "decord" else PyAVReader(path, num_threads)
     except Exception as e:
-        raise VideoDecodeError(f"{decoder} cannot open {path}: {type(e).__name__}: {e}") from e
+        raise VideoDecodeError(f"{decoder} cannot open {path!r}: {type(e).__name__}: {e}") from e
     if reader.num_frames <= 0:
-        raise VideoDecodeError(f"{decoder} found no video frames in {path}")
+        raise VideoDecodeError(f"{decoder} found no video frames in {path!r}")
     return reader
 
 
@@ -118,16 +118,16 @@ def read_frames(path: str, sample_indices, decoder: str = "auto", num_threads: i
         frames = reader.get_frames(unique)
     except Exception as first_error:
         if reader.count_is_exact:
-            raise VideoDecodeError(f"cannot decode frames of {path}: {type(first_error).__name__}: {first_error}")
+            raise VideoDecodeError(f"cannot decode frames of {path!r}: {type(first_error).__name__}: {first_error}")
         n = reader.exact_count()
         if n <= 0:
-            raise VideoDecodeError(f"no decodable frames in {path}: {type(first_error).__name__}: {first_error}")
+            raise VideoDecodeError(f"no decodable frames in {path!r}: {type(first_error).__name__}: {first_error}")
         indices = [int(i) for i in sample_indices(n)]
         unique = sorted(set(indices))
         try:
             frames = reader.get_frames(unique)
         except Exception as e:
-            raise VideoDecodeError(f"cannot decode frames of {path}: {type(e).__name__}: {e}") from e
+            raise VideoDecodeError(f"cannot decode frames of {path!r}: {type(e).__name__}: {e}") from e
     if len(unique) == len(indices) and unique == indices:
         return frames, indices
     pos = {f: i for i, f in enumerate(unique)}

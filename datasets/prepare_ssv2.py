@@ -13,8 +13,9 @@ the dataset's default data_root), and a copy of the labels json.
 
 Resumable: an existing videos/<id>.mp4 is skipped (outputs are encoded to <id>.mp4.part and renamed when complete,
 so a finished name is always a whole video; leftover .part files are overwritten). Failures (missing source video,
-ffmpeg error) never vanish: every one is printed with its reason and written to OUT_DIR/failed.txt, the CSVs list only
-the videos that exist, the summary gives listed/converted/skipped/failed per split, and the exit status is 1.
+ffmpeg error, a truncated source: ffmpeg's "ended prematurely" or fewer frames than its header promises) never
+vanish: every one is printed with its reason and written to OUT_DIR/failed.txt, the CSVs list only the videos that
+exist, the summary gives listed/converted/skipped/failed per split, and the exit status is 1.
 """
 import argparse
 import json
@@ -77,21 +78,48 @@ def read_annotations(src: str) -> tuple[dict[str, int], dict[str, list[tuple[str
     return labels, splits
 
 
+def stream_frames(path: str) -> tuple[int | None, int]:
+    """(frames the container's header promises: duration x frame rate, None when it states no duration; frames
+    that are really there: the mp4 index's count, else a count of the demuxed packets)."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        promised = None
+        if container.duration and stream.average_rate:
+            promised = round(container.duration / av.time_base * stream.average_rate)
+        present = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+    return promised, present
+
+
 def convert(src: str, dst: str, ffmpeg: str, height: int = 240) -> str:
-    """Re-encodes one video to H.264 mp4 via dst.part; returns 'converted' or 'skipped', raises on failure."""
+    """Re-encodes one video to H.264 mp4 via dst.part; returns 'converted' or 'skipped', raises on failure.
+
+    A truncated source is a failure although ffmpeg exits 0 on it: when ffmpeg says the file "ended prematurely",
+    or when the output has fewer frames than the source's header promises (one frame of rounding allowed)."""
     if os.path.isfile(dst) and os.path.getsize(dst) > 0:
         return "skipped"
     if not os.path.isfile(src):
-        raise FileNotFoundError(f"missing source video {src}")
+        raise FileNotFoundError(f"missing source video {src!r}")
     tmp = dst + ".part"
-    cmd = [ffmpeg, "-nostdin", "-y", "-v", "error", "-i", src, "-an", "-vf", f"scale=-2:{height}", "-c:v", "libx264",
-           "-pix_fmt", "yuv420p", "-f", "mp4", tmp]
+    cmd = [ffmpeg, "-nostdin", "-y", "-v", "warning", "-i", src, "-an", "-vf", f"scale=-2:{height}", "-c:v",
+           "libx264", "-pix_fmt", "yuv420p", "-f", "mp4", tmp]
     result = subprocess.run(cmd, capture_output=True, text=True)
+    err = result.stderr.strip().splitlines()
+    problem = None
     if result.returncode != 0 or not os.path.isfile(tmp) or os.path.getsize(tmp) == 0:
+        problem = f"ffmpeg failed on {src!r} (exit {result.returncode}): {err[-1] if err else 'no output'}"
+    elif any("ended prematurely" in line for line in err):
+        problem = f"{src!r} is truncated (ffmpeg: {next(x for x in err if 'ended prematurely' in x).strip()})"
+    else:
+        promised, _ = stream_frames(src)
+        _, written = stream_frames(tmp)
+        if promised is not None and written < promised - 1:
+            problem = f"{src!r} is truncated: {written} frames decode, its header promises {promised}"
+    if problem:
         if os.path.exists(tmp):
             os.remove(tmp)
-        err = result.stderr.strip().splitlines()
-        raise RuntimeError(f"ffmpeg failed on {src} (exit {result.returncode}): {err[-1] if err else 'no output'}")
+        raise RuntimeError(problem)
     os.replace(tmp, dst)
     return "converted"
 

@@ -12,10 +12,12 @@ Frame sampling (T = num_frames segments over a video of n frames):
          published code), spatial view j slides an input_size window along the long side after the short side is
          resized to short_side_size. The video is decoded once for all views.
 """
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import random
+import re
 import sys
 from typing import Callable
 
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+import utils
 from datasets.decoding import VideoDecodeError, read_frames, resolve_decoder
 from video_transforms import TrainTransform, center_crop, resize_short_side, sliding_crops, to_tchw
 
@@ -30,27 +33,40 @@ MODES = ("train", "validation", "test")
 AUGMENT_ON = ("workers", "device")
 
 
-def read_video_list(csv_path: str, data_root: str | None = None, nb_classes: int | None = None) -> list[tuple[str, int]]:
-    """Parses a `<path> <label>` list; errors name file:line and the expected form."""
+LABEL = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
+
+
+def read_video_list(csv_path: str, data_root: str | None = None, nb_classes: int | None = None,
+                    check_exists: bool = False) -> list[tuple[str, int]]:
+    """Parses a `<path> <label>` list (UTF-8, a byte-order mark ignored); errors name file:line, show the line with
+    repr (invisible characters visible) and the expected form. ``check_exists``: every listed file must exist, else
+    a FileNotFoundError lists the missing ones."""
     if not os.path.isfile(csv_path):
-        raise FileNotFoundError(f"video list not found: {csv_path}")
+        raise FileNotFoundError(f"video list not found: {csv_path!r}")
     root = data_root if data_root is not None else os.path.dirname(os.path.abspath(csv_path))
     samples = []
-    with open(csv_path) as f:
+    with open(csv_path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
             parts = line.split(" ")
-            if len(parts) != 2 or not parts[0] or not parts[1].lstrip("-").isdigit():
-                raise ValueError(f"{csv_path}:{lineno}: expected '<video path> <integer label>' separated by one "
-                                 f"space, got {line!r}")
+            if len(parts) != 2 or not parts[0] or not LABEL.fullmatch(parts[1]):
+                raise ValueError(f"{csv_path}:{lineno}: expected '<video path> <integer label>' (ASCII digits) "
+                                 f"separated by one space, got {line!r}")
             path, label = parts[0], int(parts[1])
             if nb_classes is not None and not 0 <= label < nb_classes:
                 raise ValueError(f"{csv_path}:{lineno}: label {label} outside [0, {nb_classes}) (nb_classes)")
             samples.append((path if os.path.isabs(path) else os.path.join(root, path), label))
     if not samples:
         raise ValueError(f"{csv_path}: no videos listed")
+    if check_exists:
+        missing = [p for p, _ in samples if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(
+                f"{csv_path}: {len(missing)} of {len(samples)} listed videos do not exist (paths resolve against "
+                f"{root!r}; --data_root changes that): {', '.join(map(repr, missing[:5]))}"
+                f"{' ...' if len(missing) > 5 else ''}")
     return samples
 
 
@@ -125,7 +141,8 @@ class SSv2Dataset(Dataset):
     test        item (views V x T x H x W x C uint8, label, video_id, view_ids V x 2 int64 (temporal, spatial))
     Evaluation items are uint8 in the decoder's layout: video_transforms.normalize_clips turns them into normalised
     float ... x C x T x H x W clips on the device.
-    Validation/test never substitute: a missing or unreadable video raises with its path and the decoder's error.
+    Validation/test never substitute: a missing or unreadable video raises with its path and the decoder's error;
+    their lists are checked for missing files when the dataset is built.
     """
 
     def __init__(self, csv_path: str, mode: str = "train", data_root: str | None = None, nb_classes: int | None = None,
@@ -140,7 +157,8 @@ class SSv2Dataset(Dataset):
             raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
         if mode != "train" and short_side_size < input_size:
             raise ValueError(f"short_side_size {short_side_size} must be >= input_size {input_size} for evaluation")
-        self.samples = read_video_list(csv_path, data_root, nb_classes)
+        # Evaluation reads every listed video: a missing one stops the run now, not after an epoch of training.
+        self.samples = read_video_list(csv_path, data_root, nb_classes, check_exists=mode != "train")
         self.mode, self.num_frames, self.input_size = mode, num_frames, input_size
         self.short_side_size, self.num_sample = short_side_size, num_sample
         self.test_num_segment, self.test_num_crop = test_num_segment, test_num_crop
@@ -165,9 +183,13 @@ class SSv2Dataset(Dataset):
     def _read(self, path: str, sample_indices: Callable[[int], list[int]]) -> tuple[np.ndarray, list[int]]:
         return read_frames(path, sample_indices, self.decoder, self.decode_threads)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """``key``: an index, or (index, seed) from TrainSampler: then every random draw of a training item comes
+        from ``seed`` (utils.seeded_rngs), whichever process loads it."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         if self.mode == "train":
-            return self._train_item(index)
+            with utils.seeded_rngs(seed) if seed is not None else contextlib.nullcontext():
+                return self._train_item(index)
         path, label = self.samples[index]
         if self.mode == "validation":
             frames, _ = self._read(path, lambda n: val_indices(n, self.num_frames))

@@ -91,6 +91,10 @@ if [ -n "${FINETUNE}" ]; then FINETUNE_ARGS=(--finetune "${FINETUNE}"); fi
 COMPILE_ARGS=()
 if [ "${COMPILE}" != 0 ]; then COMPILE_ARGS=(--compile); fi
 mkdir -p "${OUTPUT_DIR}"
+# torchrun passes these signals on to every process, which then finish their step, save checkpoint-last.pth and
+# exit (README, "Preemption and reruns"). PET_SIGNALS_TO_HANDLE is torchrun's --signals-to-handle; releases without
+# that flag ignore it and pass on SIGTERM, SIGINT, SIGHUP and SIGQUIT only.
+export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
 
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} torchrun --nnodes "${NNODES}" --node_rank "${NODE_RANK}" \
     --nproc_per_node "${NPROC}" --master_addr "${MASTER_ADDR}" --master_port "${MASTER_PORT}" \

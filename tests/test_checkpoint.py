@@ -265,10 +265,11 @@ def test_load_strict_refuses_misfit_with_report_and_loads_a_fit():
 
 
 @pytest.mark.parametrize("epoch, epochs, freq, best, names", [
-    (0, 3, 1, False, ["checkpoint-0.pth"]),
-    (0, 3, 2, True, ["checkpoint-best.pth"]),
-    (1, 3, 2, False, ["checkpoint-1.pth"]),
-    (2, 3, 100, True, ["checkpoint-2.pth", "checkpoint-best.pth"]),  # the last epoch is always saved
+    (0, 3, 1, False, ["checkpoint-last.pth", "checkpoint-0.pth"]),
+    (0, 3, 2, True, ["checkpoint-last.pth", "checkpoint-best.pth"]),
+    (1, 3, 2, False, ["checkpoint-last.pth", "checkpoint-1.pth"]),
+    (1, 3, 100, False, ["checkpoint-last.pth"]),  # every epoch: a kill never sends the run back to epoch 0
+    (2, 3, 100, True, ["checkpoint-last.pth", "checkpoint-2.pth", "checkpoint-best.pth"]),  # the last epoch: numbered
 ])
 def test_epoch_checkpoint_names(epoch, epochs, freq, best, names):
     assert epoch_checkpoint_names(epoch, epochs, freq, best) == names
@@ -286,9 +287,9 @@ def test_training_state_extra_entries_round_trip_through_resume(tmp_path, capsys
     expected = torch.rand(3, generator=gen)
     gen.manual_seed(99)
     restored = vit()
-    start, best = resume_training(args, restored, torch.optim.AdamW(restored.parameters()), None, None,
-                                  restore={"aug_rng": gen.set_state})
-    assert (start, best) == (5, 12.5) and torch.equal(torch.rand(3, generator=gen), expected)
+    resumed = resume_training(args, restored, torch.optim.AdamW(restored.parameters()), None, None,
+                              restore={"aug_rng": gen.set_state})
+    assert resumed == (5, 12.5, args.resume) and torch.equal(torch.rand(3, generator=gen), expected)
     assert torch.equal(restored.head.weight, model.head.weight)
     calls = []
     resume_training(args, restored, torch.optim.AdamW(restored.parameters()), None, None,
@@ -384,3 +385,34 @@ def test_identity_round_trips_a_weights_only_checkpoint(llm_folders, tmp_path):
     recorded = safe_load(str(tmp_path / "ck.pth"))["llm"]
     assert recorded == block.llm_identity and recorded["num_key_value_heads"] == 2
     assert LLaMAConfig.from_description(recorded).describe() == block.config.describe()
+
+
+@pytest.mark.parametrize("entry, value, expected", [
+    ("optimizer", [1, 2], "a dict"), ("rng_states", "x", "a list"), ("max_accuracy", "high", "a number"),
+    ("train_progress", [1], "a dict"), ("best_epoch", 1.5, "an integer")])
+def test_resume_names_an_entry_of_the_wrong_type(tmp_path, entry, value, expected):
+    """A file that loads but is not a training checkpoint of ours fails with one line naming the entry, not with a
+    TypeError from deep inside a load."""
+    model = vit()
+    args = argparse.Namespace(resume=str(tmp_path / "odd.pth"), auto_resume=False, output_dir="",
+                              model="vit_tiny_patch16", model_key="model|module", start_epoch=0, seed=0)
+    torch.save({"model": model.state_dict(), "epoch": 3, entry: value}, args.resume)
+    with pytest.raises(RuntimeError, match=rf"odd.pth: its '{entry}' entry is a {type(value).__name__}, expected "
+                                           rf"{expected}"):
+        resume_training(args, model, torch.optim.AdamW(model.parameters()), None, None)
+
+
+def test_find_resume_takes_the_furthest_of_last_numbered_and_best(tmp_path):
+    """checkpoint-last.pth partway through epoch 3 beats checkpoint-2.pth; a legacy-format (not memory-mappable)
+    checkpoint-best.pth is still read; on a tie the numbered file is named."""
+    w = {"w": torch.ones(1)}
+    save_checkpoint(str(tmp_path / "checkpoint-2.pth"), {"model": w, "epoch": 2})
+    save_checkpoint(str(tmp_path / "checkpoint-last.pth"), {"model": w, "epoch": 2,
+                                                             "train_progress": {"epoch": 3, "step": 5}})
+    torch.save({"model": w, "epoch": 1}, tmp_path / "checkpoint-best.pth", _use_new_zipfile_serialization=False)
+    assert find_resume_checkpoint(str(tmp_path))[0].endswith("checkpoint-last.pth")
+    save_checkpoint(str(tmp_path / "checkpoint-last.pth"), {"model": w, "epoch": 2})
+    assert find_resume_checkpoint(str(tmp_path))[0].endswith("checkpoint-2.pth")
+    os.remove(tmp_path / "checkpoint-2.pth")
+    os.remove(tmp_path / "checkpoint-last.pth")
+    assert find_resume_checkpoint(str(tmp_path))[0].endswith("checkpoint-best.pth")  # an older version's folder

@@ -7,6 +7,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 from unittest import mock
@@ -47,12 +48,15 @@ def per_video(out):
         return {k: z[k] for k in z.files}
 
 
+STRAIGHT_ARGV = ("--save_ckpt_freq", "1", "--model_ema", "--model_ema_decay", "0.5", "--clip_grad", "1.0",
+                 "--num_workers", "1")
+
+
 @pytest.fixture(scope="session")
 def straight(data_dir, tmp_path_factory):
     """2 epochs, a checkpoint every epoch, EMA, clip_grad, workers (seeded per epoch), default augmentation+mixup."""
     out = tmp_path_factory.mktemp("straight")
-    summary = train(base_argv(data_dir, out, "--save_ckpt_freq", "1", "--model_ema", "--model_ema_decay", "0.5",
-                              "--clip_grad", "1.0", "--num_workers", "1"))
+    summary = train(base_argv(data_dir, out, *STRAIGHT_ARGV))
     shutil.copy(os.path.join(out, "test_per_video.npz"), os.path.join(out, "final_per_video.npz"))
     return str(out), summary
 
@@ -111,7 +115,8 @@ def test_resume_after_epoch_0_matches_uninterrupted_and_skips_damaged(straight, 
     assert log_b[0]["train_lr"] == pytest.approx(log_a["train_lr"], rel=1e-12)
 
 
-DEVICE_ARGV = ("--augment_on", "device", "--save_ckpt_freq", "1", "--num_workers", "1", "--reprob", "0.5")
+DEVICE_ARGV = ("--augment_on", "device", "--save_ckpt_freq", "1", "--num_workers", "1", "--reprob", "0.5",
+               "--num_frames", "4")  # 4 of 8 frames: TSN sampling draws in the workers
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +147,96 @@ def test_device_augmentation_trains_evaluates_and_resumes_exactly(straight_devic
                                                                                         abs=1e-6)
 
 
+def signal_at_step(monkeypatch, step: int, sig: int = signal.SIGTERM) -> None:
+    """Deliver ``sig`` to this process inside the ``step``-th optimizer step (1-based) of the runs that follow."""
+    real, calls = engine.optimizer_step, []
+
+    def step_and_signal(*a, **k):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), sig)
+        return real(*a, **k)
+    monkeypatch.setattr(engine, "optimizer_step", step_and_signal)
+
+
+def checkpoint_files(out) -> list[str]:
+    return sorted(f for f in os.listdir(out) if f.startswith("checkpoint-"))
+
+
+def assert_same_run(ref: str, out: str, parts=("model",)) -> None:
+    """Final checkpoint tensors bit for bit, log lines (train/val numbers, not timings) and every checkpoint file."""
+    a, b = (checkpoint.safe_load(os.path.join(d, "checkpoint-1.pth")) for d in (ref, out))
+    for part in parts:
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k}"
+    timing = ("train_clips_per_s", "train_data_wait", "train_peak_mem_gib", "train_time")
+    logs = [[{k: v for k, v in json.loads(x).items() if k not in timing} for x in open(os.path.join(d, "log.txt"))]
+            for d in (ref, out)]
+    assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [0, 1]
+    assert checkpoint_files(ref) == checkpoint_files(out)
+    for f in checkpoint_files(out):
+        epochs = [checkpoint.safe_load(os.path.join(d, f))["epoch"] for d in (ref, out)]
+        assert epochs[0] == epochs[1], f
+
+
+@pytest.mark.parametrize("path", ["workers", "device"])
+def test_stop_signal_mid_epoch_then_rerun_equals_uninterrupted(path, straight, straight_device, data_dir, tmp_path,
+                                                                monkeypatch):
+    """SIGTERM inside epoch 1's second optimizer step (of 4; a DataLoader worker, mixup, EMA, and on the device
+    path the device augmentation's generators in play): the step finishes, checkpoint-last.pth records epoch 1 step
+    2, the exit status is 75; rerunning the command ends with the uninterrupted run's weights, EMA, log numbers,
+    checkpoints and test, bit for bit."""
+    (ref, _), extra = (straight, STRAIGHT_ARGV) if path == "workers" else (straight_device, DEVICE_ARGV)
+    argv = base_argv(data_dir, tmp_path, *extra)
+    signal_at_step(monkeypatch, 6)
+    with pytest.raises(SystemExit) as stopped:
+        train(argv)
+    assert stopped.value.code == run.EXIT_PREEMPTED == 75
+    assert checkpoint_files(tmp_path) == [f for f in checkpoint_files(ref) if f != "checkpoint-1.pth"]
+    last = checkpoint.safe_load(str(tmp_path / "checkpoint-last.pth"))
+    assert last["epoch"] == 0 and (last["train_progress"]["epoch"], last["train_progress"]["step"]) == (1, 2)
+    assert [json.loads(x)["epoch"] for x in open(tmp_path / "log.txt")] == [0]
+    monkeypatch.undo()
+    summary = train(argv)
+    assert summary["checkpoint"].endswith("checkpoint-1.pth")
+    assert_same_run(ref, str(tmp_path), ("model", "model_ema") if path == "workers" else ("model",))
+    expected = np.load(os.path.join(ref, "final_per_video.npz" if path == "workers" else "test_per_video.npz"))
+    np.testing.assert_array_equal(per_video(tmp_path)["probs"], expected["probs"])
+
+
+def test_preempt_harness_fast_variant(straight, data_dir, tmp_path):
+    """benchmarks/preempt_harness.py, one stop: the training command as its own process group gets SIGTERM, like a
+    scheduler sends it to every process of a job (the trainer and its DataLoader worker), at a random logged step;
+    it exits 75 with every checkpoint readable, and the rerun ends identical to the uninterrupted run (same thread
+    count as the reference: float sums differ across thread counts)."""
+    from benchmarks import preempt_harness as harness
+    argv = base_argv(data_dir, tmp_path, *STRAIGHT_ARGV)
+    step = random.Random(os.getpid()).choice([2, 4, 6])  # --print_freq 2: lines after steps 2, 4, 6 (of 8)
+    with open(tmp_path / "run.log", "w") as log:
+        r = harness.stop_once(harness.command(argv), str(tmp_path), signal.SIGTERM, step, log,
+                              env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}, timeout=300)
+    assert r["status"] == run.EXIT_PREEMPTED and r["seen_step"] == step and r["unreadable"] == [], \
+        (tmp_path / "run.log").read_text()[-3000:]
+    assert r["resumes_at"][0] * 4 + r["resumes_at"][1] >= step  # (epoch, step): at or after the signalled step
+    train(argv)
+    assert harness.compare_runs(straight[0], str(tmp_path), ref_test="final_per_video.npz") == []
+
+
+def test_loader_workers_ignore_stop_signals(data_dir, tmp_path):
+    """The scheduler signals every process of the job: a DataLoader worker must not die of it (the main process
+    saves and exits)."""
+    loaders = run.build_loaders(run.parse_args(base_argv(data_dir, tmp_path, "--num_workers", "1",
+                                                         "--exit_signal", "USR2")), eval_only=False)
+    run.set_train_epoch(loaders, run.parse_args(base_argv(data_dir, tmp_path)), 0)
+    batches = iter(loaders["train"])
+    next(batches)
+    worker = batches._workers[0]
+    for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+        os.kill(worker.pid, sig)
+    assert len(list(batches)) == 3 and worker.exitcode in (None, 0)
+
+
 def test_eval_resume_evaluates_named_checkpoint_not_newest(straight, data_dir):
     out, _ = straight
     final = np.load(os.path.join(out, "final_per_video.npz"))
@@ -152,6 +247,17 @@ def test_eval_resume_evaluates_named_checkpoint_not_newest(straight, data_dir):
     assert s1["checkpoint"].endswith("checkpoint-1.pth")
     np.testing.assert_allclose(per_video(out)["probs"], final["probs"], rtol=0, atol=1e-6)
     assert not np.allclose(p0, final["probs"], atol=1e-4)
+
+
+def test_eval_refuses_frames_other_than_the_checkpoints(straight, data_dir, tmp_path):
+    """A 8-frame checkpoint evaluated with --num_frames 4 would load (the position table is fixed, not stored) and
+    report a wrong accuracy: refused, unless --allow_arg_mismatch."""
+    argv = base_argv(data_dir, tmp_path, "--eval", "--resume", os.path.join(straight[0], "checkpoint-1.pth"),
+                     "--num_frames", "4")
+    with pytest.raises(RuntimeError, match=r"trained with other settings: --num_frames 8 -> 4 \(saved -> given\). "
+                                           r"Pass the saved values, or --allow_arg_mismatch"):
+        train(argv)
+    assert train(argv + ["--allow_arg_mismatch"])["videos"] == 7
 
 
 def test_eval_model_zoo_checkpoint(straight, data_dir, tmp_path):
@@ -213,29 +319,80 @@ def test_resume_from_best_continues_after_its_epoch(straight, data_dir, tmp_path
     model = run.build_model(args)
     t = run.build_training(args, model, steps_per_epoch=4)
     best = checkpoint.safe_load(os.path.join(out, "checkpoint-best.pth"))
-    start, max_acc = checkpoint.resume_training(args, model, t["optimizer"], None, None)
-    assert start == best["epoch"] + 1 and max_acc == best["max_accuracy"]
+    start, max_acc, path = checkpoint.resume_training(args, model, t["optimizer"], None, None)
+    assert start == best["epoch"] + 1 and max_acc == best["max_accuracy"] and path == args.resume
 
 
-def test_torchrun_two_processes_matches_single_process(data_dir, tmp_path):
-    out = tmp_path / "ddp"
+def free_ports(n: int) -> list[int]:
+    """n TCP ports free right now (other test runs share this machine: no fixed port numbers)."""
+    import socket
+    socks = [socket.socket() for _ in range(n)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+DDP_ARGV = ("--epochs", "1", "--batch_size", "2", "--dist_eval", "--num_workers", "1")  # 4 steps per rank
+
+
+@pytest.fixture(scope="module")
+def ddp(data_dir, tmp_path_factory):
+    """One torchrun launch (2 processes, gloo; tests/ddp_driver.py) running, for the worker and the device
+    augmentation paths: an uninterrupted epoch (ref), the same run stopped by SIGTERM sent to rank 1 only inside its
+    2nd optimizer step (stopped: exit 75), and its rerun (stopped again, now to the end)."""
+    root = tmp_path_factory.mktemp("ddp")
+    ports = free_ports(7)
+    plan = []
+    for path, extra in (("workers", ()), ("device", DEVICE_ARGV)):
+        for name, signal_rank, code in (("ref", None, 0), ("stopped", 1, run.EXIT_PREEMPTED), ("stopped", None, 0)):
+            plan.append({"argv": base_argv(data_dir, root / path / name, *extra, *DDP_ARGV), "port": ports[len(plan)],
+                         "signal_rank": signal_rank, "signal_step": 2, "exit": code})
+    (root / "plan.json").write_text(json.dumps(plan))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29617",
-           os.path.join(ROOT, "run_class_finetuning.py"),
-           *base_argv(data_dir, out, "--epochs", "1", "--dist_eval", "--mixup", "0", "--cutmix", "0")]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "distributed init rank 1/2" in res.stdout + res.stderr
-    ddp = per_video(out)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={ports[-1]}",
+           os.path.join(ROOT, "tests", "ddp_driver.py"), str(root / "plan.json")]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    return root, res.stdout + res.stderr
+
+
+def test_torchrun_two_processes_matches_single_process(ddp, data_dir, tmp_path):
+    root, output = ddp
+    out = root / "workers" / "ref"
+    assert "distributed init rank 1/2" in output
+    ddp_videos = per_video(out)
     ddp_summary = json.load(open(out / "test_summary.json"))
-    assert ddp_summary["videos"] == 7 and len(ddp["video_ids"]) == 7  # 7 videos over 2 ranks: none counted twice
+    assert ddp_summary["videos"] == 7 and len(ddp_videos["video_ids"]) == 7  # 7 videos over 2 ranks: none twice
     lines = [json.loads(x) for x in open(out / "log.txt")]
     assert lines[0]["val_videos"] == 7
     single = train(base_argv(data_dir, tmp_path / "single", "--eval", "--resume", str(out / "checkpoint-0.pth")))
     one = per_video(tmp_path / "single")
-    assert list(one["video_ids"]) == list(ddp["video_ids"]) and np.array_equal(one["labels"], ddp["labels"])
-    np.testing.assert_allclose(one["probs"], ddp["probs"], rtol=0, atol=1e-5)
+    assert list(one["video_ids"]) == list(ddp_videos["video_ids"])
+    assert np.array_equal(one["labels"], ddp_videos["labels"])
+    np.testing.assert_allclose(one["probs"], ddp_videos["probs"], rtol=0, atol=1e-5)
     assert single["top1"] == ddp_summary["top1"] and single["top5"] == ddp_summary["top5"]
+
+
+@pytest.mark.parametrize("path", ["workers", "device"])
+def test_torchrun_stop_signal_on_one_rank_then_rerun_equals_uninterrupted(ddp, path):
+    """SIGTERM reaching rank 1 alone, in its 2nd step: both ranks stop after the same step (the 3rd: the flag is
+    all-reduced without waiting, so it takes effect one step later), rank 0 saves both ranks' states, both exit 75;
+    the rerun ends with the uninterrupted run's weights, log numbers and multi-view test."""
+    root, output = ddp
+    ref, out = root / path / "ref", root / path / "stopped"
+    assert output.count("Stopping on a signal received by another rank") >= 2  # rank 0, once per path
+    timing = ("train_clips_per_s", "train_data_wait", "train_peak_mem_gib", "train_time")
+    logs = [[{k: v for k, v in json.loads(x).items() if k not in timing} for x in open(d / "log.txt")]
+            for d in (ref, out)]
+    assert logs[0] == logs[1] and len(logs[1]) == 1
+    a, b = (checkpoint.safe_load(str(d / "checkpoint-0.pth")) for d in (ref, out))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert len(b["rng_states"]) == 2 and (path == "workers") == ("device_augment" not in b)
+    np.testing.assert_array_equal(per_video(out)["probs"], per_video(ref)["probs"])
 
 
 def test_predict_views_is_the_mean_of_view_softmaxes():
@@ -259,8 +416,9 @@ def _epoch_clips(data_dir, tmp_path, epoch, fresh=None):
     (same / "train.csv").write_text(f"{os.path.join(data_dir, first)} 0\n" * 4)
     for split in ("val.csv", "test.csv"):
         shutil.copy(os.path.join(data_dir, split), same / split)
-    loaders = fresh or run.build_loaders(run.parse_args(base_argv(
-        str(same), tmp_path, "--num_workers", "2", "--batch_size", "1", "--num_sample", "1")), eval_only=False)
+    loaders = fresh or run.build_loaders(run.parse_args(base_argv(  # val/test list relative paths: --data_root
+        str(same), tmp_path, "--num_workers", "2", "--batch_size", "1", "--num_sample", "1", "--data_root",
+        data_dir)), eval_only=False)
     run.set_train_epoch(loaders, run.parse_args(base_argv(str(same), tmp_path)), epoch)
     clips = {0: [], 1: []}
     for i, (x, _) in enumerate(loaders["train"]):
@@ -557,7 +715,8 @@ FLAG_TABLE = [
     (["--no_pin_mem"], lambda b: _pinned(b, {}) is False),
     (["--no_pin_mem", "--pin_mem"], lambda b: _pinned(b, {}) is True and not b.loaders["train"].pin_memory),  # CPU here
     (["--seed", "5"], lambda b: (run.set_train_epoch(b.loaders, b.args, 1), list(b.loaders["train"].sampler))[1] ==
-     torch.randperm(16, generator=torch.Generator().manual_seed(5 + 1)).tolist()),  # DistributedSampler: seed + epoch
+     [(i, utils.item_seed(5, 1, i)) for i in torch.randperm(16, generator=torch.Generator().manual_seed(5 + 1))
+      .tolist()]),  # DistributedSampler's order (seed + epoch), each video with its seed from (seed, epoch, index)
 ]
 
 
@@ -704,7 +863,9 @@ def test_loop_flags_act(data_dir, tmp_path, recorded):
     assert (summary["top1"], summary["videos"], summary["epochs"]) == (100.0, 2, 3)
     assert summary["checkpoint"].endswith("checkpoint-2.pth") and os.path.isfile(out / "test_per_video.npz")
     assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["checkpoint-1.pth", "checkpoint-2.pth",
-                                                                         "checkpoint-best.pth"]
+                                                                         "checkpoint-best.pth", "checkpoint-last.pth"]
+    assert os.path.samefile(out / "checkpoint-best.pth", out / "checkpoint-2.pth")  # links of the epoch's file
+    assert os.path.samefile(out / "checkpoint-last.pth", out / "checkpoint-2.pth")
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(logs))
     assert json.load(open(out / "args.json"))["clip_grad"] == 0.5
     best = checkpoint.safe_load(str(out / "checkpoint-best.pth"))
@@ -762,8 +923,184 @@ def test_empty_output_dir_writes_nothing(data_dir, tmp_path, recorded, monkeypat
     assert os.listdir(tmp_path) == [] and len(recorded["test"]) == 1
 
 
+def fake_val_accuracies(monkeypatch, accs):
+    """engine.validate replaced: val top-1 accs[0], accs[1], ... per call (the last one repeats); loss 1.0."""
+    calls = []
+
+    def fake_validate(model, loader, device, amp_dtype=None, reduce=False):
+        calls.append(1)
+        return {"acc1": float(accs[min(len(calls), len(accs)) - 1]), "acc5": 90.0, "loss": 1.0, "videos": 7}
+    monkeypatch.setattr(engine, "validate", fake_validate)
+
+
+def fail_at_epoch(monkeypatch, recorded, epoch, error=KeyboardInterrupt):
+    """The recorded training epoch ``epoch`` raises ``error`` (a kill, as far as the run can tell)."""
+    fake = engine.train_one_epoch
+
+    def train_or_die(model, criterion, loader, optimizer, device, e, **kw):
+        if e == epoch:
+            raise error(f"killed in epoch {e}")
+        return fake(model, criterion, loader, optimizer, device, e, **kw)
+    monkeypatch.setattr(engine, "train_one_epoch", train_or_die)
+
+
+def log_epochs(out) -> list[int]:
+    return [json.loads(x)["epoch"] for x in open(out / "log.txt")]
+
+
+def test_kill_with_sparse_numbered_checkpoints_resumes_where_it_was(data_dir, tmp_path, recorded, monkeypatch):
+    """--save_ckpt_freq 100 (the default, as in demo.sh): checkpoint-last.pth is written every epoch, so a run
+    killed in epoch 2 continues at epoch 2 instead of starting over from epoch 0."""
+    argv = base_argv(data_dir, tmp_path, "--epochs", "4")
+    fail_at_epoch(monkeypatch, recorded, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(argv)
+    assert checkpoint_files(tmp_path) == ["checkpoint-best.pth", "checkpoint-last.pth"]
+    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **kw: recorded["train"].append(dict(kw, epoch=a[5]))
+                        or {"loss": 1.0})
+    recorded["train"].clear()
+    train(argv)
+    assert [c["epoch"] for c in recorded["train"]] == [2, 3] and log_epochs(tmp_path) == [0, 1, 2, 3]
+
+
+def test_unreadable_checkpoints_stop_the_run_unless_no_auto_resume(data_dir, tmp_path, recorded):
+    argv = base_argv(data_dir, tmp_path, "--epochs", "2", "--save_ckpt_freq", "1")
+    train(argv)
+    for f in checkpoint_files(tmp_path):
+        (tmp_path / f).write_bytes((tmp_path / f).read_bytes()[:3000])  # every file cut short (links: once)
+    recorded["train"].clear()
+    with pytest.raises(RuntimeError, match=r"(?s)none of the 4 checkpoints in .* can be read:.*checkpoint-last.pth"
+                                           r".*checkpoint-best.pth.*checkpoint-1.pth.*checkpoint-0.pth.*"
+                                           r"--no_auto_resume to start from scratch"):
+        train(argv)
+    assert recorded["train"] == []
+    train(argv + ["--no_auto_resume"])
+    assert [c["epoch"] for c in recorded["train"]] == [0, 1]
+
+
+def test_best_is_never_overwritten_by_a_worse_epoch_after_resuming_an_older_file(data_dir, tmp_path, recorded,
+                                                                                 monkeypatch):
+    argv = base_argv(data_dir, tmp_path, "--epochs", "3", "--save_ckpt_freq", "1")
+    fake_val_accuracies(monkeypatch, [10, 50, 30])
+    train(argv)
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-best.pth"))["epoch"] == 1
+    fake_val_accuracies(monkeypatch, [40])
+    train(argv + ["--resume", str(tmp_path / "checkpoint-0.pth")])  # best so far in it: 10%; epochs 1, 2 at 40%
+    best = checkpoint.safe_load(str(tmp_path / "checkpoint-best.pth"))
+    assert (best["epoch"], best["max_accuracy"]) == (1, 50.0)
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-2.pth"))["max_accuracy"] == 50.0
+
+
+def test_rerun_of_a_finished_run_says_so_lists_changed_args_and_tests_the_named_checkpoint(data_dir, tmp_path,
+                                                                                           recorded, capsys):
+    train(base_argv(data_dir, tmp_path, "--epochs", "2"))
+    recorded["train"].clear()
+    capsys.readouterr()
+    summary = train(base_argv(data_dir, tmp_path, "--epochs", "2", "--lr", "0.5", "--batch_size", "2"))
+    out = capsys.readouterr().out
+    assert recorded["train"] == [] and len(recorded["test"]) == 2
+    assert "Nothing to train:" in out and "checkpoint-1.pth ends at epoch 1 and --epochs is 2" in out
+    assert "--lr 0.05 -> 0.5" in out and "--batch_size 4 -> 2" in out and "--scaled_lr 0.00078125 -> " in out
+    assert summary["checkpoint"].endswith("checkpoint-1.pth")
+    assert json.load(open(tmp_path / "test_summary.json"))["checkpoint"].endswith("checkpoint-1.pth")
+    assert json.load(open(tmp_path / "args.json"))["lr"] == 0.05  # the args of the run that trained it
+
+
+def test_a_second_run_into_a_live_folder_stops_and_stale_temp_files_go(data_dir, tmp_path, recorded):
+    import socket
+    (tmp_path / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    with pytest.raises(SystemExit, match="is in use by .* pid"):
+        train(base_argv(data_dir, tmp_path, "--epochs", "1"))
+    assert recorded["train"] == []
+    os.remove(tmp_path / "run.lock")
+    (tmp_path / "checkpoint-0.pth.tmp.4242").write_bytes(b"left by a kill")
+    train(base_argv(data_dir, tmp_path, "--epochs", "1"))
+    assert not any(".tmp." in f for f in os.listdir(tmp_path)) and not (tmp_path / "run.lock").exists()
+
+
+@pytest.mark.parametrize("train_out, val_loss, problem", [
+    ({"nonfinite_steps": 3}, 1.0, r"3 optimizer steps applied a non-finite gradient"),
+    ({}, float("nan"), r"val_loss nan"),
+])
+def test_a_diverged_epoch_is_not_saved_and_the_run_names_the_last_good_checkpoint(
+        data_dir, tmp_path, recorded, monkeypatch, train_out, val_loss, problem):
+    """Epoch 1 diverges (weights hit by inf/NaN gradients, or a NaN validation loss): its state goes to
+    checkpoint-1.bad.pth only, checkpoint-last.pth keeps epoch 0, and the run stops naming it."""
+    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **kw: {"loss": 1.0, **(train_out if a[5] == 1 else {})})
+    losses = iter([1.0, val_loss, 1.0])
+    monkeypatch.setattr(engine, "validate", lambda *a, **kw: {"acc1": 10.0, "acc5": 50.0, "loss": next(losses),
+                                                              "videos": 7})
+    with pytest.raises(SystemExit, match=rf"epoch 1 diverged: {problem}.*kept for inspection as .*checkpoint-1.bad.pth"
+                                         rf".*last good checkpoint is .*checkpoint-last.pth \(after epoch 0\)"):
+        train(base_argv(data_dir, tmp_path, "--epochs", "3"))
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-last.pth"))["epoch"] == 0  # the good one, kept
+    assert "checkpoint-1.bad.pth" in os.listdir(tmp_path) and log_epochs(tmp_path) == [0, 1]
+    assert checkpoint.find_resume_checkpoint(str(tmp_path))[0].endswith("checkpoint-last.pth")  # never .bad
+
+
+def test_log_line_before_checkpoint_and_best_repaired_after_a_kill_between_them(data_dir, tmp_path, recorded,
+                                                                                monkeypatch):
+    argv = base_argv(data_dir, tmp_path, "--epochs", "3")
+    real_link = utils.link_or_copy
+
+    def killed_linking_best(src, dst):
+        if dst.endswith("checkpoint-best.pth") and checkpoint.safe_load(src)["epoch"] == 1:
+            raise KeyboardInterrupt("killed between checkpoint-last.pth and checkpoint-best.pth")
+        real_link(src, dst)
+    monkeypatch.setattr(utils, "link_or_copy", killed_linking_best)
+    with pytest.raises(KeyboardInterrupt):
+        train(argv)  # val top-1 10, 20: epoch 1 is the best
+    assert log_epochs(tmp_path) == [0, 1]  # epoch 1's line was written before its checkpoint
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-best.pth"))["epoch"] == 0
+    monkeypatch.setattr(utils, "link_or_copy", real_link)
+    fake_val_accuracies(monkeypatch, [15])  # epoch 2 is worse than epoch 1 (20)
+    train(argv)
+    best = checkpoint.safe_load(str(tmp_path / "checkpoint-best.pth"))
+    assert (best["epoch"], best["max_accuracy"]) == (1, 20.0) and log_epochs(tmp_path) == [0, 1, 2]
+
+
+def test_numbered_checkpoint_repaired_after_a_kill_before_its_link(data_dir, tmp_path, recorded, monkeypatch):
+    """A kill after the last epoch's checkpoint-last.pth but before its checkpoint-N.pth link: the rerun has
+    nothing to train, but creates checkpoint-1.pth (the final numbered file is not lost)."""
+    argv = base_argv(data_dir, tmp_path, "--epochs", "2", "--save_ckpt_freq", "100")
+    real_link = utils.link_or_copy
+
+    def killed_linking(src, dst):
+        if dst.endswith("checkpoint-1.pth"):
+            raise KeyboardInterrupt("killed between checkpoint-last.pth and checkpoint-1.pth")
+        real_link(src, dst)
+    monkeypatch.setattr(utils, "link_or_copy", killed_linking)
+    with pytest.raises(KeyboardInterrupt):
+        train(argv)
+    assert checkpoint_files(tmp_path) == ["checkpoint-best.pth", "checkpoint-last.pth"]
+    monkeypatch.setattr(utils, "link_or_copy", real_link)
+    recorded["train"].clear()
+    train(argv)
+    assert recorded["train"] == [] and checkpoint_files(tmp_path) == ["checkpoint-1.pth", "checkpoint-best.pth",
+                                                                      "checkpoint-last.pth"]
+    assert os.path.samefile(tmp_path / "checkpoint-1.pth", tmp_path / "checkpoint-last.pth")
+
+
+def test_validation_failure_keeps_the_trained_epoch(data_dir, tmp_path, recorded, monkeypatch):
+    """A video that breaks validation after an epoch of training: the trained epoch is saved (validation pending);
+    the rerun validates it without training it again."""
+    argv = base_argv(data_dir, tmp_path, "--epochs", "2")
+    fake = engine.validate
+    monkeypatch.setattr(engine, "validate", lambda *a, **kw: fake(*a, **kw) if len(recorded["train"]) < 2 else
+                        (_ for _ in ()).throw(RuntimeError("cannot decode frames of 'bad.mp4'")))
+    with pytest.raises(RuntimeError, match="bad.mp4"):
+        train(argv)
+    last = checkpoint.safe_load(str(tmp_path / "checkpoint-last.pth"))
+    assert (last["train_progress"]["epoch"], last["train_progress"]["step"]) == (1, 4) and last["epoch"] == 0
+    monkeypatch.setattr(engine, "validate", fake)
+    recorded["train"].clear()
+    train(argv)
+    assert [(c["epoch"], c["first_step"]) for c in recorded["train"]] == [(1, 4)]  # no step left to train
+    assert log_epochs(tmp_path) == [0, 1]
+
+
 SCRIPT_ENV = ("MODEL", "TOTAL_BATCH", "LR", "LAYER_DECAY", "EPOCHS", "MAX_BATCH_PER_GPU", "PUBLISHED_BATCH_PER_GPU",
-              "COMPILE", "AUGMENT_ON", "NPROC", "NNODES", "DATA_ROOT", "FINETUNE")
+              "COMPILE", "AUGMENT_ON", "NPROC", "NNODES", "DATA_ROOT", "FINETUNE", "PET_SIGNALS_TO_HANDLE")
 
 
 def run_script(tmp_path, script, env, gpu_mib=None):
@@ -771,7 +1108,8 @@ def run_script(tmp_path, script, env, gpu_mib=None):
     absent); returns (returncode, torchrun argv, stdout, stderr)."""
     fake = tmp_path / "bin"
     fake.mkdir(exist_ok=True)
-    (fake / "torchrun").write_text('#!/bin/sh\nfor a in "$@"; do echo "ARG $a"; done\n')
+    (fake / "torchrun").write_text('#!/bin/sh\necho "SIGNALS $PET_SIGNALS_TO_HANDLE"\n'
+                                   'for a in "$@"; do echo "ARG $a"; done\n')
     smi = ('#!/bin/sh\ncase "$*" in *--query-gpu=memory.total*) for i in $(seq ${NPROC}); do echo %s; done ;; '
            '*) for i in $(seq ${NPROC}); do echo "GPU $i"; done ;; esac\n' % gpu_mib) if gpu_mib else "#!/bin/sh\nexit 1\n"
     (fake / "nvidia-smi").write_text(smi)
@@ -819,14 +1157,37 @@ def test_training_scripts_fit_the_gpu_and_keep_the_published_step(tmp_path, scri
 
 
 def test_script_compile_off_and_bad_inputs(tmp_path):
-    code, argv, _, _ = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "COMPILE": "0", "AUGMENT_ON": "workers"},
-                                  H100_MIB)
+    code, argv, out, _ = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "COMPILE": "0", "AUGMENT_ON": "workers"},
+                                    H100_MIB)
     assert code == 0 and "--compile" not in argv and argv[argv.index("--batch_size") + 1] == "24"
+    assert "SIGNALS SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1\n" in out  # torchrun passes SIGUSR1 on to the ranks
     assert argv[argv.index("--augment_on") + 1] == "workers"
     code, _, _, err = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "5"}, H100_MIB)
     assert code == 1 and "cannot be split over 5 GPUs" in err
     code, _, _, err = run_script(tmp_path, "ssv2_vits.sh", {"NPROC": "1", "MAX_BATCH_PER_GPU": "0"}, H100_MIB)
     assert code == 1 and "MAX_BATCH_PER_GPU=0: expected a whole number of videos >= 1" in err
+
+
+@pytest.mark.parametrize("srun_status, requeued", [(75, True), (0, False), (1, False)])
+def test_slurm_example_requeues_when_the_run_stopped_on_its_signal(tmp_path, srun_status, requeued):
+    """--signal=USR1@120 with --requeue; the run gets --exit_signal USR1, and its exit status 75 (stopped after
+    saving) makes the script requeue the job, while success or a crash does not."""
+    script = open(os.path.join(ROOT, "scripts", "slurm_example.sh")).read()
+    assert "#SBATCH --signal=USR1@120\n" in script and "#SBATCH --requeue\n" in script
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text(f'#!/bin/sh\nfor a in "$@"; do echo "ARG $a"; done\nexit {srun_status}\n')
+    (fake / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/scontrol.txt\n')
+    for f in ("srun", "scontrol"):
+        (fake / f).chmod(0o755)
+    own = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV}
+    res = subprocess.run(["bash", os.path.join(ROOT, "scripts", "slurm_example.sh")], capture_output=True, text=True,
+                         env={**own, "PATH": f"{fake}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": ROOT,
+                              "SLURM_JOB_ID": "4711"}, timeout=60)
+    argv = [x[4:] for x in res.stdout.splitlines() if x.startswith("ARG ")]
+    assert res.returncode == srun_status and argv[argv.index("--exit_signal") + 1] == "USR1"
+    assert ((tmp_path / "scontrol.txt").read_text() == "requeue 4711\n") if requeued else \
+        not (tmp_path / "scontrol.txt").exists()
 
 
 @pytest.mark.parametrize("compile_env, expect", [({}, True), ({"COMPILE": "0"}, False)])

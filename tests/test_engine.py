@@ -91,13 +91,45 @@ def test_fp16_scaler_skips_the_overflow_step_and_logs_finite_numbers(capsys):
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), ref.get_parameter(n).detach() - 0.1 * grads[n], rtol=0, atol=1e-6)
 
-    assert (stats["skipped_steps"], stats["loss_scale"]) == (1, 1024.0)
+    assert (stats["skipped_steps"], stats["loss_scale"], stats["nonfinite_steps"]) == (1, 1024.0, 0)
     assert stats["grad_norm"] == pytest.approx(norm, rel=1e-5)
     (_, step, logged), = rec.rows
     assert step == 2 and logged["skipped_steps"] == 1 and logged["loss_scale"] == 1024.0
     assert logged["grad_norm"] == pytest.approx(norm, rel=1e-5)
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Epoch [0] [2/2]")][0]
     assert f"grad_norm {norm:.3f} loss_scale 1024 skipped 1/2 steps" in line
+
+
+def test_a_step_that_applies_a_non_finite_gradient_is_counted():
+    """fp32 (no GradScaler to skip it): an inf gradient in the last of 3 steps reaches the weights; the epoch's
+    nonfinite_steps says so (the run then refuses to save the epoch), while the loss stayed finite."""
+    model, calls = tiny(), []
+    model.head.bias.register_hook(lambda g: (calls.append(1), g if len(calls) < 3 else g * float("inf"))[1])
+    stats = run_epoch(model, batches(3), 3, print_freq=100)
+    assert stats["nonfinite_steps"] == 1 and np.isfinite(stats["loss"]) and not torch.isfinite(model.head.bias).all()
+
+
+def test_an_epoch_stopped_and_resumed_gives_the_uninterrupted_numbers():
+    """stop after step 3 of 5 (print_freq 2: inside a log window), resume at step 3 with the saved meter state and
+    the same model: weights, loss, grad norm and lr equal the uninterrupted epoch's, bit for bit."""
+    data = batches(5)
+    straight_model = tiny()
+    straight = run_epoch(straight_model, data, 5, print_freq=2)
+    model, opt = tiny(), None
+    calls = []
+
+    def epoch(first_step, stop, meter_state, loader):
+        return engine.train_one_epoch(model, nn.CrossEntropyLoss(), loader, opt, CPU, 0, lr_schedule=np.full(5, 0.1),
+                                      wd_schedule=np.zeros(5), start_step=0, steps_per_epoch=5, first_step=first_step,
+                                      stop=stop, meter_state=meter_state, print_freq=2)
+    opt = sgd(model)
+    stopped = epoch(0, lambda: calls.append(1) or len(calls) == 3, None, data)
+    assert stopped["stopped_at"] == 3 and stopped["nonfinite_steps"] == 0
+    resumed = epoch(3, None, stopped["meter"], data[3:])
+    for k in ("loss", "grad_norm", "lr", "nonfinite_steps"):
+        assert resumed[k] == straight[k], k
+    for a, b in zip(model.parameters(), straight_model.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_non_finite_loss_stops_the_run():

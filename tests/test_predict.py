@@ -259,3 +259,32 @@ def test_engine_reports_agree_with_its_per_view_file(trained):
     assert summary["videos"] == 6 and summary["mean_class_acc"] == pytest.approx(
         np.mean([100 * correct[c] / videos[c] for c in range(3)]))
     assert os.path.getsize(summary["confusion_matrix_png"]) > 2000
+
+
+def test_bad_videos_are_skipped_and_reported_and_the_others_written(trained, tmp_path, monkeypatch):
+    good = trained["test_videos"][:2]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(open(good[0], "rb").read()[:500])
+    out_json = tmp_path / "pred.json"
+    with pytest.raises(predict.PredictError, match=r"2 of 4 videos could not be predicted \(the others were\): video "
+                                                   r".*broken.mp4: cannot be decoded.*; video .*gone.mp4: no such"):
+        predict.main([good[0], str(broken), str(tmp_path / "gone.mp4"), good[1], "--resume", trained["checkpoint"],
+                      "--json", str(out_json)])
+    assert [r["video"] for r in json.loads(out_json.read_text())] == good
+
+
+def test_json_into_a_missing_folder_fails_before_any_work(trained, tmp_path, monkeypatch):
+    monkeypatch.setattr(predict, "load_model", lambda *a: pytest.fail("the model was loaded"))
+    with pytest.raises(predict.PredictError, match=r"--json .*nowhere/p.json: its folder does not exist"):
+        predict.main([trained["test_videos"][0], "--resume", trained["checkpoint"], "--json",
+                      str(tmp_path / "nowhere" / "p.json")])
+
+
+def test_frames_or_size_other_than_the_checkpoints_are_refused(trained):
+    """Given explicitly, --num_frames 8 on a 4-frame checkpoint loads (the position table is fixed) but would
+    predict from other inputs than it was trained on: refused unless --allow_arg_mismatch."""
+    argv = [trained["test_videos"][0], "--resume", trained["checkpoint"], "--num_frames", "8"]
+    with pytest.raises(predict.PredictError, match=r"trained with other settings: --num_frames 4 -> 8 .*"
+                                                   r"--allow_arg_mismatch"):
+        predict.main(argv)
+    assert len(predict.main(argv + ["--allow_arg_mismatch"])) == 1

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -109,3 +110,23 @@ def test_verify_lists_every_bad_video(synthetic_dir, tmp_path, monkeypatch, caps
     good_csv = os.path.join(synthetic_dir, "val.csv")
     monkeypatch.setattr(sys, "argv", ["verify", good_csv, "--data_root", synthetic_dir])
     assert verify.main() == 0
+
+
+@pytest.mark.parametrize("hide_warning", [False, True])
+def test_truncated_source_is_a_failure_not_converted(src, tmp_path, monkeypatch, hide_warning):
+    """A cut webm: ffmpeg exits 0 and writes the frames it read. Its "File ended prematurely" warning, or (with the
+    warning hidden) the frame count below the header's duration x rate, makes it a failure."""
+    vid = json.load(open(os.path.join(src, "something-something-v2-train.json")))[2]["id"]
+    webm = os.path.join(src, "20bn-something-something-v2", f"{vid}.webm")
+    data = open(webm, "rb").read()
+    open(webm, "wb").write(data[: len(data) * 6 // 10])
+    if hide_warning:
+        real = subprocess.run
+        monkeypatch.setattr(prepare_ssv2.subprocess, "run", lambda *a, **k: (lambda r: subprocess.CompletedProcess(
+            r.args, r.returncode, r.stdout, r.stderr.replace("ended prematurely", "")))(real(*a, **k)))
+    summary = prepare_ssv2.prepare(str(src), str(tmp_path / "out"), workers=2, height=HEIGHT)
+    assert summary["train"] == {"listed": 6, "converted": 5, "skipped": 0, "failed": 1, "in_csv": 5}
+    (split, failed, reason), = summary["failed"]
+    assert failed == vid and ("frames decode, its header promises 12" if hide_warning else "File ended prematurely") \
+        in reason
+    assert not os.path.exists(tmp_path / "out" / "videos" / f"{vid}.mp4")

@@ -3,6 +3,7 @@ import argparse
 import json
 import os
 import random
+import re
 
 import av
 import cv2
@@ -50,12 +51,21 @@ def test_read_video_list_paths_and_root(tmp_path):
     assert read_video_list(str(csv), data_root="/data")[0] == ("/data/videos/1.mp4", 3)
 
 
+def test_byte_order_mark_does_not_hide_the_first_video(tmp_path):
+    """A CSV saved by an editor that writes a UTF-8 BOM: the first path must not start with U+FEFF."""
+    csv = tmp_path / "train.csv"
+    csv.write_bytes("videos/1.mp4 3\nvideos/2.mp4 0\n".encode("utf-8-sig"))
+    assert read_video_list(str(csv))[0] == (str(tmp_path / "videos/1.mp4"), 3)
+
+
 @pytest.mark.parametrize("line", ["videos/1.mp4\t3", "videos/1.mp4  3", "videos/1.mp4 3 x", "videos/1.mp4 cat",
-                                  "videos/1.mp4"])
+                                  "videos/1.mp4", "videos/1.mp4 \u00b2", "videos/1.mp4 \u0663"])
 def test_malformed_line_names_file_and_line(tmp_path, line):
+    """Including labels that str.isdigit() accepts but int() does not ('²') or that are not ASCII ('٣')."""
     csv = tmp_path / "val.csv"
-    csv.write_text(f"videos/0.mp4 1\n{line}\n")
-    with pytest.raises(ValueError, match=rf"val.csv:2: expected '<video path> <integer label>'"):
+    csv.write_text(f"videos/0.mp4 1\n{line}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"val.csv:2: expected '<video path> <integer label>' \(ASCII digits\).*"
+                                         rf"got {re.escape(repr(line))}"):
         read_video_list(str(csv))
 
 
@@ -276,12 +286,23 @@ def test_bad_video_count_is_shared_across_workers(tmp_path, synthetic_dir):
 
 
 def test_evaluation_never_substitutes(tmp_path, synthetic_dir):
-    csv = _bad_list(tmp_path, synthetic_dir, ["good", "missing.mp4"])
+    csv = _bad_list(tmp_path, synthetic_dir, ["good", "empty.mp4"])
     for mode in ("validation", "test"):
         ds = SSv2Dataset(csv, mode, nb_classes=8, num_frames=8, input_size=32, short_side_size=32)
         ds[0]
-        with pytest.raises(VideoDecodeError, match="missing.mp4"):
+        with pytest.raises(VideoDecodeError, match="empty.mp4"):
             ds[1]
+
+
+def test_evaluation_lists_are_checked_for_missing_files_when_built(tmp_path, synthetic_dir):
+    """A missing validation video stops the run at startup, not after a training epoch; training lists tolerate
+    it (substitution, max_bad_videos)."""
+    csv = _bad_list(tmp_path, synthetic_dir, ["good", "missing.mp4", "gone.mp4"])
+    for mode in ("validation", "test"):
+        with pytest.raises(FileNotFoundError, match=r"train.csv: 2 of 3 listed videos do not exist .*'.*missing.mp4', "
+                                                    r"'.*gone.mp4'"):
+            SSv2Dataset(csv, mode, nb_classes=8, num_frames=8, input_size=32, short_side_size=32)
+    assert len(SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, input_size=32)) == 3
 
 
 def test_build_dataset_defaults_and_errors(synthetic_dir):

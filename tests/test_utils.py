@@ -1,4 +1,5 @@
-"""utils: launcher environments, schedules, RNG capture, JSON logs."""
+"""utils: launcher environments, schedules, RNG capture, JSON logs, stop signals, the run folder's lock."""
+import json
 import math
 import os
 import random
@@ -119,3 +120,120 @@ def test_requirements_torch_bound_covers_the_apis_the_code_calls():
     assert (2, 6) in used  # get_total_norm is called: the table is read against the real code
     bound = re.search(r"^torch>=(\d+)\.(\d+)", open(os.path.join(root, "requirements.txt")).read(), re.M)
     assert bound and (int(bound[1]), int(bound[2])) >= max(used)
+
+
+def test_item_seeds_and_seeded_rngs_leave_the_callers_streams_alone():
+    """Draws inside seeded_rngs(s) are a function of s; the global streams continue as if nothing happened."""
+    assert len({utils.item_seed(0, e, i) for e in range(3) for i in range(50)}) == 150
+    assert utils.item_seed(0, 1, 2) == utils.item_seed(0, 1, 2) != utils.item_seed(1, 1, 2)
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    expected = draws()
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    with utils.seeded_rngs(utils.item_seed(0, 1, 2)):
+        inside = draws()
+    assert draws() == expected
+    with utils.seeded_rngs(utils.item_seed(0, 1, 2)):
+        assert draws() == inside
+
+
+@pytest.mark.parametrize("text, sig", [("USR1", "SIGUSR1"), ("sigusr2", "SIGUSR2"), ("HUP", "SIGHUP"),
+                                       ("15", "SIGTERM")])
+def test_parse_signal(text, sig):
+    assert utils.parse_signal(text).name == sig
+
+
+def test_parse_signal_refuses_unknown_names():
+    with pytest.raises(ValueError, match="unknown signal 'USR9'"):
+        utils.parse_signal("USR9")
+
+
+def test_stop_signal_requests_a_stop_and_a_second_ctrl_c_aborts():
+    import signal
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)}
+    with utils.StopSignal([signal.SIGUSR2]) as stop:
+        assert not stop.requested()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert stop.requested() and stop.received == "SIGUSR2"
+        os.kill(os.getpid(), signal.SIGTERM)  # a later signal changes nothing
+        assert stop.received == "SIGUSR2"
+    with utils.StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # first Ctrl-C: stop cleanly
+        assert stop.requested() and stop.requested(now=True) and stop.received == "SIGINT"
+        with pytest.raises(KeyboardInterrupt, match="second Ctrl-C"):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert {s: signal.getsignal(s) for s in before} == before  # handlers given back
+
+
+def test_keep_json_lines_drops_later_epochs_and_a_cut_line(tmp_path):
+    path = str(tmp_path / "log.txt")
+    (tmp_path / "log.txt").write_text('{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2}\n{"epo')
+    assert utils.keep_json_lines(path, lambda r: r["epoch"] < 2) == 2
+    assert (tmp_path / "log.txt").read_text() == '{"epoch": 0}\n{"epoch": 1}\n'
+    assert utils.keep_json_lines(path, lambda r: True) == 0 and utils.keep_json_lines(str(tmp_path / "no"), bool) == 0
+
+
+def test_link_or_copy_survives_a_rewrite_of_the_source(tmp_path, monkeypatch):
+    src, dst = str(tmp_path / "last"), str(tmp_path / "best")
+    utils.atomic_write_bytes(src, b"epoch 3")
+    utils.link_or_copy(src, dst)
+    assert os.path.samefile(src, dst)
+    utils.atomic_write_bytes(src, b"epoch 4")  # the next epoch's checkpoint-last.pth
+    assert open(dst, "rb").read() == b"epoch 3"
+    monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError("no hard links here")))
+    utils.link_or_copy(src, dst)  # a file system without hard links: a copy
+    assert open(dst, "rb").read() == b"epoch 4" and not os.path.samefile(src, dst)
+    assert sorted(os.listdir(tmp_path)) == ["best", "last"]
+
+
+def test_remove_stale_temp_files(tmp_path):
+    for name in ("checkpoint-3.pth.tmp.12345", "log.txt.tmp.7", "checkpoint-3.pth", "notes.tmp.txt", "x.tmp.1a"):
+        (tmp_path / name).write_bytes(b"x" * 10)
+    removed = utils.remove_stale_temp_files(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == ["checkpoint-3.pth.tmp.12345", "log.txt.tmp.7"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-3.pth", "notes.tmp.txt", "x.tmp.1a"]
+
+
+def _write_lock(folder, **fields):
+    info = {"host": "elsewhere", "pid": 1, "started": "then", "slurm_job_id": None, "command": "train", **fields}
+    (folder / "run.lock").write_text(json.dumps(info))
+    return info
+
+
+def test_run_lock_refuses_a_live_owner_and_takes_over_stale_locks(tmp_path, monkeypatch, capsys):
+    import socket
+    import subprocess
+    import sys
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    here = socket.gethostname()
+    _write_lock(tmp_path, host=here, pid=os.getpid())  # a live process on this host
+    with pytest.raises(SystemExit, match=rf"in use by {re.escape(here)} pid {os.getpid()} .*command: train"):
+        utils.RunLock(str(tmp_path)).__enter__()
+    _write_lock(tmp_path)  # another host, refreshed just now
+    with pytest.raises(SystemExit, match="in use by elsewhere pid 1"):
+        utils.RunLock(str(tmp_path)).__enter__()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = [dict(host=here, pid=int(dead.stdout)), dict(slurm_job_id="77"), dict()]
+    for fields, env, age in zip(stale, ({}, {"SLURM_JOB_ID": "77"}, {}), (0, 0, 3600)):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        _write_lock(tmp_path, **fields)
+        os.utime(tmp_path / "run.lock", (os.path.getmtime(tmp_path / "run.lock") - age,) * 2)
+        with utils.RunLock(str(tmp_path)) as lock:
+            assert "taking over the stale lock" in capsys.readouterr().out
+            assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+        assert not (tmp_path / "run.lock").exists() and lock.path.endswith("run.lock")
+
+
+def test_run_lock_heartbeat_and_empty_folder(tmp_path):
+    import time
+    with utils.RunLock(str(tmp_path / "new"), heartbeat_s=0.05):
+        lock = tmp_path / "new" / "run.lock"
+        os.utime(lock, (0, 0))
+        time.sleep(0.3)
+        assert time.time() - os.path.getmtime(lock) < 5  # refreshed by the heartbeat thread
+    assert not lock.exists()
+    with utils.RunLock(""):  # no output_dir: nothing to lock
+        pass
