@@ -251,6 +251,11 @@ def set_train_epoch(loaders: dict, args, epoch: int, first_step: int = 0) -> Non
     loaders["generator"].manual_seed(args.seed + 1000 * epoch + utils.get_rank())
 
 
+def run_device(args) -> torch.device:
+    """This process's device: its local GPU (args.gpu, set by utils.init_distributed) on CUDA."""
+    return torch.device(args.device, args.gpu) if args.device == "cuda" else torch.device(args.device)
+
+
 def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
     """Optimizer, schedules (lr scaled by the real batch / 256), criterion, mixup, scaler, EMA."""
     scale = args.batch_size * args.update_freq * utils.get_world_size() / 256
@@ -280,7 +285,7 @@ def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
     if args.model_ema:  # trainable parameters only; on the CPU with --model_ema_force_cpu
         model_ema = optim_factory.TrainableEma(model, args.model_ema_decay,
                                                device="cpu" if args.model_ema_force_cpu else None)
-    device = torch.device(args.device, args.gpu) if args.device == "cuda" else torch.device(args.device)
+    device = run_device(args)
     prepare_batch, per_rank = partial(engine.to_device, device=device), {}
     if args.augment_on == "device":  # per-rank parameter streams, independent of the global RNGs
         prepare_batch = per_rank["device_augment"] = DeviceAugment(
@@ -417,7 +422,7 @@ def main(args: argparse.Namespace) -> dict | None:
 
 def _main(args, stop: utils.StopSignal) -> dict | None:
     rank, world = utils.get_rank(), utils.get_world_size()
-    device = torch.device(args.device, args.gpu) if args.device == "cuda" else torch.device(args.device)
+    device = run_device(args)
     utils.seed_everything(args.seed + rank)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     if args.output_dir and rank == 0:

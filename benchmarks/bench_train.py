@@ -70,7 +70,7 @@ def main() -> None:
         args.data_path, args.nb_classes = args.bench_data, 8
     args = run.check_args(args)
     utils.init_distributed(args)
-    device = torch.device(args.device, args.gpu) if args.device == "cuda" else torch.device(args.device)
+    device = run.run_device(args)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     utils.seed_everything(args.seed)
     loader = run.build_loaders(args, eval_only=False)["train"]
