@@ -5,9 +5,9 @@
 
 Writes the demo's synthetic dataset (2,400 train / 400 val videos, 64 px) once, then trains --model (default the tiny
 plain ViT) once per path and seed with the demo's recipe plus the published `--aa rand-m7-n4-mstd0.5-inc1 --reprob
-0.25`, each run ending with the 2 x 3-view test. Runs go --jobs at a time as separate processes with
-cores/jobs threads and one data worker each, so a run's numbers do not depend on what runs beside it. A run whose
-test_summary.json exists with the same arguments is reused (and said so); one with other arguments is refused.
+0.25`, each run ending with the 2 x 3-view test. Runs go --jobs at a time as separate processes, each with
+cores/jobs threads and one data worker. A run whose test_summary.json exists with the same arguments is reused (and
+said so); one with other arguments is refused.
 
 Why 16 epochs and several seeds: RandAugment's Solarize/Invert-like colour ops make the bright moving object dark
 on some clips, and on this data every run first sits at chance (loss ln 8) for a few epochs. When a run leaves that
