@@ -1,21 +1,24 @@
-"""Do the two augmentation paths train the same model? Same tiny model, data, steps and seeds, RandAugment on:
---augment_on workers (timm's PIL ops in the DataLoader workers) vs --augment_on device (DeviceAugment).
+"""Do the two augmentation paths train the same model? Same tiny model, start, data, steps and seeds, RandAugment
+on: --augment_on workers (timm's PIL ops in the DataLoader workers) vs --augment_on device (DeviceAugment).
 
-    python benchmarks/compare_augment_paths.py [--out /tmp/compare_augment_paths] [--seeds 0 1 2] [--epochs 16]
+    python benchmarks/compare_augment_paths.py [--out /tmp/compare_augment_paths] [--seeds 0 1 2] [--epochs 8]
+        [--warm_epochs 3]
 
-Writes the demo's synthetic dataset (2,400 train / 400 val videos, 64 px) once, then trains --model (default the tiny
-plain ViT) once per path and seed with the demo's recipe plus the published `--aa rand-m7-n4-mstd0.5-inc1 --reprob
-0.25`, each run ending with the 2 x 3-view test. Runs go --jobs at a time as separate processes, each with
-cores/jobs threads and one data worker. A run whose test_summary.json exists with the same arguments is reused (and
-said so); one with other arguments is refused.
+Writes the demo's synthetic dataset (2,400 train / 400 val videos, 64 px) once. Trains --model (default the tiny
+plain ViT) for --warm_epochs with the demo's recipe and no RandAugment: the start every compared run fine-tunes
+from, as a real run starts from a pretrained checkpoint. Then, per seed and path, --epochs with the published
+`--aa rand-m7-n4-mstd0.5-inc1 --reprob 0.25`, each run ending with the 2 x 3-view test. Runs go --jobs at a time as
+separate processes, each with cores/jobs threads and one data worker. A run whose test_summary.json exists with the
+same arguments is reused (and said so); one with other arguments is refused.
 
-Why 16 epochs and several seeds: RandAugment's Solarize/Invert-like colour ops make the bright moving object dark
-on some clips, and on this data every run first sits at chance (loss ln 8) for a few epochs. When a run leaves that
-plateau varies with the seed by 1-3 epochs, so 8-epoch runs compared plateau exits, not augmentations.
+Why a warm start: from scratch (--warm_epochs 0), every RandAugment run on this data first sits at chance (loss
+ln 8) for 2 to 9 or more epochs: the colour ops sometimes make the bright moving object dark, which this dataset's probe
+found hard. When a run leaves that plateau varies with the seed, not the path, and sets its final top-1, so
+from-scratch runs compare plateau exits more than augmentations.
 
 Prints each run's top-1/top-5 and the epoch its validation top-1 first passed 25%, the per-seed differences and
-the mean top-1 of each path; exits 1 when the means differ by more than --max_diff points. About 17 minutes per seed
-on 2 CPU cores (both paths at once; the device path runs its augmentation on the CPU here).
+the mean top-1 of each path; exits 1 when the means differ by more than --max_diff points. On 2 CPU cores: the warm
+start ~2 minutes, then ~8 minutes per seed (both paths at once; the device path augments on the CPU here).
 """
 from __future__ import annotations
 
@@ -35,16 +38,18 @@ PATHS = ("workers", "device")
 LEFT_CHANCE = 25.0  # validation top-1 (%) that counts as having left the chance plateau (12.5%)
 
 
-def run_argv(a: argparse.Namespace, data: str, path: str, seed: int) -> list[str]:
-    """run_class_finetuning.py arguments of one run: the demo's recipe with RandAugment and erasing on."""
+def run_argv(a: argparse.Namespace, data: str, out_dir: str, path: str, seed: int, epochs: int,
+             augment: bool = True, finetune: str = "") -> list[str]:
+    """run_class_finetuning.py arguments of one run: the demo's recipe, with RandAugment and erasing on (augment)
+    or off, from `finetune`'s weights when given."""
+    aug = ["--aa", "rand-m7-n4-mstd0.5-inc1", "--reprob", "0.25"] if augment else ["--aa", "none", "--reprob", "0"]
     return ["--model", a.model, "--data_path", data, "--nb_classes", "8", "--num_frames", "8",
             "--input_size", "64", "--short_side_size", "64", "--num_sample", "1", "--lr", "8e-3",
-            "--layer_decay", "1.0", "--warmup_steps", "50", "--min_lr", "1e-4", "--epochs", str(a.epochs),
-            "--aa", "rand-m7-n4-mstd0.5-inc1", "--reprob", "0.25", "--mixup", "0", "--cutmix", "0",
-            "--smoothing", "0", "--drop_path", "0", "--opt_betas", "0.9", "0.999", "--test_num_segment", "2",
-            "--test_num_crop", "3", "--save_ckpt_freq", "100", "--print_freq", "50", "--batch_size", "16",
-            "--device", a.device, "--num_workers", "1", "--augment_on", path, "--seed", str(seed),
-            "--output_dir", os.path.join(a.out, f"{path}_seed{seed}"), "--no_auto_resume"]
+            "--layer_decay", "1.0", "--warmup_steps", "50", "--min_lr", "1e-4", "--epochs", str(epochs), *aug,
+            "--mixup", "0", "--cutmix", "0", "--smoothing", "0", "--drop_path", "0", "--opt_betas", "0.9", "0.999",
+            "--test_num_segment", "2", "--test_num_crop", "3", "--save_ckpt_freq", "100", "--print_freq", "50",
+            "--batch_size", "16", "--device", a.device, "--num_workers", "1", "--augment_on", path,
+            "--seed", str(seed), "--finetune", finetune, "--output_dir", out_dir, "--no_auto_resume"]
 
 
 def finished(out_dir: str, argv: list[str]) -> bool:
@@ -102,7 +107,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="/tmp/compare_augment_paths")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=8, help="epochs of each compared run")
+    p.add_argument("--warm_epochs", type=int, default=3,
+                   help="epochs without RandAugment that every compared run starts from (0: from scratch)")
     p.add_argument("--model", default="vit_tiny_patch16")
     p.add_argument("--device", default="cpu")
     p.add_argument("--jobs", type=int, default=2, help="runs at once")
@@ -112,19 +119,37 @@ def main() -> int:
     data = os.path.join(a.out, "synthetic_ssv2")
     if not os.path.isfile(os.path.join(data, "train.csv")):
         make_synthetic_dataset(data, num_train=2400, num_val=400, height=64, num_frames=16)
+    design = os.path.join(a.out, f"warm{a.warm_epochs}" if a.warm_epochs else "scratch")
+    os.makedirs(design, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // a.jobs)
+    finetune = ""
+    if a.warm_epochs:  # one start for every compared run: a short run without RandAugment that has left chance
+        start = os.path.join(design, "start")
+        argv = run_argv(a, data, start, "workers", 0, a.warm_epochs, augment=False)
+        if finished(start, argv):
+            print(f"== {start}: finished earlier with the same arguments, reused")
+        else:
+            run_all([(start, argv)], 1, os.cpu_count() or 1)
+        left = summary(start)
+        if left["left_chance_epoch"] is None:
+            raise SystemExit(f"the warm start {start} is still at chance after {a.warm_epochs} epochs (test top-1 "
+                             f"{left['top1']:.2f}%): raise --warm_epochs")
+        finetune = os.path.join(start, f"checkpoint-{a.warm_epochs - 1}.pth")
     jobs = []
     for seed in a.seeds:
         for path in PATHS:
-            argv = run_argv(a, data, path, seed)
-            out_dir = argv[argv.index("--output_dir") + 1]
+            out_dir = os.path.join(design, f"{path}_seed{seed}")
+            argv = run_argv(a, data, out_dir, path, seed, a.epochs, finetune=finetune)
             if finished(out_dir, argv):
                 print(f"== {out_dir}: finished earlier with the same arguments, reused")
             else:
                 jobs.append((out_dir, argv))
-    run_all(jobs, a.jobs, max(1, (os.cpu_count() or 1) // a.jobs))
+    run_all(jobs, a.jobs, threads)
 
-    results = {path: {s: summary(os.path.join(a.out, f"{path}_seed{s}")) for s in a.seeds} for path in PATHS}
-    print(f"\n{a.model}, {a.epochs} epochs, RandAugment rand-m7-n4-mstd0.5-inc1 + erasing 0.25, 2 x 3-view test")
+    results = {path: {s: summary(os.path.join(design, f"{path}_seed{s}")) for s in a.seeds} for path in PATHS}
+    start = f"from {a.warm_epochs} epochs without RandAugment" if a.warm_epochs else "from scratch"
+    print(f"\n{a.model}, {a.epochs} epochs {start}, RandAugment rand-m7-n4-mstd0.5-inc1 + erasing 0.25, "
+          "2 x 3-view test")
     print("seed  path      top-1   top-5   left chance at epoch")
     for s in a.seeds:
         for path in PATHS:
@@ -135,9 +160,9 @@ def main() -> int:
     diff = mean["device"] - mean["workers"]
     print(f"mean top-1: workers {mean['workers']:.2f}%, device {mean['device']:.2f}%; "
           f"device - workers {diff:+.2f} points (allowed +-{a.max_diff})")
-    with open(os.path.join(a.out, "compare.json"), "w") as f:
-        json.dump({"model": a.model, "epochs": a.epochs, "runs": results, "mean_top1": mean, "top1_diff": diff},
-                  f, indent=1)
+    with open(os.path.join(design, "compare.json"), "w") as f:
+        json.dump({"model": a.model, "epochs": a.epochs, "warm_epochs": a.warm_epochs, "runs": results,
+                   "mean_top1": mean, "top1_diff": diff}, f, indent=1)
     return int(abs(diff) > a.max_diff)
 
 
