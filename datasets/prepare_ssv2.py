@@ -78,18 +78,24 @@ def read_annotations(src: str) -> tuple[dict[str, int], dict[str, list[tuple[str
     return labels, splits
 
 
-def stream_frames(path: str) -> tuple[int | None, int]:
-    """(frames the container's header promises: duration x frame rate, None when it states no duration; frames
-    that are really there: the mp4 index's count, else a count of the demuxed packets)."""
+def promised_frames(path: str) -> int | None:
+    """Frames the container's header promises (duration x frame rate); None when it states no duration."""
     import av
 
     with av.open(path) as container:
         stream = container.streams.video[0]
-        promised = None
         if container.duration and stream.average_rate:
-            promised = round(container.duration / av.time_base * stream.average_rate)
-        present = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
-    return promised, present
+            return round(container.duration / av.time_base * stream.average_rate)
+    return None
+
+
+def present_frames(path: str) -> int:
+    """Frames really there: the mp4 index's count, else a count of the demuxed packets."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
 
 
 def convert(src: str, dst: str, ffmpeg: str, height: int = 240) -> str:
@@ -112,9 +118,9 @@ def convert(src: str, dst: str, ffmpeg: str, height: int = 240) -> str:
     elif any("ended prematurely" in line for line in err):
         problem = f"{src!r} is truncated (ffmpeg: {next(x for x in err if 'ended prematurely' in x).strip()})"
     else:
-        promised, _ = stream_frames(src)
-        _, written = stream_frames(tmp)
-        if promised is not None and written < promised - 1:
+        promised = promised_frames(src)
+        written = present_frames(tmp) if promised is not None else None
+        if written is not None and written < promised - 1:
             problem = f"{src!r} is truncated: {written} frames decode, its header promises {promised}"
     if problem:
         if os.path.exists(tmp):
