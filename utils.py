@@ -455,7 +455,8 @@ def link_or_copy(src: str, dst: str) -> None:
         try:
             os.link(src, tmp)
         except OSError:
-            atomic_write(tmp, lambda f: shutil.copyfileobj(open(src, "rb"), f))
+            with open(src, "rb") as source:
+                atomic_write(tmp, lambda f: shutil.copyfileobj(source, f))
         os.replace(tmp, dst)
     finally:
         if os.path.lexists(tmp):
