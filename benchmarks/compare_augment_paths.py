@@ -53,7 +53,8 @@ def run_argv(a: argparse.Namespace, data: str, out_dir: str, path: str, seed: in
 
 
 def finished(out_dir: str, argv: list[str]) -> bool:
-    """True when out_dir holds a finished run of exactly these arguments; raises if it holds another run's."""
+    """True (said so) when out_dir holds a finished run of exactly these arguments, to be reused; raises if it holds
+    another run's."""
     if not os.path.isfile(os.path.join(out_dir, "test_summary.json")):
         return False
     with open(os.path.join(out_dir, "args.json")) as f:
@@ -63,6 +64,7 @@ def finished(out_dir: str, argv: list[str]) -> bool:
     if differ:
         raise SystemExit(f"{out_dir} holds a finished run with other arguments ({', '.join(differ)}): "
                          "remove it or pass another --out")
+    print(f"== {out_dir}: finished earlier with the same arguments, reused")
     return True
 
 
@@ -126,9 +128,7 @@ def main() -> int:
     if a.warm_epochs:  # one start for every compared run: a short run without RandAugment that has left chance
         start = os.path.join(design, "start")
         argv = run_argv(a, data, start, "workers", 0, a.warm_epochs, augment=False)
-        if finished(start, argv):
-            print(f"== {start}: finished earlier with the same arguments, reused")
-        else:
+        if not finished(start, argv):
             run_all([(start, argv)], 1, os.cpu_count() or 1)
         left = summary(start)
         if left["left_chance_epoch"] is None:
@@ -140,15 +140,13 @@ def main() -> int:
         for path in PATHS:
             out_dir = os.path.join(design, f"{path}_seed{seed}")
             argv = run_argv(a, data, out_dir, path, seed, a.epochs, finetune=finetune)
-            if finished(out_dir, argv):
-                print(f"== {out_dir}: finished earlier with the same arguments, reused")
-            else:
+            if not finished(out_dir, argv):
                 jobs.append((out_dir, argv))
     run_all(jobs, a.jobs, threads)
 
     results = {path: {s: summary(os.path.join(design, f"{path}_seed{s}")) for s in a.seeds} for path in PATHS}
-    start = f"from {a.warm_epochs} epochs without RandAugment" if a.warm_epochs else "from scratch"
-    print(f"\n{a.model}, {a.epochs} epochs {start}, RandAugment rand-m7-n4-mstd0.5-inc1 + erasing 0.25, "
+    origin = f"from {a.warm_epochs} epochs without RandAugment" if a.warm_epochs else "from scratch"
+    print(f"\n{a.model}, {a.epochs} epochs {origin}, RandAugment rand-m7-n4-mstd0.5-inc1 + erasing 0.25, "
           "2 x 3-view test")
     print("seed  path      top-1   top-5   left chance at epoch")
     for s in a.seeds:
