@@ -14,6 +14,7 @@ to the user). Everything after RandAugment runs on whole clips with torch's uint
 """
 import math
 import random
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -23,6 +24,42 @@ from PIL import Image
 from timm.data.auto_augment import rand_augment_transform
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.random_erasing import RandomErasing
+
+DEFAULT_AA = "rand-m7-n4-mstd0.5-inc1"  # VideoMAE's fine-tuning RandAugment policy (--aa)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The training augmentation recipe, built once from the args and handed to the dataset and to both paths
+    (workers: TrainTransform; device: DeviceAugment), so the two cannot disagree.
+
+    flip: a random horizontal flip (p 0.5, one decision per clip, after the crop), as the published code does for
+    every dataset except SSv2, whose labels say left and right.
+    """
+    auto_augment: str | None = DEFAULT_AA
+    interpolation: str = "bicubic"
+    reprob: float = 0.25
+    remode: str = "pixel"
+    recount: int = 1
+    num_sample: int = 2
+    input_size: int = 224
+    flip: bool = False
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    @property
+    def rand_augment(self) -> bool:
+        """Whether RandAugment is on ('' and 'none' turn it off)."""
+        return bool(self.auto_augment) and self.auto_augment.lower() != "none"
+
+    @classmethod
+    def from_args(cls, args) -> "AugmentConfig":
+        """The recipe of a run: --aa, --train_interpolation, --reprob/--remode/--recount, --num_sample, --input_size;
+        flip for every --data_set but SSV2."""
+        return cls(auto_augment=args.aa, interpolation=args.train_interpolation, reprob=args.reprob,
+                   remode=args.remode, recount=args.recount, num_sample=args.num_sample, input_size=args.input_size,
+                   flip=getattr(args, "data_set", "SSV2") != "SSV2")
+
 
 _PIL_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 

@@ -1,5 +1,5 @@
 """Several run_class_finetuning.main() calls in one torchrun launch (each launch costs ~10 s of imports on the test
-machine), for tests/test_end_to_end.py:
+machine), for tests/test_eval_ddp.py:
 
     python -m torch.distributed.run --nproc_per_node 2 tests/ddp_driver.py PLAN.json
 

@@ -11,7 +11,7 @@ import torch
 
 import engine_for_finetuning as engine
 import optim_factory
-from test_end_to_end import ROOT, base_argv, data_dir, per_video, train  # noqa: F401 (data_dir: fixture)
+from runs import ROOT, base_argv, per_video, train
 from test_engine import Recorder, batches, run_epoch, tiny
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
