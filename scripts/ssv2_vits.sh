@@ -53,7 +53,7 @@ if [ $((TOTAL_BATCH % GPUS)) -ne 0 ]; then
     echo "TOTAL_BATCH=${TOTAL_BATCH} videos per step cannot be split over ${GPUS} GPUs; use a divisor" >&2; exit 1
 fi
 # GiB per video in a micro-batch (num_sample 2 clips of 16 x 224, bf16 autocast, AdamW), fixed part included.
-# Measured: ViT-B-LLaMA, 12 videos (24 clips) in 18.8 GiB on one H200 (torch 2.11, issue 9): 1.57, rounded up; the
+# Measured: ViT-B-LLaMA, 12 videos (24 clips) in 18.8 GiB on one H200 (torch 2.11, older code): 1.57, rounded up; the
 # run did not record eager vs compiled, so the 25% kept free also covers that and the CUDA context. ViT-S(-LLaMA)
 # and ViT-B are smaller in every part (narrower, or no LLaMA block; same tokens): the same figure bounds them until
 # measured (each log line prints peak_mem). Other models: the published split.
