@@ -126,10 +126,13 @@ def result_row(ck: ZooCheckpoint, summary: dict, views: str, seconds: float,
     differences (measured - published), in percent."""
     pub = published.get(ck.dataset, {}).get(ck.model)
     top1, top5 = float(summary["top1"]), float(summary["top5"])
-    return {"checkpoint": os.path.basename(ck.path), "model": ck.model, "dataset": ck.dataset,
-            "published_top1": pub and pub[0], "published_top5": pub and pub[1], "measured_top1": top1,
-            "measured_top5": top5, "diff_top1": pub and top1 - pub[0], "diff_top5": pub and top5 - pub[1],
-            "videos": int(summary["videos"]), "views": views, "seconds": round(seconds, 1)}
+    row = {"checkpoint": os.path.basename(ck.path), "model": ck.model, "dataset": ck.dataset,
+           "published_top1": None, "published_top5": None, "measured_top1": top1, "measured_top5": top5,
+           "diff_top1": None, "diff_top5": None, "videos": int(summary["videos"]), "views": views,
+           "seconds": round(seconds, 1)}
+    if pub is not None:
+        row.update(published_top1=pub[0], published_top5=pub[1], diff_top1=top1 - pub[0], diff_top5=top5 - pub[1])
+    return row
 
 
 def write_tables(rows: list[dict], output_dir: str) -> tuple[str, str]:
