@@ -158,6 +158,17 @@ def write_tables(rows: list[dict], output_dir: str) -> tuple[str, str]:
     return md_path, csv_path
 
 
+def read_published(path: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """Published numbers from a JSON file {dataset: {model: [top1, top5]}}; anything else stops naming the file."""
+    try:
+        with open(path) as f:
+            table = json.load(f)
+        return {d: {m: (float(top1), float(top5)) for m, (top1, top5) in models.items()} for d, models in table.items()}
+    except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
+        raise SystemExit(f"{path}: expected JSON {{dataset: {{model: [top1, top5]}}}} ({type(e).__name__}: {e})") \
+            from None
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoints", default="checkpoints", help="folder holding ssv2_*.pth / k400_*.pth")
@@ -183,9 +194,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          f"{args.checkpoints}: put them there as checkpoints/instructions.md says")
     published = {d: dict(models) for d, models in PUBLISHED.items()}
     if args.published:
-        with open(args.published) as f:
-            for dataset, models in json.load(f).items():
-                published.setdefault(dataset, {}).update({m: tuple(v) for m, v in models.items()})
+        for dataset, models in read_published(args.published).items():
+            published.setdefault(dataset, {}).update(models)
     import run_class_finetuning as run
     device = args.device or ("cuda" if run.torch.cuda.is_available() else "cpu")
     data_paths = {"SSV2": args.ssv2_data_path, "Kinetics-400": args.k400_data_path}
@@ -202,7 +212,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         views = f"{run_args.test_num_segment}x{run_args.test_num_crop}"
         rows.append(result_row(ck, summary, views, seconds, published))
     md, csv_path = write_tables(rows, args.output_dir)
-    print(open(md).read(), f"written: {md}, {csv_path}", sep="", flush=True)
+    with open(md) as f:
+        print(f.read(), f"written: {md}, {csv_path}", sep="", flush=True)
     return rows
 
 

@@ -95,6 +95,13 @@ def test_unknown_files_are_refused_with_what_they_hold(tmp_path):
         zoo.identify(str(tmp_path / "ssv2_pretrain.pth"))
 
 
+@pytest.mark.parametrize("text", ['{"SSV2": {"vit_tiny_patch16": [50.0]}}', '{"SSV2": [50, 90]}', '{"SSV2": '])
+def test_bad_published_file_is_named(tmp_path, text):
+    (tmp_path / "pub.json").write_text(text)
+    with pytest.raises(SystemExit, match=r"pub.json: expected JSON \{dataset: \{model: \[top1, top5\]\}\}"):
+        zoo.read_published(str(tmp_path / "pub.json"))
+
+
 def test_eval_zoo_script_says_what_it_looked_for(tmp_path):
     env = {**os.environ, "CHECKPOINTS": str(tmp_path), "NPROC": "0", "OUTPUT_DIR": str(tmp_path / "zoo")}
     res = subprocess.run(["bash", os.path.join(ROOT, "scripts", "eval_zoo.sh")], env=env, capture_output=True,
