@@ -33,7 +33,6 @@ LAYER_KEYS = (
     "feed_forward.w1.weight", "feed_forward.w2.weight", "feed_forward.w3.weight",
     "attention_norm.weight", "ffn_norm.weight",
 )
-BIAS_KEYS = ("attention.wq.bias", "attention.wk.bias", "attention.wv.bias")
 # Hugging Face names of the same tensors (gate = w1, up = w3, down = w2).
 HF_LAYER_KEYS = {
     "attention.wq.weight": "self_attn.q_proj.weight", "attention.wk.weight": "self_attn.k_proj.weight",
@@ -47,8 +46,6 @@ HF_LAYER_KEYS = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Hugging Face model_type -> (q/k/v biases, rows of wq/wk permuted for HF's rotary layout by the conversion script).
 HF_FAMILIES = {"llama": (False, True), "mistral": (False, True), "qwen2": (True, False)}
-# SDPA takes fewer key/value heads than query heads itself from PyTorch 2.5 (enable_gqa); before, they are repeated.
-SDPA_GQA = torch.__version__ >= (2, 5)
 
 
 @dataclass
@@ -125,12 +122,7 @@ class RMSNorm(nn.Module):
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """SDPA of B x H x N x d queries over B x H_kv x N x d keys/values (H_kv divides H; query head i reads key/value
     head i // (H / H_kv), as in grouped-query attention). No N x N matrix is stored."""
-    if k.shape[1] == q.shape[1]:
-        return F.scaled_dot_product_attention(q, k, v)
-    if SDPA_GQA:
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-    rep = q.shape[1] // k.shape[1]
-    return F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1))
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=k.shape[1] != q.shape[1])
 
 
 class Attention(nn.Module):
@@ -268,14 +260,9 @@ def resolve_layers(spec: str | int | Sequence[int], n_layers: int, check_range: 
 # Reading weights
 
 
-def _permute_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Meta -> Hugging Face row order of wq/wk (HF's convert script; interleaved rotary pairs -> two halves)."""
-    d_out, d_in = w.shape
-    return w.view(n_heads, d_out // n_heads // 2, 2, d_in).transpose(1, 2).reshape(d_out, d_in)
-
-
 def _unpermute_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Inverse of ``_permute_hf``: Hugging Face -> Meta row order of wq/wk."""
+    """Hugging Face -> Meta row order of wq/wk. Hugging Face's conversion script moved each head's interleaved rotary
+    pairs (rows 0,1 | 2,3 | ...) into two halves (even rows, then odd rows); this puts them back."""
     d_out, d_in = w.shape
     return w.view(n_heads, 2, d_out // n_heads // 2, d_in).transpose(1, 2).reshape(d_out, d_in)
 

@@ -1,11 +1,14 @@
 """Training curves from one or more runs' log.txt: train/val loss, lr, val top-1/top-5 and clips/s per epoch.
 
     python plots.py OUTPUT_DIR [OUTPUT_DIR ...] [--out PNG] [--labels NAME ...]
+        [--reference LOG ...] [--reference_label NAME ...]   (published logs overlaid, thin dotted lines)
     python plots.py --sweep OUTPUT_DIR [OUTPUT_DIR ...] [--out sweep.png] [--labels NAME ...]   (test top-1/top-5)
 
 log.txt holds one JSON object per line (the engine writes one per epoch). Lines without an "epoch" key (VideoMAE's
 closing {"Final top-1": ...} line) are skipped, missing keys leave gaps, and a repeated epoch (a run resumed from an
-earlier checkpoint) keeps its last entry.
+earlier checkpoint) keeps its last entry. A published training log (VideoMAE's log.txt as linked from its model
+zoo: train_lr, train_loss, val_loss, val_acc1, val_acc5 per epoch) is read the same way and overlaid with
+``--reference``.
 """
 import argparse
 import json
@@ -51,28 +54,46 @@ def _run_names(run_dirs: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [os.path.normpath(r) for r in run_dirs]
 
 
-def draw_curves(run_dirs: list[str], labels: list[str] | None = None):
+def _reference_names(logs: list[str]) -> list[str]:
+    """A published log's legend name: its file name without extension (videomae_vitb_ssv2.txt -> videomae_vitb_ssv2),
+    or its folder's name for a file called log.txt (or a folder)."""
+    names = [os.path.splitext(os.path.basename(p))[0] if os.path.isfile(p) and os.path.basename(p) != "log.txt"
+             else _run_names([p])[0] for p in logs]
+    return names if len(set(names)) == len(names) else [os.path.normpath(p) for p in logs]
+
+
+# How a reference's lines differ from a run's: dotted / dash-dotted for the run's solid / dashed, thinner, no marker.
+REFERENCE_STYLE = {"-": ":", "--": "-."}
+
+
+def draw_curves(run_dirs: list[str], labels: list[str] | None = None, references: list[str] | None = None,
+                reference_labels: list[str] | None = None):
     """A 2 x 2 matplotlib Figure with the curves of every run (a folder with log.txt, or a log.txt path): one line
-    per (run, key) that has data, labelled "<run name> <suffix>"."""
+    per (run, key) that has data, labelled "<run name> <suffix>". ``references`` (published logs) share the axes,
+    in their own colours and thin dotted lines without markers."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if labels is not None and len(labels) != len(run_dirs):
-        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
-    names = labels or _run_names(run_dirs)
-    logs = [read_log(_log_path(r)) for r in run_dirs]
+    references = references or []
+    for what, names, paths in (("labels", labels, run_dirs), ("reference labels", reference_labels, references)):
+        if names is not None and len(names) != len(paths):
+            raise ValueError(f"{len(names)} {what} for {len(paths)} {'runs' if what == 'labels' else 'references'}")
+    sources = [(name, read_log(_log_path(r)), False) for name, r in zip(labels or _run_names(run_dirs), run_dirs)]
+    sources += [(name, read_log(_log_path(r)), True)
+                for name, r in zip(reference_labels or _reference_names(references), references)]
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (title, series, ylabel) in zip(axes.flat, PANELS):
         drawn = 0
-        for i, (name, records) in enumerate(zip(names, logs)):
+        for i, (name, records, reference) in enumerate(sources):
             for key, style, suffix in series:
                 points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
                 if points:
                     xs, ys = zip(*points)
-                    ax.plot(xs, ys, style, color=colors[i % len(colors)], marker=".",
-                            label=f"{name} {suffix}".strip())
+                    look = dict(linestyle=REFERENCE_STYLE[style], linewidth=1.2) if reference else \
+                        dict(linestyle=style, marker=".")
+                    ax.plot(xs, ys, color=colors[i % len(colors)], label=f"{name} {suffix}".strip(), **look)
                     drawn += 1
         if drawn:
             ax.legend(fontsize=8)
@@ -87,11 +108,12 @@ def draw_curves(run_dirs: list[str], labels: list[str] | None = None):
     return fig
 
 
-def plot_logs(run_dirs: list[str], out_path: str, labels: list[str] | None = None) -> str:
+def plot_logs(run_dirs: list[str], out_path: str, labels: list[str] | None = None,
+              references: list[str] | None = None, reference_labels: list[str] | None = None) -> str:
     """draw_curves saved as a PNG at out_path (folders created); returns out_path."""
     import matplotlib.pyplot as plt
 
-    fig = draw_curves(run_dirs, labels)
+    fig = draw_curves(run_dirs, labels, references, reference_labels)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     fig.savefig(out_path)
     plt.close(fig)
@@ -147,10 +169,16 @@ def main() -> None:
     parser.add_argument("--out", default=None,
                         help="PNG to write (default: OUTPUT_DIR/curves.png for one run, ./curves.png for several)")
     parser.add_argument("--labels", nargs="+", default=None, help="legend names, one per run (default: folder names)")
+    parser.add_argument("--reference", nargs="+", default=None, metavar="LOG",
+                        help="published training logs (VideoMAE's log.txt format) drawn on the same axes, dotted")
+    parser.add_argument("--reference_label", nargs="+", default=None, metavar="NAME",
+                        help="legend names, one per --reference (default: the file names)")
     parser.add_argument("--sweep", action="store_true",
                         help="instead of curves: each run's test top-1/top-5 (test_summary.json) as bars in --out "
                              "(default ./sweep.png) and a CSV of the same name")
     args = parser.parse_args()
+    if args.sweep and args.reference:
+        raise SystemExit("plots.py: --reference overlays training curves; --sweep draws test accuracies")
     if args.sweep:
         try:
             csv_path, _ = plot_sweep(args.runs, args.out or "sweep.png", args.labels)
@@ -164,7 +192,7 @@ def main() -> None:
         out = os.path.join(run if os.path.isdir(run) else os.path.dirname(run) or ".", "curves.png") \
             if len(args.runs) == 1 else "curves.png"
     try:
-        print(f"curves written to {plot_logs(args.runs, out, args.labels)}")
+        print(f"curves written to {plot_logs(args.runs, out, args.labels, args.reference, args.reference_label)}")
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"plots.py: {e}")
 

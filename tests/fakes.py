@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from llama import HF_LAYER_KEYS, LLaMAConfig, _permute_hf
+from llama import HF_LAYER_KEYS, LLaMAConfig
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -67,6 +67,13 @@ def write_meta_llama(folder: str, cfg: LLaMAConfig, seed: int = 0,
     return sd
 
 
+def hf_row_order(n_heads: int, head_dim: int) -> list[int]:
+    """Meta row of each Hugging Face row of wq/wk, from the published convention: within a head, Meta interleaves
+    the rotary pairs (rows 2i, 2i+1 rotate together); Hugging Face's conversion script stores the first member of
+    every pair, then the second (HF row j * head_dim/2 + i of a head = Meta row 2i + j)."""
+    return [h * head_dim + 2 * i + j for h in range(n_heads) for j in (0, 1) for i in range(head_dim // 2)]
+
+
 def meta_to_hf(sd: dict[str, torch.Tensor], cfg: LLaMAConfig) -> dict[str, torch.Tensor]:
     """Rename a Meta state dict to Hugging Face's keys, permuting wq/wk rows for HF's rotary layout."""
     out = {"model.embed_tokens.weight": sd["tok_embeddings.weight"], "model.norm.weight": sd["norm.weight"],
@@ -76,7 +83,7 @@ def meta_to_hf(sd: dict[str, torch.Tensor], cfg: LLaMAConfig) -> dict[str, torch
         for k in cfg.layer_shapes():
             t = sd[f"layers.{i}.{k}"]
             if k in heads:
-                t = _permute_hf(t, heads[k])
+                t = t[hf_row_order(heads[k], cfg.head_size)]
             out[f"model.layers.{i}.{HF_LAYER_KEYS[k]}"] = t.contiguous()
     return out
 

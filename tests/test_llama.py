@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import llama
-from fakes import meta_to_hf, single_thread, write_hf_family, write_hf_llama, write_meta_llama  # noqa: F401
-from llama import (LAYER_KEYS, LLaMAConfig, LLaMATransformer, LLMFolder, _permute_hf, _unpermute_hf, build_llama,
-                   layer_spec_arg, load_llama_config, resolve_layers)
+from fakes import (hf_row_order, meta_to_hf, single_thread, write_hf_family, write_hf_llama,  # noqa: F401
+                   write_meta_llama)
+from llama import (LAYER_KEYS, LLaMAConfig, LLaMATransformer, LLMFolder, _unpermute_hf, build_llama, layer_spec_arg,
+                   load_llama_config, resolve_layers)
 
 CFG = LLaMAConfig(dim=64, n_heads=4, n_layers=3, multiple_of=32, norm_eps=1e-5)
 # Llama-3's rule in miniature: 2 KV heads for 4 query heads, ffn_dim_multiplier and a multiple_of of 64.
@@ -88,11 +89,22 @@ def test_rmsnorm_computes_in_fp32_and_casts_back():
     assert torch.equal(y, (xf / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(torch.bfloat16))
 
 
-def test_permute_roundtrip():
-    w = torch.randn(64, 64)
-    p = _permute_hf(w, 4)
-    assert not torch.equal(p, w)
-    assert torch.equal(_unpermute_hf(p, 4), w)
+# Hugging Face's convert_llama_weights_to_hf.py stores wq/wk as
+#   w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+# Worked by hand on Meta rows numbered 0..rows-1: one head of 8 rows is viewed as the pairs (0,1) (2,3) (4,5) (6,7);
+# the transpose lists the first members, then the second ones. Each head is permuted on its own. (At head_dim 4 the
+# permutation is its own inverse, so it could not tell the two directions apart.)
+HF_ROWS = {(1, 8): [0, 2, 4, 6, 1, 3, 5, 7],
+           (2, 8): [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15]}
+
+
+@pytest.mark.parametrize("n_heads, head_dim", list(HF_ROWS))
+def test_hf_rows_go_back_to_meta_order(n_heads, head_dim):
+    """A Hugging Face wq whose row r holds Meta row HF_ROWS[r] is read back in Meta order 0..rows-1."""
+    rows = n_heads * head_dim
+    hf = torch.tensor(HF_ROWS[n_heads, head_dim], dtype=torch.float32)[:, None].repeat(1, 3)
+    assert torch.equal(_unpermute_hf(hf, n_heads), torch.arange(rows, dtype=torch.float32)[:, None].repeat(1, 3))
+    assert hf_row_order(n_heads, head_dim) == HF_ROWS[n_heads, head_dim]  # the fixtures' HF folders use this order
 
 
 @pytest.mark.parametrize("name", ["meta", "hf", "hf_single", "hf_bin", "meta_gqa", "hf_gqa"])
@@ -258,7 +270,7 @@ def hf_reference(x, hf, layers, config):
 
 
 @pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2"])
-def test_family_block_equals_reference(tmp_path, monkeypatch, family):
+def test_family_block_equals_reference(tmp_path, family):
     config, hf = write_hf_family(str(tmp_path), family, seed=3, num_shards=3, **SMALL)
     m = build_llama(str(tmp_path), "2,0")
     cfg = m.config
@@ -269,8 +281,6 @@ def test_family_block_equals_reference(tmp_path, monkeypatch, family):
         assert torch.equal(m.layers[0].attention.wk.bias, hf["model.layers.2.self_attn.k_proj.bias"].float())
     x = torch.randn(2, 12, 64)
     expect = hf_reference(x, hf, [2, 0], config)
-    torch.testing.assert_close(m(x), expect, rtol=1e-5, atol=1e-5)
-    monkeypatch.setattr(llama, "SDPA_GQA", not llama.SDPA_GQA)  # the other GQA path (repeated KV heads / enable_gqa)
     torch.testing.assert_close(m(x), expect, rtol=1e-5, atol=1e-5)
 
 

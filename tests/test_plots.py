@@ -119,3 +119,53 @@ def test_cli_default_outputs_and_errors(tmp_path, monkeypatch, capsys):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match=r"empty[/\\]log\.txt: not found"):
         plots.plot_logs([str(tmp_path / "empty")], str(tmp_path / "x.png"))
+
+
+def write_videomae_log(path, epochs=4):
+    """A training log as VideoMAE's engine writes it: one JSON line per epoch with its train_*/val_* keys, then the
+    test result line without an epoch."""
+    with open(path, "w") as f:
+        for e in range(epochs):
+            f.write(json.dumps({"train_lr": 5e-4 * (e + 1) / epochs, "train_min_lr": 1e-6, "train_loss": 4.0 - e / 2,
+                                "train_loss_scale": 65536.0, "train_weight_decay": 0.05, "train_grad_norm": 3.5,
+                                "val_loss": 3.0 - e / 4, "val_acc1": 20.0 + 5 * e, "val_acc5": 50.0 + 3 * e,
+                                "epoch": e, "n_parameters": 86361006}) + "\n")
+        f.write(json.dumps({"Final top-1": 70.8, "Final Top-5": 92.4}) + "\n")
+    return str(path)
+
+
+def test_published_log_is_overlaid_in_its_own_style(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    run = write_log(tmp_path / "vitb", epochs=3)
+    ref = write_videomae_log(tmp_path / "videomae_vitb_ssv2.txt")
+    fig = plots.draw_curves([run], references=[ref])
+    panels = {ax.get_title(): {line.get_label(): line for line in ax.lines} for ax in fig.axes}
+    plt.close(fig)
+    e = [0, 1, 2, 3]
+    expect = {"loss": {"videomae_vitb_ssv2 train": [4.0 - x / 2 for x in e],
+                       "videomae_vitb_ssv2 val": [3.0 - x / 4 for x in e]},
+              "learning rate": {"videomae_vitb_ssv2": [5e-4 * (x + 1) / 4 for x in e]},
+              "validation accuracy": {"videomae_vitb_ssv2 top-1": [20.0 + 5 * x for x in e],
+                                      "videomae_vitb_ssv2 top-5": [50.0 + 3 * x for x in e]}}
+    for title, lines in expect.items():
+        for label, ys in lines.items():
+            line = panels[title][label]
+            assert list(line.get_xdata()) == e and list(line.get_ydata()) == pytest.approx(ys), label
+            assert line.get_marker() in ("None", None, "") and line.get_linestyle() in (":", "-."), label
+    assert panels["loss"]["videomae_vitb_ssv2 train"].get_linestyle() == ":"
+    assert panels["loss"]["videomae_vitb_ssv2 val"].get_linestyle() == "-."
+    own = panels["loss"]["vitb train"]
+    assert (own.get_linestyle(), own.get_marker()) == ("-", ".") and list(own.get_xdata()) == [0, 1, 2]
+    assert own.get_color() != panels["loss"]["videomae_vitb_ssv2 train"].get_color()
+    assert set(panels["training throughput"]) == {"vitb"}  # the published log has no throughput
+    out = tmp_path / "overlay.png"
+    run_cli([run, "--reference", ref, "--reference_label", "VideoMAE ViT-B", "--out", str(out)], monkeypatch)
+    check_png(out)
+    fig = plots.draw_curves([run], references=[ref], reference_labels=["VideoMAE ViT-B"])
+    assert {line.get_label() for line in fig.axes[0].lines} == {"vitb train", "vitb val", "VideoMAE ViT-B train",
+                                                                "VideoMAE ViT-B val"}
+    plt.close(fig)
+    with pytest.raises(ValueError, match="2 reference labels for 1 references"):
+        plots.draw_curves([run], references=[ref], reference_labels=["a", "b"])
+    with pytest.raises(SystemExit, match="--reference overlays training curves"):
+        run_cli([run, "--sweep", "--reference", ref], monkeypatch)
