@@ -19,6 +19,7 @@ VideoMAE's `VideoClsDataset` formulas, for a video of n frames, T = num_frames a
 The dataset is SSv2Dataset with this protocol in place of TSN: the same items, collates and augmentation paths.
 """
 import random
+from typing import Any
 
 import numpy as np
 
@@ -71,18 +72,21 @@ class KineticsDataset(SSv2Dataset):
     (TrainSampler), or, without one, with a draw from Python's global generator.
     """
 
-    def __init__(self, *args, sampling_rate: int = 4, **kwargs):
+    def __init__(self, *args: Any, sampling_rate: int = 4, **kwargs: Any) -> None:
         if sampling_rate < 1:
             raise ValueError(f"sampling_rate must be >= 1, got {sampling_rate}")
         super().__init__(*args, **kwargs)
         self.sampling_rate = sampling_rate
 
     def sample_train(self, n: int, seed: int | None) -> list[int]:
+        """One clip from a random position, drawn from a generator of its own (the global ones stay untouched)."""
         rng = np.random.default_rng(seed if seed is not None else random.getrandbits(64))
         return train_indices(n, self.num_frames, self.sampling_rate, rng)
 
     def sample_validation(self, n: int) -> list[int]:
+        """The centred span."""
         return val_indices(n, self.num_frames, self.sampling_rate)
 
     def sample_test_views(self, n: int) -> list[list[int]]:
+        """The test_num_segment chunks of the frames at the stride."""
         return chunk_indices(n, self.num_frames, self.sampling_rate, self.test_num_segment)

@@ -2,21 +2,16 @@
 import random
 import shutil
 
-import av
 import cv2
 import numpy as np
 import pytest
 import torch
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import datasets.ssv2 as ssv2
-from datasets.decoding import read_frames
 from datasets.kinetics import KineticsDataset, chunk_indices, train_indices, val_indices
 from datasets.synthetic import make_kinetics_dataset
+from test_ssv2 import STD, _normalise_ref as _normalise, _pyav_frames as _frames
 from video_transforms import normalize_clips
-
-MEAN = np.array(IMAGENET_DEFAULT_MEAN, dtype=np.float32)
-STD = np.array(IMAGENET_DEFAULT_STD, dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +25,6 @@ def kinetics_dir(tmp_path_factory) -> str:
     for split in ("val.csv", "test.csv"):
         open(f"{out}/{split}", "w").write(val)
     return out
-
-
-def _frames(path):
-    with av.open(path) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-
-
-def _normalise(frames_thwc):
-    """(x / 255 - mean) / std, T x H x W x C -> C x T x H x W, as VideoMAE's ClipToTensor + Normalize."""
-    return torch.from_numpy(((frames_thwc.astype(np.float32) / 255 - MEAN) / STD).transpose(3, 0, 1, 2))
 
 
 def _published_resize(frames, size):

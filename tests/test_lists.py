@@ -28,23 +28,28 @@ def test_byte_order_mark_does_not_hide_the_first_video(tmp_path):
     assert read_video_list(str(csv))[0] == (str(tmp_path / "videos/1.mp4"), 3)
 
 
-@pytest.mark.parametrize("line", ["videos/1.mp4\t3", "videos/1.mp4  3", "videos/1.mp4 3 x", "videos/1.mp4 cat",
-                                  "videos/1.mp4", "videos/1.mp4 \u00b2", "videos/1.mp4 \u0663"])
-def test_malformed_line_names_file_and_line(tmp_path, line):
-    """Including labels that str.isdigit() accepts but int() does not ('²') or that are not ASCII ('٣')."""
+SPACE, COMMA = r"'<video path> <integer label>' \(ASCII digits\)", r"'<video path>,<integer label>'"
+
+
+@pytest.mark.parametrize("first,line,form", [("videos/0.mp4 1", line, SPACE) for line in [
+    "videos/1.mp4\t3", "videos/1.mp4  3", "videos/1.mp4 3 x", "videos/1.mp4 cat", "videos/1.mp4", "videos/1.mp4 \u00b2",
+    "videos/1.mp4 \u0663", "my video.mp4,2"]] + [("a.mp4,1", line, COMMA) for line in ["b.mp4 2", "b.mp4, 2", ",2"]])
+def test_malformed_line_names_file_and_line(tmp_path, first, line, form):
+    """Including labels that str.isdigit() accepts but int() does not ('²') or that are not ASCII ('٣'), and lines
+    of the other form than the list's first line."""
     csv = tmp_path / "val.csv"
-    csv.write_text(f"videos/0.mp4 1\n{line}\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"val.csv:2: expected '<video path> <integer label>' \(ASCII digits\).*"
-                                         rf"got {re.escape(repr(line))}"):
+    csv.write_text(f"{first}\n{line}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"val.csv:2: expected {form}.*got {re.escape(repr(line))}"):
         read_video_list(str(csv))
 
 
-def test_label_out_of_range_is_an_error(tmp_path):
+@pytest.mark.parametrize("sep", [" ", ","])
+def test_label_out_of_range_is_an_error(tmp_path, sep):
     csv = tmp_path / "train.csv"
-    csv.write_text("a.mp4 0\nb.mp4 174\n")
+    csv.write_text(f"a.mp4{sep}0\nb.mp4{sep}174\n")
     with pytest.raises(ValueError, match=r"train.csv:2: label 174 outside \[0, 174\)"):
         read_video_list(str(csv), nb_classes=174)
-    csv.write_text("a.mp4 -1\n")
+    csv.write_text(f"a.mp4{sep}-1\n")
     with pytest.raises(ValueError, match=r"train.csv:1: label -1"):
         read_video_list(str(csv), nb_classes=174)
 
@@ -55,46 +60,21 @@ def test_a_comma_in_a_space_list_path_is_part_of_the_path(tmp_path):
     assert read_video_list(str(csv)) == [(str(tmp_path / "videos/a,b.mp4"), 0)]
 
 
-@pytest.mark.parametrize("first,line,form", [
-    ("a.mp4 1", "my video.mp4,2", r"'<video path> <integer label>'.*one space like the list's first line"),
-    ("a.mp4,1", "b.mp4 2", r"'<video path>,<integer label>'.*like the list's first line"),
-    ("a.mp4,1", "b.mp4, 2", r"'<video path>,<integer label>'"),
-    ("a.mp4,1", ",2", r"'<video path>,<integer label>'"),
+HEADERS = ["path,label", "video label", "video_path, class id"]
+
+
+@pytest.mark.parametrize("content,message", [
+    *[(f"{h}\nvideos/1.mp4,3\n".encode(), rf"train.csv:1: {h!r} looks like a header line.*remove that line")
+      for h in HEADERS],
+    (b"videos/1.mp4\t3\n", r"train.csv:1: expected '<video path> <integer label>'.* or '<video path>,<integer "
+                           r"label>'.*got 'videos/1.mp4\\t3'"),
+    (b"videos/1.mp4 3\nvideos/caf\xe9.mp4 1\n", r"train.csv:2: byte 0xe9 at column 11 is not UTF-8"),
 ])
-def test_a_line_of_the_other_form_names_file_and_line(tmp_path, first, line, form):
+def test_header_unknown_form_and_non_utf8_byte_are_named_by_file_and_line(tmp_path, content, message):
+    """A header line is refused (not read as a video); a first line of neither form names both forms."""
     csv = tmp_path / "train.csv"
-    csv.write_text(f"{first}\n{line}\n")
-    with pytest.raises(ValueError, match=rf"train.csv:2: expected {form}.*got {line!r}"):
-        read_video_list(str(csv))
-
-
-@pytest.mark.parametrize("header", ["path,label", "video label", "video_path, class id"])
-def test_a_header_line_is_refused(tmp_path, header):
-    csv = tmp_path / "train.csv"
-    csv.write_text(f"{header}\nvideos/1.mp4,3\n")
-    with pytest.raises(ValueError, match=rf"train.csv:1: {header!r} looks like a header line.*remove that line"):
-        read_video_list(str(csv))
-
-
-def test_a_first_line_of_neither_form_names_both_forms(tmp_path):
-    csv = tmp_path / "train.csv"
-    csv.write_text("videos/1.mp4\t3\n")
-    with pytest.raises(ValueError, match=r"train.csv:1: expected '<video path> <integer label>'.* or "
-                                         r"'<video path>,<integer label>'.*got 'videos/1.mp4\\t3'"):
-        read_video_list(str(csv))
-
-
-def test_label_out_of_range_names_file_and_line_in_the_comma_form(tmp_path):
-    csv = tmp_path / "val.csv"
-    csv.write_text("a b.mp4,0\nc.mp4,101\n")
-    with pytest.raises(ValueError, match=r"val.csv:2: label 101 outside \[0, 101\)"):
-        read_video_list(str(csv), nb_classes=101)
-
-
-def test_a_byte_that_is_not_utf8_names_file_and_line(tmp_path):
-    csv = tmp_path / "test.csv"
-    csv.write_bytes(b"videos/1.mp4 3\nvideos/caf\xe9.mp4 1\n")
-    with pytest.raises(ValueError, match=r"test.csv:2: byte 0xe9 at column 11 is not UTF-8"):
+    csv.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
         read_video_list(str(csv))
 
 
