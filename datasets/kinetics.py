@@ -79,7 +79,7 @@ class KineticsDataset(SSv2Dataset):
         self.sampling_rate = sampling_rate
 
     def sample_train(self, n: int, seed: int | None) -> list[int]:
-        """One clip from a random position, drawn from a generator of its own (the global ones stay untouched)."""
+        """One clip from a random position, drawn from a numpy generator seeded with the item's seed."""
         rng = np.random.default_rng(seed if seed is not None else random.getrandbits(64))
         return train_indices(n, self.num_frames, self.sampling_rate, rng)
 
