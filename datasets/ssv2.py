@@ -1,7 +1,7 @@
-"""Something-Something-v2 lists, frame sampling and the train / validation / test datasets.
+"""Something-Something-v2 frame sampling and the train / validation / test datasets.
 
-CSV lists are VideoMAE's: one `<path> <label>` per line, a single space, no header. Relative paths resolve against
-`data_root` (default: the CSV's folder).
+Lists: datasets.lists (VideoMAE's `<path> <label>` or comma-separated `<path>,<label>`, no header). Relative paths
+resolve against `data_root` (default: the list's folder).
 
 Frame sampling (T = num_frames segments over a video of n frames):
   train  TSN: segment length n // T, one random frame in each; n < T spreads the n frames evenly (int(i * n / T)),
@@ -13,11 +13,11 @@ Frame sampling (T = num_frames segments over a video of n frames):
          resized to short_side_size. The video is decoded once for all views.
 """
 import contextlib
+import functools
 import json
 import multiprocessing as mp
 import os
 import random
-import re
 import sys
 from typing import Callable
 
@@ -27,47 +27,11 @@ from torch.utils.data import Dataset
 
 import utils
 from datasets.decoding import VideoDecodeError, read_frames, resolve_decoder
+from datasets.lists import read_video_list, video_ids
 from video_transforms import TrainTransform, center_crop, resize_short_side, sliding_crops, to_tchw
 
 MODES = ("train", "validation", "test")
 AUGMENT_ON = ("workers", "device")
-
-
-LABEL = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
-
-
-def read_video_list(csv_path: str, data_root: str | None = None, nb_classes: int | None = None,
-                    check_exists: bool = False) -> list[tuple[str, int]]:
-    """Parses a `<path> <label>` list (UTF-8, a byte-order mark ignored); errors name file:line, show the line with
-    repr (invisible characters visible) and the expected form. ``check_exists``: every listed file must exist, else
-    a FileNotFoundError lists the missing ones."""
-    if not os.path.isfile(csv_path):
-        raise FileNotFoundError(f"video list not found: {csv_path!r}")
-    root = data_root if data_root is not None else os.path.dirname(os.path.abspath(csv_path))
-    samples = []
-    with open(csv_path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split(" ")
-            if len(parts) != 2 or not parts[0] or not LABEL.fullmatch(parts[1]):
-                raise ValueError(f"{csv_path}:{lineno}: expected '<video path> <integer label>' (ASCII digits) "
-                                 f"separated by one space, got {line!r}")
-            path, label = parts[0], int(parts[1])
-            if nb_classes is not None and not 0 <= label < nb_classes:
-                raise ValueError(f"{csv_path}:{lineno}: label {label} outside [0, {nb_classes}) (nb_classes)")
-            samples.append((path if os.path.isabs(path) else os.path.join(root, path), label))
-    if not samples:
-        raise ValueError(f"{csv_path}: no videos listed")
-    if check_exists:
-        missing = [p for p, _ in samples if not os.path.isfile(p)]
-        if missing:
-            raise FileNotFoundError(
-                f"{csv_path}: {len(missing)} of {len(samples)} listed videos do not exist (paths resolve against "
-                f"{root!r}; --data_root changes that): {', '.join(map(repr, missing[:5]))}"
-                f"{' ...' if len(missing) > 5 else ''}")
-    return samples
 
 
 def load_class_names(labels_json: str) -> list[str]:
@@ -157,8 +121,9 @@ class SSv2Dataset(Dataset):
             raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
         if mode != "train" and short_side_size < input_size:
             raise ValueError(f"short_side_size {short_side_size} must be >= input_size {input_size} for evaluation")
-        # Evaluation reads every listed video: a missing one stops the run now, not after an epoch of training.
-        self.samples = read_video_list(csv_path, data_root, nb_classes, check_exists=mode != "train")
+        # Evaluation reads every listed video, once: a missing or repeated one stops the run now, not after an epoch.
+        self.samples = read_video_list(csv_path, data_root, nb_classes, check_exists=mode != "train",
+                                       unique=mode != "train")
         self.mode, self.num_frames, self.input_size = mode, num_frames, input_size
         self.short_side_size, self.num_sample = short_side_size, num_sample
         self.test_num_segment, self.test_num_crop = test_num_segment, test_num_crop
@@ -183,28 +148,47 @@ class SSv2Dataset(Dataset):
     def _read(self, path: str, sample_indices: Callable[[int], list[int]]) -> tuple[np.ndarray, list[int]]:
         return read_frames(path, sample_indices, self.decoder, self.decode_threads)
 
+    # The sampling protocol: the frames each mode reads from a video of n frames. A dataset with another protocol
+    # (datasets.kinetics) overrides these three methods and nothing else.
+    def sample_train(self, n: int, seed: int | None) -> list[int]:
+        """TSN indices, drawn from the global generators (seeded per item by __getitem__ when ``seed`` is given)."""
+        return train_indices(n, self.num_frames)
+
+    def sample_validation(self, n: int) -> list[int]:
+        """Segment midpoints."""
+        return val_indices(n, self.num_frames)
+
+    def sample_test_views(self, n: int) -> list[list[int]]:
+        """The frame indices of each of the test_num_segment temporal views."""
+        return [eval_indices(n, self.num_frames, k, self.test_num_segment) for k in range(self.test_num_segment)]
+
+    @functools.cached_property
+    def video_ids(self) -> list[str]:
+        """The id of each listed video in test items (datasets.lists.video_ids)."""
+        return video_ids([p for p, _ in self.samples])
+
     def __getitem__(self, key: int | tuple[int, int]):
         """``key``: an index, or (index, seed) from TrainSampler: then every random draw of a training item comes
         from ``seed`` (utils.seeded_rngs), whichever process loads it."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         if self.mode == "train":
             with utils.seeded_rngs(seed) if seed is not None else contextlib.nullcontext():
-                return self._train_item(index)
+                return self._train_item(index, seed)
         path, label = self.samples[index]
         if self.mode == "validation":
-            frames, _ = self._read(path, lambda n: val_indices(n, self.num_frames))
+            frames, _ = self._read(path, self.sample_validation)
             clip = resize_short_side(to_tchw(frames), self.short_side_size)
             return center_crop(clip, self.input_size).permute(0, 2, 3, 1).contiguous(), label
-        views, view_ids = read_views(path, self.num_frames, self.input_size, self.short_side_size,
-                                     self.test_num_segment, self.test_num_crop, self.decoder, self.decode_threads)
-        return views, label, video_id(path), view_ids
+        views, view_ids = read_indexed_views(path, self.sample_test_views, self.input_size, self.short_side_size,
+                                             self.test_num_crop, self.decoder, self.decode_threads)
+        return views, label, self.video_ids[index], view_ids
 
-    def _train_item(self, index: int):
+    def _train_item(self, index: int, seed: int | None):
         tried = index
         while True:
             path, label = self.samples[tried]
             try:
-                frames, _ = self._read(path, lambda n: train_indices(n, self.num_frames))
+                frames, _ = self._read(path, lambda n: self.sample_train(n, seed))
                 break
             except VideoDecodeError as e:
                 with self._bad.get_lock():
@@ -230,12 +214,28 @@ class SSv2Dataset(Dataset):
 
 def read_views(path: str, num_frames: int, input_size: int, short_side_size: int, test_num_segment: int,
                test_num_crop: int, decoder: str = "auto", decode_threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """All K x J views of one video from a single decode: (V x T x H x W x C uint8, V x 2 int64), view order
+    """All K x J SSv2 test views of one video from a single decode (read_indexed_views)."""
+    K = test_num_segment
+    return read_indexed_views(path, lambda n: [eval_indices(n, num_frames, k, K) for k in range(K)], input_size,
+                              short_side_size, test_num_crop, decoder, decode_threads)
+
+
+def read_indexed_views(path: str, view_indices: Callable[[int], list[list[int]]], input_size: int,
+                       short_side_size: int, test_num_crop: int, decoder: str = "auto",
+                       decode_threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """K temporal views (``view_indices(n)``: K lists of T frame indices) x J = test_num_crop crops of one video,
+    from a single decode of the union of their frames: (V x T x H x W x C uint8, V x 2 int64), view order
     temporal-major (k, j). No float work and no layout change: video_transforms.normalize_clips makes the
     V x C x T x H x W float clips on the device."""
-    K, J = test_num_segment, test_num_crop
-    frames, indices = read_frames(
-        path, lambda n: [i for k in range(K) for i in eval_indices(n, num_frames, k, K)], decoder, decode_threads)
+    J = test_num_crop
+    chunks: list[list[int]] = []
+
+    def flat(n: int) -> list[int]:
+        chunks[:] = view_indices(n)
+        return [i for chunk in chunks for i in chunk]
+
+    frames, indices = read_frames(path, flat, decoder, decode_threads)
+    K, num_frames = len(chunks), len(chunks[0])
     # Resize each distinct frame once (uint8, channels-last: the fast kernel); every view is then written once,
     # straight into its place in the V x T x H x W x C output, by an index_select of its frames from a crop view.
     pos: dict[int, int] = {}  # frame index -> its row among the distinct frames, in order of first use

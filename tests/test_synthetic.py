@@ -1,4 +1,5 @@
-"""The synthetic temporal dataset: determinism, reversal pairs, motion directions, files, controls."""
+"""The synthetic datasets: determinism, reversal pairs, motion directions, files, controls; the appearance variant
+and its Kinetics-style lists."""
 import json
 import os
 import sys
@@ -8,8 +9,9 @@ import pytest
 
 from datasets import synthetic
 from datasets.decoding import open_video, read_frames
-from datasets.ssv2 import read_video_list
-from datasets.synthetic import CLASS_NAMES, REVERSE_PARTNER, _plan, make_controls, render_video
+from datasets.lists import read_video_list
+from datasets.synthetic import (APPEARANCE_CLASSES, APPEARANCE_COLOURS, CLASS_NAMES, REVERSE_PARTNER, _plan,
+                                make_controls, make_kinetics_dataset, render_appearance_video, render_video)
 
 
 def _object_mask(video):
@@ -109,3 +111,55 @@ def test_cli(tmp_path, monkeypatch, capsys):
     synthetic.main()
     assert "wrote 8 train + 8 val videos" in capsys.readouterr().out
     assert len(os.listdir(tmp_path / "videos")) == 16 and (tmp_path / "test.csv").exists()
+
+
+def _appearance(frame):
+    """(colour family, shape) of the object in one frame, measured: the nearest family colour of its pixels, and
+    'disc' or 'square' from how much of its bounding box it fills (pi / 4 or 1)."""
+    mask = frame.max(axis=-1) > 110
+    ys, xs = np.nonzero(mask)
+    fill = mask.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+    mean = frame[mask].mean(axis=0)
+    colour = min(APPEARANCE_COLOURS, key=lambda c: np.abs(mean - APPEARANCE_COLOURS[c]).sum())
+    return colour, "disc" if fill < 0.9 else "square"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_appearance_classes_are_measured_the_same_after_a_flip(seed):
+    """Every frame, and its mirror image, shows its class; the drift is the same for every class of one seed."""
+    paths = []
+    for label, name in enumerate(APPEARANCE_CLASSES):
+        video = render_appearance_video(label, seed, 32, 42, 120)
+        again = render_appearance_video(label, seed, 32, 42, 120)
+        assert video.shape == (120, 32, 42, 3) and np.array_equal(video, again)
+        for frame in video[::17]:
+            assert " ".join(_appearance(frame)) == name == " ".join(_appearance(frame[:, ::-1]))
+        paths.append(_centroids(video)[0])
+    assert all(np.abs(p - paths[0]).max() < 1 for p in paths)  # motion says nothing about the class
+    assert np.abs(paths[0][-1] - paths[0][0]).max() > 2  # but the object does move
+
+
+def test_kinetics_dataset_files(tmp_path):
+    out = make_kinetics_dataset(str(tmp_path), num_train=8, num_val=4, num_frames=(100, 130), seed=2, workers=1)
+    train = read_video_list(os.path.join(out, "train.csv"), nb_classes=8)
+    val = read_video_list(os.path.join(out, "val.csv"), nb_classes=8, check_exists=True, unique=True)
+    assert open(os.path.join(out, "val.csv")).read() == open(os.path.join(out, "test.csv")).read()
+    assert len(train) == 8 and len(val) == 4 and sorted(label for _, label in train) == list(range(8))
+    for path, label in train + val:
+        assert os.path.dirname(path) == os.path.join(out, "videos", APPEARANCE_CLASSES[label])  # 'red disc', ...
+        reader = open_video(path, "pyav")
+        assert 100 <= reader.num_frames <= 130
+        frames = reader.get_frames(range(reader.num_frames))
+        assert frames.shape[1:] == (32, 42, 3) and " ".join(_appearance(frames[reader.num_frames // 2])) == \
+            APPEARANCE_CLASSES[label]
+    assert len({open_video(p, "pyav").num_frames for p, _ in train}) > 1  # lengths drawn per video
+    with pytest.raises(ValueError, match=r"num_frames must be .*got \(5, 2\)"):
+        make_kinetics_dataset(str(tmp_path), num_frames=(5, 2))
+
+
+def test_kinetics_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["synthetic", "--out", str(tmp_path), "--kinetics", "--train", "2", "--val",
+                                      "1", "--height", "32", "--frames", "12", "--workers", "1"])
+    synthetic.main()
+    assert "wrote 2 train + 1 val videos (32 px high, 12 frames)" in capsys.readouterr().out
+    assert open(tmp_path / "train.csv").read().count(",") == 2
