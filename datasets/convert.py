@@ -85,7 +85,9 @@ def convert(src: str | None, dst: str, ffmpeg: str, video_filter: str) -> str:
     raises FileNotFoundError for a missing source and RuntimeError for a broken or truncated one."""
     if os.path.isfile(dst) and os.path.getsize(dst) > 0:
         return "skipped"
-    if src is None or not os.path.isfile(src):
+    if src is None:
+        raise FileNotFoundError("no source video of that name under the video folder")
+    if not os.path.isfile(src):
         raise FileNotFoundError(f"missing source video {src!r}")
     tmp = dst + ".part"
     cmd = [ffmpeg, "-nostdin", "-y", "-v", "warning", "-i", src, "-an", "-vf", video_filter, "-c:v", "libx264",
@@ -186,3 +188,29 @@ def write_labels_json(path: str, class_names: list[str]) -> None:
 
     with open(path, "w") as f:
         json.dump({name: str(i) for i, name in enumerate(class_names)}, f, indent=1)
+
+
+def index_videos(root: str) -> dict[str, list[str]]:
+    """Every file under `root` (any depth: flat or per-class folders) by its name without extension, sorted paths;
+    unfinished .part files left out."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"video folder {root} does not exist")
+    index: dict[str, list[str]] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            if not name.endswith(".part"):
+                index.setdefault(os.path.splitext(name)[0], []).append(os.path.join(folder, name))
+    return index
+
+
+def find_video(index: dict[str, list[str]], stem: str, preferred: str | None = None) -> str | None:
+    """The file named `stem` (any extension): `preferred` when it exists, else the only match in `index`; when there
+    is none, `preferred` (so that the failure names where it was expected) or None; ValueError naming the candidates
+    when several match."""
+    if preferred and os.path.isfile(preferred):
+        return preferred
+    paths = index.get(stem, [])
+    if len(paths) > 1:
+        raise ValueError(f"video {stem!r} is ambiguous: {', '.join(paths)}; keep one")
+    return paths[0] if paths else preferred
