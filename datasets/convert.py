@@ -177,7 +177,7 @@ def report(summary: dict, dst: str, list_names: list[str], fatal: bool = True) -
     for name, key, err in summary["failed"]:
         print(f"FAILED {name} {key}: {err}", file=sys.stderr)
     if summary["failed"]:
-        print(f"{len(summary['failed'])} videos missing or failed (listed in {os.path.join(dst, 'failed.txt')}); the "
+        print(f"{len({key for _, key, _ in summary['failed']})} videos missing or failed (listed in {os.path.join(dst, 'failed.txt')}); the "
               f"lists hold only the videos that exist. Fix and rerun to resume.", file=sys.stderr)
     return 1 if summary["failed"] and fatal else 0
 
