@@ -11,12 +11,14 @@ finished name is always a whole video (leftover .part files are overwritten). A 
 although ffmpeg exits 0 on it: ffmpeg says it "ended prematurely", or the output has fewer frames than the source's
 header promises.
 """
+import argparse
 import os
 import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 STATUSES = ("converted", "skipped", "missing", "failed")
 
@@ -177,7 +179,8 @@ def report(summary: dict, dst: str, list_names: list[str], fatal: bool = True) -
     for name, key, err in summary["failed"]:
         print(f"FAILED {name} {key}: {err}", file=sys.stderr)
     if summary["failed"]:
-        print(f"{len({key for _, key, _ in summary['failed']})} videos missing or failed (listed in {os.path.join(dst, 'failed.txt')}); the "
+        videos = len({key for _, key, _ in summary["failed"]})
+        print(f"{videos} videos missing or failed (listed in {os.path.join(dst, 'failed.txt')}); the "
               f"lists hold only the videos that exist. Fix and rerun to resume.", file=sys.stderr)
     return 1 if summary["failed"] and fatal else 0
 
@@ -214,3 +217,21 @@ def find_video(index: dict[str, list[str]], stem: str, preferred: str | None = N
     if len(paths) > 1:
         raise ValueError(f"video {stem!r} is ambiguous: {', '.join(paths)}; keep one")
     return paths[0] if paths else preferred
+
+
+def add_conversion_args(p: argparse.ArgumentParser, short_side: int | None = None) -> None:
+    """The flags every preparation tool has: --workers and --ffmpeg, and --short_side (with this default) when given."""
+    if short_side is not None:
+        p.add_argument("--short_side", type=int, default=short_side, help="output short side in px (0 keeps the size)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel ffmpeg processes")
+    p.add_argument("--ffmpeg", default=None, help="ffmpeg binary (default: imageio-ffmpeg's, else the system's)")
+
+
+def run_prepare(tool: str, prepare: Callable[..., dict], *args) -> dict | None:
+    """prepare(*args), with a missing or malformed input printed as one line `<tool>: <what>` instead of a
+    traceback; None then."""
+    try:
+        return prepare(*args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"{tool}: {e}", file=sys.stderr)
+        return None

@@ -27,8 +27,8 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.convert import (Item, find_video, index_videos, prepare_videos, report, scale_short_side,
-                              write_labels_json)
+from datasets.convert import (Item, add_conversion_args, find_video, index_videos, prepare_videos, report,
+                              run_prepare, scale_short_side, write_labels_json)
 
 LABELS = "kinetics400-labels.json"
 ANNOTATIONS = (("train", "train.csv"), ("val", "validate.csv"))
@@ -92,14 +92,11 @@ def main() -> int:
     p.add_argument("--annotations", required=True, help="folder with the release's train.csv and validate.csv")
     p.add_argument("--videos", required=True, help="clips <youtube_id>_<start:06d>_<end:06d>.*, flat or per class")
     p.add_argument("--dst", required=True, help="output folder: videos/, train.csv, val.csv, test.csv, labels json")
-    p.add_argument("--short_side", type=int, default=320, help="output short side in px (0 keeps the size)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel ffmpeg processes")
-    p.add_argument("--ffmpeg", default=None, help="ffmpeg binary (default: imageio-ffmpeg's, else the system's)")
+    add_conversion_args(p, short_side=320)
     a = p.parse_args()
-    try:
-        summary = prepare(a.annotations, a.videos, a.dst, a.short_side, a.workers, a.ffmpeg)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"prepare_kinetics: {e}", file=sys.stderr)
+    summary = run_prepare("prepare_kinetics", prepare, a.annotations, a.videos, a.dst, a.short_side, a.workers,
+                          a.ffmpeg)
+    if summary is None:
         return 2
     print(f"{len(summary['classes'])} classes -> {os.path.join(a.dst, LABELS)}")
     return report(summary, a.dst, ["train", "val"], fatal=False)

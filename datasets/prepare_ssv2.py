@@ -28,7 +28,7 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.convert import Item, prepare_videos, report, scale_to_height
+from datasets.convert import Item, add_conversion_args, prepare_videos, report, run_prepare, scale_to_height
 
 LABELS = "something-something-v2-labels.json"
 # role -> (current download's path, 20BN name), both relative to the download folder
@@ -123,17 +123,14 @@ def main() -> int:
     p.add_argument("--src", required=True, help="official SSv2 folder (labels/ or the 20BN jsons; videos in "
                                                 "20bn-something-something-v2/)")
     p.add_argument("--dst", required=True, help="output folder: videos/, train.csv, val.csv, test.csv, labels json")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel ffmpeg processes")
-    p.add_argument("--ffmpeg", default=None, help="ffmpeg binary (default: imageio-ffmpeg's, else the system's)")
+    add_conversion_args(p)
     p.add_argument("--height", type=int, default=240, help="output height in px (width even, aspect kept)")
     p.add_argument("--with_test", action="store_true",
                    help="also convert the official test split, labelled from labels/test-answers.csv, to "
                         "test_official.csv (test.csv stays = val.csv)")
     a = p.parse_args()
-    try:
-        summary = prepare(a.src, a.dst, a.workers, a.ffmpeg, a.height, a.with_test)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"prepare_ssv2: {e}", file=sys.stderr)
+    summary = run_prepare("prepare_ssv2", prepare, a.src, a.dst, a.workers, a.ffmpeg, a.height, a.with_test)
+    if summary is None:
         return 2
     return report(summary, a.dst, ["train", "val"] + (["test_official"] if a.with_test else []))
 

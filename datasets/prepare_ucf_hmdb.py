@@ -29,8 +29,8 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.convert import (Item, find_video, index_videos, prepare_videos, report, scale_short_side,
-                              write_labels_json)
+from datasets.convert import (Item, add_conversion_args, find_video, index_videos, prepare_videos, report,
+                              run_prepare, scale_short_side, write_labels_json)
 
 SPLITS = (1, 2, 3)
 LABELS = {"UCF101": "ucf101-labels.json", "HMDB51": "hmdb51-labels.json"}
@@ -124,14 +124,11 @@ def main() -> int:
     p.add_argument("--splits", required=True, help="UCF101: ucfTrainTestlist/; HMDB51: testTrainMulti_7030_splits/")
     p.add_argument("--videos", required=True, help="the extracted .avi videos, in per-class folders or flat")
     p.add_argument("--dst", required=True, help="output folder: videos/, train_N.csv, val_N.csv, labels json")
-    p.add_argument("--short_side", type=int, default=0, help="output short side in px (0 keeps the size)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel ffmpeg processes")
-    p.add_argument("--ffmpeg", default=None, help="ffmpeg binary (default: imageio-ffmpeg's, else the system's)")
+    add_conversion_args(p, short_side=0)
     a = p.parse_args()
-    try:
-        summary = prepare(a.dataset, a.splits, a.videos, a.dst, a.short_side, a.workers, a.ffmpeg)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"prepare_ucf_hmdb: {e}", file=sys.stderr)
+    summary = run_prepare("prepare_ucf_hmdb", prepare, a.dataset, a.splits, a.videos, a.dst, a.short_side,
+                          a.workers, a.ffmpeg)
+    if summary is None:
         return 2
     return report(summary, a.dst, [f"{kind}_{s}" for s in SPLITS for kind in ("train", "val")])
 

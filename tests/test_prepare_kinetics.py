@@ -56,7 +56,8 @@ def test_lists_labels_missing_and_corrupt_clips_and_resume(tmp_path, monkeypatch
     out, err = capsys.readouterr()
     assert "train: 4 listed, 3 converted, 0 skipped (already done), 1 missing, 0 failed, 3 in train.csv" in out
     assert "val: 3 listed, 2 converted, 0 skipped (already done), 0 missing, 1 failed, 2 in val.csv" in out
-    assert "FAILED train gone0000000_000003_000013: FileNotFoundError: no source video of that name under the video folder" in err
+    assert ("FAILED train gone0000000_000003_000013: FileNotFoundError: no source video of that name under the video "
+            "folder") in err
     assert "FAILED val broken00000_000001_000011: RuntimeError: ffmpeg failed on" in err
 
     names = sorted(CLASSES)
@@ -107,5 +108,6 @@ def test_a_clip_twice_under_the_folder_is_an_error(tmp_path):
     os.makedirs(os.path.join(clips, "copy"))
     name = "vvvvvvvvvv1_000005_000015"
     os.link(os.path.join(clips, f"{name}.mp4"), os.path.join(clips, "copy", f"{name}.mkv"))
-    with pytest.raises(ValueError, match=rf"video '{name}' is ambiguous: .*clips/{name}.mp4, .*copy/{name}.mkv; keep one"):
+    with pytest.raises(ValueError, match=rf"video '{name}' is ambiguous: .*clips/{name}.mp4, .*copy/{name}.mkv; "
+                                         rf"keep one"):
         prepare_kinetics.prepare(ann, clips, str(tmp_path / "out"), SHORT, workers=1)

@@ -123,7 +123,8 @@ def test_hmdb51_bad_flag_and_missing_split_file(tmp_path, monkeypatch, capsys):
     splits, videos = make_hmdb(tmp_path)
     path = os.path.join(splits, "brush_hair_test_split2.txt")
     open(path, "a").write("extra.avi 3\n")
-    with pytest.raises(ValueError, match=r"brush_hair_test_split2.txt:4: 'extra.avi 3', expected '<video>.avi <0\|1\|2>'"):
+    with pytest.raises(ValueError, match=r"brush_hair_test_split2.txt:4: 'extra.avi 3', expected "
+                                         r"'<video>.avi <0\|1\|2>'"):
         prepare_ucf_hmdb.read_hmdb51(splits)
     os.remove(path)
     monkeypatch.setattr(sys, "argv", ["prepare", "--dataset", "HMDB51", "--splits", splits, "--videos", videos,
