@@ -1,52 +1,56 @@
 """One command from the official Something-Something-v2 download to VideoMAE-style lists and H.264 videos.
 
-  python datasets/prepare_ssv2.py --src OFFICIAL_DIR --dst OUT_DIR [--workers N] [--ffmpeg PATH]
+  python datasets/prepare_ssv2.py --src OFFICIAL_DIR --dst OUT_DIR [--workers N] [--ffmpeg PATH] [--with_test]
 
-Input (OFFICIAL_DIR): something-something-v2-labels.json ({template without brackets: "id"}),
-something-something-v2-train.json and -validation.json (lists of {"id", "label", "template", "placeholders"}; an
-item's class is its template with '[' and ']' removed) and the videos <id>.webm, either in OFFICIAL_DIR or in
-OFFICIAL_DIR/20bn-something-something-v2/ (where the official archives extract).
+Input (OFFICIAL_DIR), either layout:
+  current download   labels/labels.json, labels/train.json, labels/validation.json (and labels/test.json,
+                     labels/test-answers.csv), videos in 20bn-something-something-v2/<id>.webm
+  20BN names         something-something-v2-labels.json, something-something-v2-train.json, -validation.json,
+                     videos in 20bn-something-something-v2/ or beside the jsons
+labels.json maps {template without brackets: "id"}; train/validation are lists of {"id", "label", "template",
+"placeholders"}, an item's class its template with '[' and ']' removed. A missing file is one line naming both names
+it was looked for under and where.
 
 Output (OUT_DIR): videos/<id>.mp4 (H.264, yuv420p, 240 px high, even width, aspect kept), train.csv, val.csv,
-test.csv (= val, as VideoMAE evaluates) with lines `videos/<id>.mp4 <label>` (paths relative to OUT_DIR, which is
-the dataset's default data_root), and a copy of the labels json.
+test.csv (= val, as VideoMAE evaluates) with lines `videos/<id>.mp4 <label>` (paths relative to OUT_DIR, the
+dataset's default data_root), and the labels json as something-something-v2-labels.json. With --with_test (current
+layout only) the official test split is converted too and written, labelled from test-answers.csv (`<id>;<class>`
+lines), to test_official.csv; test.csv stays the validation list so that numbers compare with published ones.
 
-Resumable: an existing videos/<id>.mp4 is skipped (outputs are encoded to <id>.mp4.part and renamed when complete,
-so a finished name is always a whole video; leftover .part files are overwritten). Failures (missing source video,
-ffmpeg error, a truncated source: ffmpeg's "ended prematurely" or fewer frames than its header promises) never
-vanish: every one is printed with its reason and written to OUT_DIR/failed.txt, the CSVs list only the videos that
-exist, the summary gives listed/converted/skipped/failed per split, and the exit status is 1.
+Resumable, and failures are listed in OUT_DIR/failed.txt with exit status 1 (see datasets/convert.py).
 """
 import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets.convert import Item, add_conversion_args, prepare_videos, report, run_prepare, scale_to_height
 
 LABELS = "something-something-v2-labels.json"
-SPLITS = (("train", "something-something-v2-train.json"), ("val", "something-something-v2-validation.json"))
+# role -> (current download's path, 20BN name), both relative to the download folder
+FILES = {"labels": ("labels/labels.json", LABELS),
+         "train": ("labels/train.json", "something-something-v2-train.json"),
+         "val": ("labels/validation.json", "something-something-v2-validation.json"),
+         "test": ("labels/test.json", None),
+         "test_answers": ("labels/test-answers.csv", None)}
+VIDEO_DIR = "20bn-something-something-v2"
 
 
-def find_ffmpeg(path: str | None = None) -> str:
-    """--ffmpeg, else imageio-ffmpeg's bundled binary, else the system's ffmpeg."""
-    if path:
-        return path
-    try:
-        import imageio_ffmpeg
-
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except (ImportError, RuntimeError):
-        exe = shutil.which("ffmpeg")
-        if exe is None:
-            raise FileNotFoundError("no ffmpeg found: pip install imageio-ffmpeg, install ffmpeg, or pass --ffmpeg")
-        return exe
+def find_file(src: str, role: str) -> str:
+    """The path of an annotation file in either layout; FileNotFoundError naming every name it was looked for under."""
+    names = [n for n in FILES[role] if n]
+    for name in names:
+        if os.path.isfile(os.path.join(src, name)):
+            return os.path.join(src, name)
+    looked = " or ".join(f"{n} ({'current download' if n == FILES[role][0] else '20BN name'})" for n in names)
+    raise FileNotFoundError(f"missing the SSv2 {role} file: looked for {looked} in {src}")
 
 
 def _load_json(path: str):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"missing {os.path.basename(path)}: expected it at {path} (official SSv2 download)")
     with open(path) as f:
         try:
             return json.load(f)
@@ -54,14 +58,33 @@ def _load_json(path: str):
             raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
-def read_annotations(src: str) -> tuple[dict[str, int], dict[str, list[tuple[str, int]]]]:
+def read_test_answers(src: str, labels: dict[str, int]) -> list[tuple[str, int]]:
+    """(video id, label) of the official test split: ids from test.json, classes from test-answers.csv."""
+    ids = [str(item["id"]) for item in _load_json(find_file(src, "test"))]
+    path = find_file(src, "test_answers")
+    answers = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            vid, sep, cls = line.rstrip("\n").partition(";")
+            if not sep or cls not in labels:
+                raise ValueError(f"{path}:{n}: {line.strip()!r}, expected '<id>;<class name of labels.json>'")
+            answers[vid] = labels[cls]
+    missing = [vid for vid in ids if vid not in answers]
+    if missing:
+        raise ValueError(f"{path}: no answer for {len(missing)} test.json ids, e.g. {missing[0]}")
+    return [(vid, answers[vid]) for vid in ids]
+
+
+def read_annotations(src: str, with_test: bool = False) -> tuple[dict[str, int], dict[str, list[tuple[str, int]]]]:
     """Labels and per-split (video id, label) lists from the official jsons; errors name the file, item and problem."""
-    labels_path = os.path.join(src, LABELS)
+    labels_path = find_file(src, "labels")
     labels = {name: int(idx) for name, idx in _load_json(labels_path).items()}
     seen: dict[str, str] = {}
     splits = {}
-    for split, name in SPLITS:
-        path = os.path.join(src, name)
+    for split in ("train", "val"):
+        path = find_file(src, split)
         items = []
         for i, item in enumerate(_load_json(path)):
             if not isinstance(item, dict) or "id" not in item or "template" not in item:
@@ -72,135 +95,44 @@ def read_annotations(src: str) -> tuple[dict[str, int], dict[str, list[tuple[str
                                  f"{cls!r} is not in {labels_path}")
             if vid in seen:
                 raise ValueError(f"{path}: item {i}: duplicate video id {vid} (already listed in {seen[vid]})")
-            seen[vid] = name
+            seen[vid] = os.path.basename(path)
             items.append((vid, labels[cls]))
         splits[split] = items
+    if with_test:
+        splits["test_official"] = read_test_answers(src, labels)
     return labels, splits
 
 
-def promised_frames(path: str) -> int | None:
-    """Frames the container's header promises (duration x frame rate); None when it states no duration."""
-    import av
-
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        if container.duration and stream.average_rate:
-            return round(container.duration / av.time_base * stream.average_rate)
-    return None
-
-
-def present_frames(path: str) -> int:
-    """Frames really there: the mp4 index's count, else a count of the demuxed packets."""
-    import av
-
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        return stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
-
-
-def convert(src: str, dst: str, ffmpeg: str, height: int = 240) -> str:
-    """Re-encodes one video to H.264 mp4 via dst.part; returns 'converted' or 'skipped', raises on failure.
-
-    A truncated source is a failure although ffmpeg exits 0 on it: when ffmpeg says the file "ended prematurely",
-    or when the output has fewer frames than the source's header promises (one frame of rounding allowed)."""
-    if os.path.isfile(dst) and os.path.getsize(dst) > 0:
-        return "skipped"
-    if not os.path.isfile(src):
-        raise FileNotFoundError(f"missing source video {src!r}")
-    tmp = dst + ".part"
-    cmd = [ffmpeg, "-nostdin", "-y", "-v", "warning", "-i", src, "-an", "-vf", f"scale=-2:{height}", "-c:v",
-           "libx264", "-pix_fmt", "yuv420p", "-f", "mp4", tmp]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    err = result.stderr.strip().splitlines()
-    problem = None
-    if result.returncode != 0 or not os.path.isfile(tmp) or os.path.getsize(tmp) == 0:
-        problem = f"ffmpeg failed on {src!r} (exit {result.returncode}): {err[-1] if err else 'no output'}"
-    elif any("ended prematurely" in line for line in err):
-        problem = f"{src!r} is truncated (ffmpeg: {next(x for x in err if 'ended prematurely' in x).strip()})"
-    else:
-        promised = promised_frames(src)
-        written = present_frames(tmp) if promised is not None else None
-        if written is not None and written < promised - 1:
-            problem = f"{src!r} is truncated: {written} frames decode, its header promises {promised}"
-    if problem:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise RuntimeError(problem)
-    os.replace(tmp, dst)
-    return "converted"
-
-
-def prepare(src: str, dst: str, workers: int = 4, ffmpeg: str | None = None, height: int = 240) -> dict:
-    """Converts all listed videos and writes the CSVs; returns the summary (see the module docstring)."""
-    from tqdm import tqdm
-
-    labels, splits = read_annotations(src)
-    video_dir = os.path.join(src, "20bn-something-something-v2")
+def prepare(src: str, dst: str, workers: int = 4, ffmpeg: str | None = None, height: int = 240,
+            with_test: bool = False) -> dict:
+    """Converts all listed videos and writes the lists; returns the summary of datasets.convert.prepare_videos."""
+    _, splits = read_annotations(src, with_test)
+    video_dir = os.path.join(src, VIDEO_DIR)
     if not os.path.isdir(video_dir):
         video_dir = src
-    ffmpeg = find_ffmpeg(ffmpeg)
-    os.makedirs(os.path.join(dst, "videos"), exist_ok=True)
-    jobs = [(split, vid, label) for split, items in splits.items() for vid, label in items]
-
-    def run(job):
-        split, vid, label = job
-        try:
-            return job, convert(os.path.join(video_dir, f"{vid}.webm"), os.path.join(dst, "videos", f"{vid}.mp4"),
-                                ffmpeg, height), None
-        except Exception as e:
-            return job, "failed", f"{type(e).__name__}: {e}"
-
-    results = {}
-    with ThreadPoolExecutor(max(1, workers)) as pool:  # the work happens in ffmpeg subprocesses
-        for job, status, err in tqdm(pool.map(run, jobs), total=len(jobs), desc="SSv2 -> mp4", unit="video"):
-            results[job] = (status, err)
-
-    summary = {"failed": []}
-    for split, items in splits.items():
-        counts = {"listed": len(items), "converted": 0, "skipped": 0, "failed": 0}
-        lines = []
-        for vid, label in items:
-            status, err = results[(split, vid, label)]
-            counts[status] += 1
-            if err:
-                summary["failed"].append((split, vid, err))
-            else:
-                lines.append(f"videos/{vid}.mp4 {label}\n")
-        counts["in_csv"] = len(lines)
-        summary[split] = counts
-        with open(os.path.join(dst, f"{split}.csv"), "w") as f:
-            f.writelines(lines)
+    items = [Item(split, vid, os.path.join(video_dir, f"{vid}.webm"), f"videos/{vid}.mp4", label)
+             for split, pairs in splits.items() for vid, label in pairs]
+    summary = prepare_videos(items, dst, scale_to_height(height), workers, ffmpeg, desc="SSv2 -> mp4")
     shutil.copyfile(os.path.join(dst, "val.csv"), os.path.join(dst, "test.csv"))
-    shutil.copyfile(os.path.join(src, LABELS), os.path.join(dst, LABELS))
-    failed_path = os.path.join(dst, "failed.txt")
-    if summary["failed"]:
-        with open(failed_path, "w") as f:
-            f.writelines(f"{split} {vid} {err}\n" for split, vid, err in summary["failed"])
-    elif os.path.exists(failed_path):
-        os.remove(failed_path)
+    shutil.copyfile(find_file(src, "labels"), os.path.join(dst, LABELS))
     return summary
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description="Prepare SSv2 from the official download (webm + jsons).")
-    p.add_argument("--src", required=True, help="official SSv2 folder (jsons; videos here or in 20bn-something-something-v2/)")
+    p.add_argument("--src", required=True, help="official SSv2 folder (labels/ or the 20BN jsons; videos in "
+                                                "20bn-something-something-v2/)")
     p.add_argument("--dst", required=True, help="output folder: videos/, train.csv, val.csv, test.csv, labels json")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel ffmpeg processes")
-    p.add_argument("--ffmpeg", default=None, help="ffmpeg binary (default: imageio-ffmpeg's, else the system's)")
+    add_conversion_args(p)
     p.add_argument("--height", type=int, default=240, help="output height in px (width even, aspect kept)")
+    p.add_argument("--with_test", action="store_true",
+                   help="also convert the official test split, labelled from labels/test-answers.csv, to "
+                        "test_official.csv (test.csv stays = val.csv)")
     a = p.parse_args()
-    summary = prepare(a.src, a.dst, a.workers, a.ffmpeg, a.height)
-    for split, _ in SPLITS:
-        c = summary[split]
-        print(f"{split}: {c['listed']} listed, {c['converted']} converted, {c['skipped']} skipped (already done), "
-              f"{c['failed']} failed, {c['in_csv']} in {split}.csv")
-    for split, vid, err in summary["failed"]:
-        print(f"FAILED {split} {vid}: {err}", file=sys.stderr)
-    if summary["failed"]:
-        print(f"{len(summary['failed'])} videos failed (listed in {os.path.join(a.dst, 'failed.txt')}); the CSVs "
-              f"hold only the videos that exist. Fix and rerun to resume.", file=sys.stderr)
-        return 1
-    return 0
+    summary = run_prepare("prepare_ssv2", prepare, a.src, a.dst, a.workers, a.ffmpeg, a.height, a.with_test)
+    if summary is None:
+        return 2
+    return report(summary, a.dst, ["train", "val"] + (["test_official"] if a.with_test else []))
 
 
 if __name__ == "__main__":

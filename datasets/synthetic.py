@@ -238,21 +238,37 @@ def make_synthetic_dataset(out_dir: str, num_train: int = 2400, num_val: int = 4
 
 def make_official_layout(out_dir: str, num_train: int = 16, num_val: int = 8, height: int = 64,
                          width: int | None = None, num_frames: int = 16, seed: int = 0,
-                         workers: int | None = None) -> str:
-    """The official SSv2 download layout: labels/train/validation jsons and 20bn-something-something-v2/<id>.webm
-    (VP9), for testing prepare_ssv2.py end to end. Returns out_dir."""
+                         workers: int | None = None, layout: str = "20bn", num_test: int = 0) -> str:
+    """An official SSv2 download in miniature, for testing prepare_ssv2.py end to end: VP9 webm videos in
+    20bn-something-something-v2/<id>.webm plus the annotations, under the 20BN names (layout='20bn':
+    something-something-v2-{labels,train,validation}.json) or as the current download has them (layout='current':
+    labels/{labels,train,validation,test}.json and labels/test-answers.csv, with num_test test videos). Returns
+    out_dir."""
+    if layout not in ("20bn", "current"):
+        raise ValueError(f"layout {layout!r}: expected '20bn' or 'current'")
     width = width or default_width(height)
     video_dir = os.path.join(out_dir, "20bn-something-something-v2")
     os.makedirs(video_dir, exist_ok=True)
     plan = _plan(num_train, num_val, seed)
+    rng = np.random.default_rng(seed + 1)
+    plan["test"] = [(str(300000 + i), i % len(TEMPLATES), int(rng.integers(0, 2**63 - 1)))
+                    for i in range(num_test if layout == "current" else 0)]
     _run([(os.path.join(video_dir, f"{vid}.webm"), label, s, height, width, num_frames, "libvpx-vp9")
           for split in plan.values() for vid, label, s in split], workers)
-    write_labels_json(os.path.join(out_dir, LABELS_FILE))
-    for split, name in (("train", "train"), ("val", "validation")):
+    ann_dir = os.path.join(out_dir, "labels") if layout == "current" else out_dir
+    os.makedirs(ann_dir, exist_ok=True)
+    name = (lambda role: f"{role}.json") if layout == "current" else (lambda role: f"something-something-v2-{role}.json")
+    write_labels_json(os.path.join(ann_dir, name("labels")))
+    for split, role in (("train", "train"), ("val", "validation")):
         items = [{"id": vid, "label": CLASS_NAMES[label].replace("something", "a box"), "template": TEMPLATES[label],
                   "placeholders": ["a box"]} for vid, label, _ in plan[split]]
-        with open(os.path.join(out_dir, f"something-something-v2-{name}.json"), "w") as f:
+        with open(os.path.join(ann_dir, name(role)), "w") as f:
             json.dump(items, f)
+    if layout == "current":
+        with open(os.path.join(ann_dir, "test.json"), "w") as f:
+            json.dump([{"id": vid} for vid, _, _ in plan["test"]], f)
+        with open(os.path.join(ann_dir, "test-answers.csv"), "w") as f:
+            f.writelines(f"{vid};{CLASS_NAMES[label]}\n" for vid, label, _ in plan["test"])
     return out_dir
 
 

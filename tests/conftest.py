@@ -26,6 +26,14 @@ def official_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def official_current_dir(tmp_path_factory) -> str:
+    """The current official SSv2 download in miniature: labels/*.json + test-answers.csv, 4 train + 2 validation +
+    2 test VP9 webm videos, 32 x 42 px."""
+    return make_official_layout(str(tmp_path_factory.mktemp("official_current")), num_train=4, num_val=2, height=32,
+                                num_frames=12, seed=3, workers=2, layout="current", num_test=2)
+
+
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     from datasets.synthetic import make_synthetic_dataset
     return make_synthetic_dataset(str(tmp_path_factory.mktemp("syn")), num_train=16, num_val=7, height=32,

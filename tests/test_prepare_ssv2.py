@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from datasets import prepare_ssv2, verify
+from datasets import convert, prepare_ssv2, verify
 from datasets.decoding import open_video
 from datasets.ssv2 import read_video_list
 
@@ -20,8 +20,8 @@ def src(official_dir, tmp_path):
     return shutil.copytree(official_dir, tmp_path / "src")
 
 
-def _expected(src, split_file):
-    labels = json.load(open(os.path.join(src, "something-something-v2-labels.json")))
+def _expected(src, split_file, labels_file="something-something-v2-labels.json"):
+    labels = json.load(open(os.path.join(src, labels_file)))
     items = json.load(open(os.path.join(src, split_file)))
     return [(f"videos/{it['id']}.mp4", int(labels[it["template"].replace("[", "").replace("]", "")])) for it in items]
 
@@ -35,7 +35,7 @@ def test_end_to_end_and_resume(src, tmp_path):
         os.path.join(src, "20bn-something-something-v2"))[0]), "rb").read(4) == b"\x1a\x45\xdf\xa3"  # webm (EBML)
     dst = str(tmp_path / "out")
     summary = prepare_ssv2.prepare(str(src), dst, workers=2, height=HEIGHT)
-    assert summary["train"] == {"listed": 6, "converted": 6, "skipped": 0, "failed": 0, "in_csv": 6}
+    assert summary["train"] == {"listed": 6, "converted": 6, "skipped": 0, "missing": 0, "failed": 0, "in_csv": 6}
     assert summary["val"]["converted"] == 4 and not summary["failed"]
     for name, split_file in (("train.csv", "something-something-v2-train.json"),
                              ("val.csv", "something-something-v2-validation.json")):
@@ -72,7 +72,7 @@ def test_failed_video_is_listed_and_exit_status_is_nonzero(src, tmp_path, monkey
                                       str(HEIGHT)])
     assert prepare_ssv2.main() == 1
     out, err = capsys.readouterr()
-    assert "val: 4 listed, 3 converted, 0 skipped (already done), 1 failed, 3 in val.csv" in out
+    assert "val: 4 listed, 3 converted, 0 skipped (already done), 1 missing, 0 failed, 3 in val.csv" in out
     assert f"FAILED val {vid}: FileNotFoundError: missing source video" in err
     assert f"val {vid} FileNotFoundError" in (dst / "failed.txt").read_text()
     assert f"videos/{vid}.mp4" not in (dst / "val.csv").read_text()
@@ -92,7 +92,8 @@ def test_annotation_errors_name_the_problem(src):
     with pytest.raises(ValueError, match=r"item 6 \(id 999\) has template 'Juggling \[something\]'.*not in"):
         prepare_ssv2.read_annotations(str(src))
     os.remove(os.path.join(src, "something-something-v2-labels.json"))
-    with pytest.raises(FileNotFoundError, match="missing something-something-v2-labels.json"):
+    with pytest.raises(FileNotFoundError, match=r"missing the SSv2 labels file: looked for labels/labels.json "
+                                                r"\(current download\) or something-something-v2-labels.json"):
         prepare_ssv2.read_annotations(str(src))
 
 
@@ -122,11 +123,44 @@ def test_truncated_source_is_a_failure_not_converted(src, tmp_path, monkeypatch,
     open(webm, "wb").write(data[: len(data) * 6 // 10])
     if hide_warning:
         real = subprocess.run
-        monkeypatch.setattr(prepare_ssv2.subprocess, "run", lambda *a, **k: (lambda r: subprocess.CompletedProcess(
+        monkeypatch.setattr(convert.subprocess, "run", lambda *a, **k: (lambda r: subprocess.CompletedProcess(
             r.args, r.returncode, r.stdout, r.stderr.replace("ended prematurely", "")))(real(*a, **k)))
     summary = prepare_ssv2.prepare(str(src), str(tmp_path / "out"), workers=2, height=HEIGHT)
-    assert summary["train"] == {"listed": 6, "converted": 5, "skipped": 0, "failed": 1, "in_csv": 5}
+    assert summary["train"] == {"listed": 6, "converted": 5, "skipped": 0, "missing": 0, "failed": 1, "in_csv": 5}
     (split, failed, reason), = summary["failed"]
     assert failed == vid and ("frames decode, its header promises 12" if hide_warning else "File ended prematurely") \
         in reason
     assert not os.path.exists(tmp_path / "out" / "videos" / f"{vid}.mp4")
+
+
+def test_current_download_layout_with_the_labelled_test_split(official_current_dir, tmp_path):
+    """labels/*.json and 20bn-something-something-v2/: the same lists as the 20BN names give; --with_test adds
+    test_official.csv labelled from test-answers.csv, and test.csv stays the validation list."""
+    src = official_current_dir
+    dst = str(tmp_path / "out")
+    summary = prepare_ssv2.prepare(src, dst, workers=2, height=HEIGHT, with_test=True)
+    assert summary["train"]["converted"] == 4 and summary["val"]["converted"] == 2 and not summary["failed"]
+    assert summary["test_official"] == {"listed": 2, "converted": 2, "skipped": 0, "missing": 0, "failed": 0,
+                                        "in_csv": 2}
+    for name, split_file in (("train.csv", "labels/train.json"), ("val.csv", "labels/validation.json")):
+        assert [(p, int(l)) for p, l in _csv(dst, name)] == _expected(src, split_file, "labels/labels.json")
+    assert _csv(dst, "test.csv") == _csv(dst, "val.csv")
+    labels = json.load(open(os.path.join(src, "labels", "labels.json")))
+    answers = [line.split(";") for line in open(os.path.join(src, "labels", "test-answers.csv")).read().splitlines()]
+    assert [(p, int(l)) for p, l in _csv(dst, "test_official.csv")] == \
+        [(f"videos/{vid}.mp4", int(labels[cls])) for vid, cls in answers]
+    assert json.load(open(os.path.join(dst, "something-something-v2-labels.json"))) == labels
+    assert open_video(os.path.join(dst, _csv(dst, "test_official.csv")[0][0]), "pyav").num_frames == 12
+
+
+def test_missing_annotation_file_is_one_line_naming_both_names(official_current_dir, tmp_path, monkeypatch, capsys):
+    src = shutil.copytree(official_current_dir, tmp_path / "src")
+    os.remove(src / "labels" / "validation.json")
+    monkeypatch.setattr(sys, "argv", ["prepare", "--src", str(src), "--dst", str(tmp_path / "out")])
+    assert prepare_ssv2.main() == 2
+    err = capsys.readouterr().err
+    assert err == (f"prepare_ssv2: missing the SSv2 val file: looked for labels/validation.json (current download) "
+                   f"or something-something-v2-validation.json (20BN name) in {src}\n")
+    (src / "labels" / "test-answers.csv").write_text("300000;Juggling a box\n")
+    with pytest.raises(ValueError, match=r"test-answers.csv:1: '300000;Juggling a box', expected '<id>;<class name"):
+        prepare_ssv2.read_test_answers(str(src), {"Moving something up": 2})
