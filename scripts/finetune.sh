@@ -32,8 +32,8 @@
 # published split (PUBLISHED_BATCH_PER_GPU) is used. Accumulating micro-batches gives the same update as one
 # big step (README, "Training"), so this changes speed, not the recipe. Re-running resumes from the newest checkpoint.
 #
-# torch.compile (COMPILE=1) made the ViT-S-LLaMA step 1.36x faster on an H200 (an earlier version of this code); its first step compiles for about
-# half a minute, which the log reports as compilation.
+# torch.compile (COMPILE=1) made the ViT-S-LLaMA step 1.36x faster on an H200 (an earlier version of this code); its
+# first step compiles for about half a minute, which the log reports as compilation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
