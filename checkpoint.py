@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import distributed
 import utils
 
 MODEL_KEYS = "model|module"  # where VideoMAE's files keep their weights (--model_key)
@@ -216,7 +217,7 @@ def training_state(args, model: nn.Module, optimizer: torch.optim.Optimizer, sca
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
             "args": utils.to_jsonable(vars(args)), "model_ema": _ema_state(model_ema),
-            "max_accuracy": max_accuracy, "rng_states": utils.gather_rng_states(),
+            "max_accuracy": max_accuracy, "rng_states": distributed.gather_rng_states(),
             "llm": getattr(model, "llm_identity", None), **extra}
 
 
@@ -235,13 +236,13 @@ def save_training_checkpoint(output_dir: str, names: Sequence[str], state: dict,
     A kill at any point leaves every name either its previous file or the new one, and the first name is complete
     before any other points to it."""
     paths = [os.path.join(output_dir, n) for n in names]
-    if utils.is_main_process() and paths:
+    if distributed.is_main_process() and paths:
         save_checkpoint(paths[0], state)
         for p in paths[1:]:
             utils.link_or_copy(paths[0], p)
         print(f"Saved {', '.join(paths)}", flush=True)
     if wait:
-        utils.barrier()
+        distributed.barrier()
     return paths
 
 
@@ -403,7 +404,7 @@ def _restore_best(args, path: str, ckpt: Mapping) -> float:
     own = float(ckpt.get("max_accuracy", 0.0))
     epoch = ckpt.get("epoch")
     in_run = bool(args.output_dir) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(args.output_dir)
-    if in_run and utils.is_main_process() and PROGRESS not in ckpt and isinstance(epoch, int):
+    if in_run and distributed.is_main_process() and PROGRESS not in ckpt and isinstance(epoch, int):
         is_best = ckpt.get("best_epoch") == epoch and best_file_epoch != epoch and own > best
         for name in epoch_checkpoint_names(epoch, args.epochs, args.save_ckpt_freq, is_best)[1:]:
             target = os.path.join(args.output_dir, name)
@@ -469,11 +470,11 @@ def resume_training(args, model: nn.Module, optimizer: torch.optim.Optimizer, sc
         print(f"WARNING: {path} has no integer epoch ({epoch!r}); starting at epoch {args.start_epoch}", flush=True)
         return Resumed(args.start_epoch, max_accuracy, path)
     states = ckpt.get("rng_states")
-    if states and len(states) == utils.get_world_size():
-        utils.restore_rng_state(states[utils.get_rank()])
+    if states and len(states) == distributed.get_world_size():
+        utils.restore_rng_state(states[distributed.get_rank()])
     else:
         print("WARNING: no RNG state for this world size in the checkpoint; reseeding", flush=True)
-        utils.seed_everything(args.seed + utils.get_rank() + 1000 * (epoch + 1))
+        utils.seed_everything(args.seed + distributed.get_rank() + 1000 * (epoch + 1))
     return Resumed(epoch + 1, max_accuracy, path)
 
 

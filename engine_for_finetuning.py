@@ -19,7 +19,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+import distributed
 import utils
+from optim_factory import set_schedules
 from video_transforms import normalize_clips
 
 
@@ -68,14 +70,6 @@ def apply_mixup(mixup_fn: Callable, clips: torch.Tensor, labels: torch.Tensor) -
 def to_device(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(clips, labels) of a worker-augmented batch, moved to the device."""
     return batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-
-
-def set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
-    """This step's lr (times each group's lr_scale) and weight decay (on the groups that decay)."""
-    for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
-        if g["weight_decay"] > 0:
-            g["weight_decay"] = weight_decay
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[torch.Tensor],
@@ -183,7 +177,7 @@ class _Meter:
         self.wait = self.win_wait = 0.0
         self.t_start = self.t_window = self.t_last = time.perf_counter()
         self.t_first = self.t_start  # end of the first micro-step: rates leave out worker start-up and compilation
-        self.world = utils.get_world_size()
+        self.world = distributed.get_world_size()
 
     def data_ready(self) -> None:
         wait = time.perf_counter() - self.t_last
@@ -260,7 +254,7 @@ class _Meter:
         """Epoch means over ranks: loss, grad_norm (finite steps), skipped_steps, nonfinite_steps (optimizer steps
         taken with a non-finite gradient norm: not skipped by an fp16 GradScaler, so they reached the weights);
         lr/wd now; this rank's clips/s (times world size), data-wait share and peak memory."""
-        sums = utils.all_reduce_sum(self.sums + self.window)
+        sums = distributed.all_reduce_sum(self.sums + self.window)
         loss, _, grad_sum, finite, skipped = sums.tolist()
         micro, steps = self.done_micro + self.micro, self.done_steps + self.steps
         elapsed = time.perf_counter() - self.t_start
@@ -282,7 +276,7 @@ def _bad_videos(dataset, device: torch.device) -> int:
         return 0
     n = torch.tensor(float(dataset.bad_video_count()), device=device)
     dataset.reset_bad_video_count()
-    return int(utils.all_reduce_sum(n).item())
+    return int(distributed.all_reduce_sum(n).item())
 
 
 @torch.no_grad()
@@ -305,7 +299,7 @@ def validate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
         sums[:3] += torch.stack([c1, c5, F.cross_entropy(logits, labels, reduction="sum")]).double()
         sums[3] += len(labels)  # a Python number: no host-to-device tensor copy per batch
     if reduce:
-        utils.all_reduce_sum(sums)
+        distributed.all_reduce_sum(sums)
     c1, c5, loss, n = sums.tolist()
     if n == 0:
         raise RuntimeError("validation loader produced no sample")
@@ -357,10 +351,10 @@ def multi_view_predict(model: nn.Module, loader: Iterable, device: torch.device,
         if (i + 1) % print_freq == 0:
             print(f"Test [{i + 1}/{len(loader)}] {time.time() - t0:.1f}s", flush=True)
     local = _view_arrays(cols) if cols["probs"] else None  # None: this rank's shard is empty (more ranks than videos)
-    if gather and utils.is_dist():
-        parts = [None] * utils.get_world_size() if utils.is_main_process() else None
+    if gather and distributed.is_dist():
+        parts = [None] * distributed.get_world_size() if distributed.is_main_process() else None
         dist.gather_object(local, parts, dst=0)
-        if not utils.is_main_process():
+        if not distributed.is_main_process():
             return None
         parts = [p for p in parts if p is not None]
         local = tuple({k: np.concatenate([p[j][k] for p in parts]) for k in parts[0][j]} for j in range(2)) \
@@ -411,7 +405,7 @@ def final_test(model: nn.Module, loader: Iterable, device: torch.device, *, amp_
     on the other ranks. Writing the arrays and reports is the caller's (reports.write_test_outputs).
     """
     out = multi_view_predict(model, loader, device, amp_dtype, gather)
-    if out is None or (not gather and utils.get_rank() != 0):
+    if out is None or (not gather and distributed.get_rank() != 0):
         return None
     per_view, per_video = merge_views(*out)
     top1, top5 = topk_percent(per_video["probs"], per_video["labels"])

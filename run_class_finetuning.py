@@ -8,7 +8,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 from functools import partial
@@ -18,16 +17,16 @@ import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import checkpoint
+import distributed
 import engine_for_finetuning as engine
 import llama
 import optim_factory
 import reports
+import run_control
 import utils
 from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT
 from video_transforms import DeviceAugment
 
-
-EXIT_PREEMPTED = 75  # exit status after a stop signal: the state is saved, rerunning the command continues it
 
 # VideoMAE flags that cannot act here: each is accepted at its default only. flag -> (default, type, why);
 # type bool: a switch that must stay off.
@@ -140,7 +139,7 @@ def get_args_parser() -> argparse.ArgumentParser:
       help="evaluate a checkpoint even though --num_frames/--input_size/--model differ from its saved args")
     a("--exit_signal", default="USR1",
       help="signal that, like SIGTERM and a first Ctrl-C, makes the run finish its optimizer step, save "
-           f"checkpoint-last.pth and exit with status {EXIT_PREEMPTED} (SLURM: #SBATCH --signal=USR1@120)")
+           f"checkpoint-last.pth and exit with status {run_control.EXIT_PREEMPTED} (SLURM: #SBATCH --signal=USR1@120)")
     a("--dist_eval", action="store_true", help="shard validation and test over the processes")
     a("--num_workers", default=10, type=int)
     a("--pin_mem", action="store_true", default=True)
@@ -171,7 +170,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2:
         bad.append("--cutmix_minmax takes two numbers")
     try:
-        utils.parse_signal(args.exit_signal)
+        run_control.parse_signal(args.exit_signal)
     except ValueError as e:
         bad.append(f"--exit_signal: {e}")
     if bad:
@@ -207,21 +206,16 @@ def build_model(args) -> torch.nn.Module:
     return model
 
 
-def stop_signals(args) -> list[int]:
-    """The signals that stop a run cleanly (utils.StopSignal): SIGTERM, --exit_signal, SIGINT."""
-    return [signal.SIGTERM, utils.parse_signal(args.exit_signal), signal.SIGINT]
-
-
 def build_loaders(args, eval_only: bool) -> dict:
     """Datasets and loaders. Train: TrainSampler (shuffled per epoch over any world size, per-item seeds, resumable
     mid-epoch); val/test: disjoint shards when dist_eval. Workers ignore the stop signals (the main process acts)."""
     from datasets import ShardSampler, TrainSampler, build_dataset, multiple_samples_collate, pack_videos_collate
-    world, rank = utils.get_world_size(), utils.get_rank()
+    world, rank = distributed.get_world_size(), distributed.get_rank()
     eval_args = argparse.Namespace(**{**vars(args), "data_path": args.eval_data_path or args.data_path})
     shard = dict(num_replicas=world, rank=rank) if args.dist_eval else dict(num_replicas=1, rank=0)
     pin = args.pin_mem and torch.device(args.device).type == "cuda"  # pinning needs an accelerator
     common = dict(num_workers=args.num_workers, pin_memory=pin,
-                  worker_init_fn=partial(utils.ignore_stop_signals, stop_signals(args)))
+                  worker_init_fn=partial(run_control.ignore_stop_signals, run_control.stop_signals(args.exit_signal)))
     out = {}
     test_set, _ = build_dataset(is_train=False, test_mode=True, args=eval_args)
     out["test"] = torch.utils.data.DataLoader(test_set, batch_size=args.batch_size, generator=torch.Generator(),
@@ -248,24 +242,24 @@ def set_train_epoch(loaders: dict, args, epoch: int, first_step: int = 0) -> Non
     seeds as functions of (seed, epoch, rank) alone; each item's draws come from its own seed (TrainSampler), so a
     run resumed at any step draws what an uninterrupted one does."""
     loaders["train"].sampler.set_epoch(epoch, first_step * args.batch_size * args.update_freq)
-    loaders["generator"].manual_seed(args.seed + 1000 * epoch + utils.get_rank())
+    loaders["generator"].manual_seed(args.seed + 1000 * epoch + distributed.get_rank())
 
 
 def run_device(args) -> torch.device:
-    """This process's device: its local GPU (args.gpu, set by utils.init_distributed) on CUDA."""
+    """This process's device: its local GPU (args.gpu, set by distributed.init_distributed) on CUDA."""
     return torch.device(args.device, args.gpu) if args.device == "cuda" else torch.device(args.device)
 
 
 def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
     """Optimizer, schedules (lr scaled by the real batch / 256), criterion, mixup, scaler, EMA."""
-    scale = args.batch_size * args.update_freq * utils.get_world_size() / 256
+    scale = args.batch_size * args.update_freq * distributed.get_world_size() / 256
     args.scaled_lr, args.scaled_min_lr = args.lr * scale, args.min_lr * scale
     args.scaled_warmup_lr = args.warmup_lr * scale
     optimizer = optim_factory.create_optimizer(argparse.Namespace(**{**vars(args), "lr": args.scaled_lr}), model)
-    lr_schedule = utils.cosine_scheduler(args.scaled_lr, args.scaled_min_lr, args.epochs, steps_per_epoch,
+    lr_schedule = optim_factory.cosine_scheduler(args.scaled_lr, args.scaled_min_lr, args.epochs, steps_per_epoch,
                                          args.warmup_epochs, args.scaled_warmup_lr, args.warmup_steps)
     wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+    wd_schedule = optim_factory.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
         from timm.data import Mixup
@@ -290,7 +284,7 @@ def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
     if args.augment_on == "device":  # per-rank parameter streams, independent of the global RNGs
         prepare_batch = per_rank["device_augment"] = DeviceAugment(
             device, args.input_size, args.aa, args.train_interpolation, reprob=args.reprob, remode=args.remode,
-            recount=args.recount, num_sample=args.num_sample, seed=10_000 + 100 * args.seed + utils.get_rank())
+            recount=args.recount, num_sample=args.num_sample, seed=10_000 + 100 * args.seed + distributed.get_rank())
     return dict(prepare_batch=prepare_batch, per_rank=per_rank, optimizer=optimizer, lr_schedule=lr_schedule,
                 wd_schedule=wd_schedule, mixup_fn=mixup_fn, criterion=criterion, scaler=scaler, model_ema=model_ema)
 
@@ -298,10 +292,10 @@ def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
 def restore_per_rank(load: Callable[[dict], None], states: list) -> None:
     """Restore this rank's entry of a per-rank state list saved by the checkpoint (e.g. the device augmentation's
     generators); another world size cannot be mapped, so the state then starts afresh, with a warning."""
-    if len(states) == utils.get_world_size():
-        load(states[utils.get_rank()])
+    if len(states) == distributed.get_world_size():
+        load(states[distributed.get_rank()])
     else:
-        print(f"WARNING: the checkpoint holds {len(states)} per-rank states for {utils.get_world_size()} processes; "
+        print(f"WARNING: the checkpoint holds {len(states)} per-rank states for {distributed.get_world_size()} processes; "
               f"they start afresh", flush=True)
 
 
@@ -345,7 +339,7 @@ def training_checkpoint(args, model: torch.nn.Module, t: dict, epoch_done: int, 
                         best_epoch: int | None, progress: dict | None = None) -> dict:
     """checkpoint.training_state plus every rank's augmentation generators, the best epoch and, partway through an
     epoch, the train_progress entry (progress_entry). Collective: call on every rank."""
-    extra = {name: utils.gather_to_main(obj.state_dict()) for name, obj in t["per_rank"].items()}
+    extra = {name: distributed.gather_to_main(obj.state_dict()) for name, obj in t["per_rank"].items()}
     if progress is not None:
         extra[checkpoint.PROGRESS] = progress
     return checkpoint.training_state(args, model, t["optimizer"], t["scaler"], t["model_ema"], epoch_done, max_acc,
@@ -355,8 +349,8 @@ def training_checkpoint(args, model: torch.nn.Module, t: dict, epoch_done: int, 
 def progress_entry(args, epoch: int, step: int, meter_state: dict | None) -> dict:
     """Where inside ``epoch`` training continues: the optimizer steps done, the batch layout they were taken with
     and every rank's sums of the epoch so far (engine meter states). Collective."""
-    return {"epoch": epoch, "step": step, "layout": [args.batch_size, args.update_freq, utils.get_world_size()],
-            "meters": utils.gather_to_main(meter_state)}
+    return {"epoch": epoch, "step": step, "layout": [args.batch_size, args.update_freq, distributed.get_world_size()],
+            "meters": distributed.gather_to_main(meter_state)}
 
 
 def resume_step(args, progress: dict | None, epoch: int, steps_per_epoch: int) -> tuple[int, dict | None]:
@@ -365,10 +359,10 @@ def resume_step(args, progress: dict | None, epoch: int, steps_per_epoch: int) -
     the sample order exactly: the step is then scaled to the videos already seen, with a warning."""
     if not progress or progress["epoch"] != epoch:
         return 0, None
-    layout = [args.batch_size, args.update_freq, utils.get_world_size()]
+    layout = [args.batch_size, args.update_freq, distributed.get_world_size()]
     step, meters = int(progress["step"]), progress.get("meters") or []
     if list(progress["layout"]) == layout:
-        return step, meters[utils.get_rank()] if len(meters) == layout[2] else None
+        return step, meters[distributed.get_rank()] if len(meters) == layout[2] else None
     scaled = min(step * math.prod(progress["layout"]) // math.prod(layout), steps_per_epoch)
     print(f"WARNING: epoch {epoch} was stopped after {step} steps of batch_size x update_freq x processes = "
           f"{progress['layout']}; with {layout} it continues at step {scaled}, and the rest of the epoch visits the "
@@ -376,57 +370,33 @@ def resume_step(args, progress: dict | None, epoch: int, steps_per_epoch: int) -
     return scaled, None
 
 
-def health_problems(record: dict) -> list[str]:
-    """Why an epoch's state must not become a checkpoint: optimizer steps that applied a non-finite gradient (an
-    fp16 GradScaler skips those; bf16/fp32 apply them), or a non-finite validation loss."""
-    problems = []
-    if record.get("train_nonfinite_steps"):
-        problems.append(f"{record['train_nonfinite_steps']} optimizer steps applied a non-finite gradient "
-                        f"(grad_norm inf/NaN)")
-    problems += [f"{k} {record[k]}" for k in ("val_loss", "val_ema_loss") if k in record
-                 and not math.isfinite(record[k])]
-    return problems
-
-
-def stop_diverged(args, epoch: int, problems: list[str], state: dict | None, last_good: str | None,
-                  last_good_epoch: int) -> None:
-    """Keep a diverged state only as checkpoint-N.bad.pth (never resumed) and stop, naming the last good file."""
-    kept = ""
+def diverged(args, epoch: int, problems: list[str], state: dict | None, last_good: str | None,
+             last_good_epoch: int) -> None:
+    """Keep a diverged state only as checkpoint-N.bad.pth (never resumed) and stop (run_control.stop_diverged)."""
+    kept = None
     if state is not None:
-        bad = checkpoint.save_training_checkpoint(args.output_dir, [f"checkpoint-{epoch}.bad.pth"], state)
-        kept = f" (kept for inspection as {bad[0]})"
-    good = f"{last_good} (after epoch {last_good_epoch})" if last_good else "none (a rerun starts over)"
-    raise SystemExit(f"error: epoch {epoch} diverged: {'; '.join(problems)}. Its state is not saved as a checkpoint "
-                     f"to resume{kept}. The last good checkpoint is {good}; a rerun resumes it and, the run being "
-                     f"deterministic, diverges again: lower --lr, set --clip_grad, or train with --amp bf16 or none")
-
-
-def stop_run(stop: utils.StopSignal, paths: list[str]) -> None:
-    """Exit with EXIT_PREEMPTED after a stop signal, saying what was saved."""
-    saved = f"saved {', '.join(paths)}" if paths else "nothing saved (no --output_dir, or --no_save_ckpt)"
-    print(f"Stopping on {stop.received or 'a signal received by another rank'}: {saved}; exit status "
-          f"{EXIT_PREEMPTED}. Rerun the same command to continue.", flush=True)
-    raise SystemExit(EXIT_PREEMPTED)
+        kept = checkpoint.save_training_checkpoint(args.output_dir, [f"checkpoint-{epoch}.bad.pth"], state)[0]
+    run_control.stop_diverged(epoch, problems, kept, last_good, last_good_epoch)
 
 
 def main(args: argparse.Namespace) -> dict | None:
     """Train (or with --eval only test); returns the multi-view test summary on rank 0. Holds output_dir's lock;
-    a stop signal ends training after a checkpoint with SystemExit(EXIT_PREEMPTED)."""
-    utils.init_distributed(args)
+    a stop signal ends training after a checkpoint with SystemExit(run_control.EXIT_PREEMPTED)."""
+    distributed.init_distributed(args)
     try:
-        with utils.RunLock(args.output_dir), utils.StopSignal(stop_signals(args)[1:2]) as stop:
+        with run_control.RunLock(args.output_dir), run_control.StopSignal(run_control.stop_signals(args.exit_signal)[1:2]) as stop:
             return _main(args, stop)
     finally:
-        utils.cleanup_distributed()
+        distributed.cleanup_distributed()
 
 
-def _main(args, stop: utils.StopSignal) -> dict | None:
-    rank, world = utils.get_rank(), utils.get_world_size()
+def _main(args, stop: run_control.StopSignal) -> dict | None:
+    rank, world = distributed.get_rank(), distributed.get_world_size()
     device = run_device(args)
     utils.seed_everything(args.seed + rank)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     if args.output_dir and rank == 0:
-        utils.remove_stale_temp_files(args.output_dir)  # RunLock made the folder and holds it: no live writer
+        run_control.remove_stale_temp_files(args.output_dir)  # RunLock made the folder and holds it: no live writer
     print("Command:", " ".join(sys.argv), "\nArgs:", json.dumps(utils.to_jsonable(vars(args))), flush=True)
     loaders = build_loaders(args, eval_only=args.eval)
     model = build_model(args).to(device)
@@ -488,9 +458,9 @@ def _main(args, stop: utils.StopSignal) -> dict | None:
             state = training_checkpoint(args, raw_model, t, epoch - 1, max_acc, best_epoch, progress_entry(
                 args, epoch, stopped_at, meter)) if saving else None
             if train_stats["nonfinite_steps"]:
-                stop_diverged(args, epoch, [f"{train_stats['nonfinite_steps']} optimizer steps applied a "
-                                            f"non-finite gradient"], state, last_ckpt, last_epoch)
-            stop_run(stop, checkpoint.save_training_checkpoint(args.output_dir, [checkpoint.LAST_CHECKPOINT], state)
+                diverged(args, epoch, [f"{train_stats['nonfinite_steps']} optimizer steps applied a "
+                                       f"non-finite gradient"], state, last_ckpt, last_epoch)
+            run_control.stop_run(stop, checkpoint.save_training_checkpoint(args.output_dir, [checkpoint.LAST_CHECKPOINT], state)
                      if saving else [])
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()}}
         if "val" in loaders:
@@ -515,9 +485,9 @@ def _main(args, stop: utils.StopSignal) -> dict | None:
             log_writer.log({k[6:]: v for k, v in record.items() if k.startswith("train_")}, step=epoch, head="epoch")
             log_writer.flush()
         state = training_checkpoint(args, raw_model, t, epoch, max_acc, best_epoch) if saving else None
-        problems = health_problems(record)
+        problems = run_control.health_problems(record)
         if problems:
-            stop_diverged(args, epoch, problems, state, last_ckpt, last_epoch)
+            diverged(args, epoch, problems, state, last_ckpt, last_epoch)
         if saving:  # checkpoint-last.pth, then checkpoint-N.pth and checkpoint-best.pth as links to it
             paths = checkpoint.save_training_checkpoint(args.output_dir, checkpoint.epoch_checkpoint_names(
                 epoch, args.epochs, args.save_ckpt_freq, best_epoch == epoch), state)
@@ -525,7 +495,7 @@ def _main(args, stop: utils.StopSignal) -> dict | None:
                 os.path.basename(p))), paths[0]), epoch
         del state
         if stop.requested(now=True):
-            stop_run(stop, [last_ckpt] if saving else [])
+            run_control.stop_run(stop, [last_ckpt] if saving else [])
     print(f"Training time {time.time() - t0:.0f}s", flush=True)
     result = test(summary={"checkpoint": last_ckpt, "model": args.model, "epochs": args.epochs})
     if log_writer is not None:

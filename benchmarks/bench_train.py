@@ -29,6 +29,7 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import engine_for_finetuning as engine  # noqa: E402
 import run_class_finetuning as run  # noqa: E402
+import distributed  # noqa: E402
 import utils  # noqa: E402
 from benchmarks.bench_model import device_name, sync  # noqa: E402
 
@@ -69,7 +70,7 @@ def main() -> None:
                 f.write(lines * 50)
         args.data_path, args.nb_classes = args.bench_data, 8
     args = run.check_args(args)
-    utils.init_distributed(args)
+    distributed.init_distributed(args)
     device = run.run_device(args)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     utils.seed_everything(args.seed)
@@ -152,7 +153,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)
-    utils.cleanup_distributed()
+    distributed.cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
+import distributed
 import engine_for_finetuning as engine
 import run_class_finetuning as run
 import utils
@@ -298,7 +299,7 @@ def test_distributed_flags_reach_init_process_group(data_dir, tmp_path, monkeypa
     monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(kw))
     monkeypatch.setattr(dist, "barrier", lambda: None)
     args = run.parse_args(base_argv(data_dir, tmp_path, *argv))
-    utils.init_distributed(args)
+    distributed.init_distributed(args)
     assert (calls[0]["rank"], calls[0]["world_size"], calls[0]["init_method"]) == expect and args.distributed
 
 

@@ -13,6 +13,7 @@ import torch
 import checkpoint
 import engine_for_finetuning as engine
 import run_class_finetuning as run
+import run_control
 import utils
 from benchmarks import preempt_harness as harness
 
@@ -107,7 +108,7 @@ def test_stop_signal_mid_epoch_then_rerun_equals_uninterrupted(path, straight, s
     signal_at_step(monkeypatch, 6)
     with pytest.raises(SystemExit) as stopped:
         train(argv)
-    assert stopped.value.code == run.EXIT_PREEMPTED == 75
+    assert stopped.value.code == run_control.EXIT_PREEMPTED == 75
     assert checkpoint_files(tmp_path) == [f for f in checkpoint_files(ref) if f != "checkpoint-1.pth"]
     last = checkpoint.safe_load(str(tmp_path / "checkpoint-last.pth"))
     assert last["epoch"] == 0 and (last["train_progress"]["epoch"], last["train_progress"]["step"]) == (1, 2)
@@ -130,7 +131,7 @@ def test_preempt_harness_fast_variant(straight, data_dir, tmp_path):
     with open(tmp_path / "run.log", "w") as log:
         r = harness.stop_once(harness.command(argv), str(tmp_path), signal.SIGTERM, step, log,
                               env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}, timeout=300)
-    assert r["status"] == run.EXIT_PREEMPTED and r["seen_step"] == step and r["unreadable"] == [], \
+    assert r["status"] == run_control.EXIT_PREEMPTED and r["seen_step"] == step and r["unreadable"] == [], \
         (tmp_path / "run.log").read_text()[-3000:]
     assert r["resumes_at"][0] * 4 + r["resumes_at"][1] >= step  # (epoch, step): at or after the signalled step
     train(argv)
