@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import itertools
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterable
 
@@ -23,17 +24,6 @@ import distributed
 import utils
 from optim_factory import set_schedules
 from video_transforms import normalize_clips
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DDP and torch.compile wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def is_compiled(model: nn.Module) -> bool:
@@ -92,34 +82,61 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
     return grad_norm, ~torch.isfinite(grad_norm) & scaler.is_enabled()
 
 
-def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    device: torch.device, epoch: int, *, lr_schedule: np.ndarray, wd_schedule: np.ndarray,
-                    start_step: int, steps_per_epoch: int, update_freq: int = 1, first_step: int = 0,
-                    stop: Callable[[], bool] | None = None, meter_state: dict | None = None,
-                    prepare_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
-                    scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
-                    clip_grad: float | None = None, model_ema=None, mixup_fn: Callable | None = None,
-                    log_writer: utils.TensorboardLogger | None = None, print_freq: int = 20) -> dict:
-    """One epoch of steps_per_epoch optimizer steps, each accumulating update_freq micro-batches.
+@dataclass
+class Training:
+    """What every training step of a run uses, assembled once (run_class_finetuning.build_training): the loss, the
+    optimizer with its per-step lr/wd schedules, the step layout, mixed precision, clipping, EMA, mixup, how a loader
+    batch becomes (clips, labels) on the device, logging, and the objects whose state each rank saves in a
+    checkpoint (``per_rank``: name -> object with state_dict/load_state_dict, e.g. the device augmentation)."""
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_schedule: np.ndarray
+    wd_schedule: np.ndarray
+    steps_per_epoch: int
+    update_freq: int = 1
+    scaler: torch.amp.GradScaler | None = None  # an enabled GradScaler for fp16; None: a disabled one
+    amp_dtype: torch.dtype | None = None
+    clip_grad: float | None = None
+    model_ema: Any = None
+    mixup_fn: Callable | None = None
+    prepare_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None  # None: to_device
+    per_rank: dict[str, Any] = field(default_factory=dict)
+    print_freq: int = 20
+    log_writer: utils.TensorboardLogger | None = None
 
-    lr and weight decay follow the per-iteration schedules (start_step: the global step of the epoch's first step);
-    DDP all-reduces gradients on a step's last micro-batch only. prepare_batch turns a loader batch into
-    (clips, labels) on the device: to_device (the default) for worker-augmented batches, video_transforms.
-    DeviceAugment for decoded videos. scaler: an enabled GradScaler for fp16 (None: a disabled one).
 
-    A resumed epoch starts at ``first_step`` (the loader yields the remaining batches only) with the sums of its
-    earlier steps (``meter_state``). ``stop`` is called after every optimizer step (on every rank); when it says
-    True the epoch ends there. Returns the epoch's numbers (_Meter.stats) and "meter" (the state that continues its
-    sums), or, when stopped, {"stopped_at": optimizer steps of the epoch done, "meter", "nonfinite_steps"}.
+@dataclass
+class EpochResult:
+    """One call of train_one_epoch: the epoch's numbers (_Meter.stats; empty when a stop ended it early), this
+    rank's meter state (continues the epoch's sums after a resume), the optimizer steps of the epoch done when a
+    stop ended it early (None: it ran to its end) and the steps that applied a non-finite gradient."""
+    stats: dict
+    meter: dict
+    stopped_at: int | None = None
+    nonfinite_steps: int = 0
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, run: Training, device: torch.device, epoch: int, *,
+                    first_step: int = 0, meter_state: dict | None = None,
+                    stop: Callable[[], bool] | None = None) -> EpochResult:
+    """One epoch of run.steps_per_epoch optimizer steps, each accumulating run.update_freq micro-batches.
+
+    lr and weight decay follow the per-iteration schedules from the epoch's first global step (epoch x
+    steps_per_epoch); DDP all-reduces gradients on a step's last micro-batch only. A resumed epoch starts at
+    ``first_step`` (the loader yields the remaining batches only) with the sums of its earlier steps
+    (``meter_state``). ``stop`` is called after every optimizer step (on every rank); when it says True the epoch
+    ends there.
     """
     check_device(model, device)
     model.train(True)
-    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
+    optimizer, update_freq = run.optimizer, run.update_freq
+    scaler = run.scaler or torch.amp.GradScaler(device.type, enabled=False)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     no_sync = model.no_sync if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext
-    prepare_batch = prepare_batch or partial(to_device, device=device)
-    first, total = first_step * update_freq, steps_per_epoch * update_freq
-    meter = _Meter(device, epoch, total, print_freq, log_writer, start_step * update_freq, is_compiled(model),
+    prepare_batch = run.prepare_batch or partial(to_device, device=device)
+    start_step = epoch * run.steps_per_epoch
+    first, total = first_step * update_freq, run.steps_per_epoch * update_freq
+    meter = _Meter(device, epoch, total, run.print_freq, run.log_writer, start_step * update_freq, is_compiled(model),
                    meter_state)
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(itertools.islice(loader, total - first) if total > first else (), start=first):
@@ -127,26 +144,25 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
         clips, labels = prepare_batch(batch)
         step, last_micro = start_step + i // update_freq, (i + 1) % update_freq == 0
         if i % update_freq == 0:
-            set_schedules(optimizer, float(lr_schedule[step]), float(wd_schedule[step]))
+            set_schedules(optimizer, float(run.lr_schedule[step]), float(run.wd_schedule[step]))
         targets = labels
-        if mixup_fn is not None:
-            clips, targets = apply_mixup(mixup_fn, clips, labels)
+        if run.mixup_fn is not None:
+            clips, targets = apply_mixup(run.mixup_fn, clips, labels)
         with contextlib.nullcontext() if last_micro else no_sync():
-            with autocast(device, amp_dtype):
+            with autocast(device, run.amp_dtype):
                 logits = model(clips)
-            loss = criterion(logits.float(), targets)
+            loss = run.criterion(logits.float(), targets)
             scaler.scale(loss / update_freq).backward()
         grad_norm = skipped = None
         if last_micro:
-            grad_norm, skipped = optimizer_step(optimizer, scaler, params, clip_grad, model_ema)
+            grad_norm, skipped = optimizer_step(optimizer, scaler, params, run.clip_grad, run.model_ema)
         meter.update(i, loss.detach(), clips.shape[0], grad_norm, skipped, optimizer, scaler)
         if last_micro and stop is not None and stop():
-            return {"stopped_at": (i + 1) // update_freq, "meter": meter.state_dict(),
-                    "nonfinite_steps": meter.nonfinite_steps()}
+            return EpochResult({}, meter.state_dict(), (i + 1) // update_freq, meter.nonfinite_steps())
     if meter.micro + meter.done_micro == 0:
         raise RuntimeError("the training loader produced no batch")
-    return {**meter.stats(optimizer, scaler), "bad_videos": _bad_videos(getattr(loader, "dataset", None), device),
-            "meter": meter.state_dict()}
+    stats = {**meter.stats(optimizer, scaler), "bad_videos": _bad_videos(getattr(loader, "dataset", None), device)}
+    return EpochResult(stats, meter.state_dict(), None, stats["nonfinite_steps"])
 
 
 class _Meter:

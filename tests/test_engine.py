@@ -50,11 +50,14 @@ def sgd(model: nn.Module, lr: float = 0.1) -> torch.optim.Optimizer:
                            lr=lr)
 
 
-def run_epoch(model, loader, steps, device=CPU, **kw):
-    """`steps` SGD steps (lr 0.1) of train_one_epoch, epoch 0."""
-    return engine.train_one_epoch(model, nn.CrossEntropyLoss(), loader, sgd(model), device, 0,
-                                  lr_schedule=np.full(steps, 0.1), wd_schedule=np.zeros(steps), start_step=0,
-                                  steps_per_epoch=steps, **kw)
+def sgd_training(model, steps: int, **kw) -> engine.Training:
+    """Cross-entropy and `steps` SGD steps per epoch at lr 0.1; kw: the other engine.Training fields."""
+    return engine.Training(nn.CrossEntropyLoss(), sgd(model), np.full(steps, 0.1), np.zeros(steps), steps, **kw)
+
+
+def run_epoch(model, loader, steps, device=CPU, **kw) -> dict:
+    """The stats of epoch 0 of train_one_epoch with sgd_training(model, steps, **kw)."""
+    return engine.train_one_epoch(model, loader, sgd_training(model, steps, **kw), device, 0).stats
 
 
 def test_bf16_autocast_steps_stay_close_to_fp32():
@@ -115,19 +118,14 @@ def test_an_epoch_stopped_and_resumed_gives_the_uninterrupted_numbers():
     data = batches(5)
     straight_model = tiny()
     straight = run_epoch(straight_model, data, 5, print_freq=2)
-    model, opt = tiny(), None
-    calls = []
-
-    def epoch(first_step, stop, meter_state, loader):
-        return engine.train_one_epoch(model, nn.CrossEntropyLoss(), loader, opt, CPU, 0, lr_schedule=np.full(5, 0.1),
-                                      wd_schedule=np.zeros(5), start_step=0, steps_per_epoch=5, first_step=first_step,
-                                      stop=stop, meter_state=meter_state, print_freq=2)
-    opt = sgd(model)
-    stopped = epoch(0, lambda: calls.append(1) or len(calls) == 3, None, data)
-    assert stopped["stopped_at"] == 3 and stopped["nonfinite_steps"] == 0
-    resumed = epoch(3, None, stopped["meter"], data[3:])
+    model, calls = tiny(), []
+    training = sgd_training(model, 5, print_freq=2)
+    stopped = engine.train_one_epoch(model, data, training, CPU, 0, stop=lambda: calls.append(1) or len(calls) == 3)
+    assert (stopped.stats, stopped.stopped_at, stopped.nonfinite_steps) == ({}, 3, 0)
+    resumed = engine.train_one_epoch(model, data[3:], training, CPU, 0, first_step=3, meter_state=stopped.meter)
+    assert resumed.stopped_at is None
     for k in ("loss", "grad_norm", "lr", "nonfinite_steps"):
-        assert resumed[k] == straight[k], k
+        assert resumed.stats[k] == straight[k], k
     for a, b in zip(model.parameters(), straight_model.parameters()):
         assert torch.equal(a, b)
 

@@ -114,9 +114,9 @@ def test_engine_applies_schedule_per_group_and_adamw_step():
     x = torch.randn(2, 1, 3, 2, 8, 8)
     loader = [(x[i], torch.tensor([i])) for i in range(2)]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    # start at iteration 1 of the schedule, one optimizer step of two accumulated micro-batches
-    engine.train_one_epoch(model, nn.CrossEntropyLoss(), loader, opt, torch.device("cpu"), 0, lr_schedule=lr_sched,
-                           wd_schedule=wd_sched, start_step=1, steps_per_epoch=1, update_freq=2, print_freq=100)
+    # epoch 1 of one step each starts at iteration 1 of the schedule: one step of two accumulated micro-batches
+    engine.train_one_epoch(model, loader, engine.Training(nn.CrossEntropyLoss(), opt, lr_sched, wd_sched, 1, 2,
+                                                          print_freq=100), torch.device("cpu"), 1)
     # independent gradient of the mean loss over the two micro-batches
     ref = Stub()
     ref.load_state_dict({k: v for k, v in before.items()}, strict=False)
@@ -147,9 +147,8 @@ def test_accumulation_equals_big_batch():
         model = Stub()
         model.load_state_dict(init)
         opt = optim_factory.create_optimizer(args_for(opt="sgd", layer_decay=1.0, weight_decay=0.0), model)
-        engine.train_one_epoch(model, nn.CrossEntropyLoss(), loader, opt, torch.device("cpu"), 0,
-                               lr_schedule=np.array([0.5]), wd_schedule=np.array([0.0]), start_step=0,
-                               steps_per_epoch=1, update_freq=uf, print_freq=100)
+        training = engine.Training(nn.CrossEntropyLoss(), opt, np.array([0.5]), np.array([0.0]), 1, uf)
+        engine.train_one_epoch(model, loader, training, torch.device("cpu"), 0)
         results.append(model.state_dict())
     for k in init:
         torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-5, atol=1e-6)
@@ -161,9 +160,8 @@ def test_clip_grad_bounds_update():
     opt = optim_factory.create_optimizer(args_for(opt="momentum", layer_decay=1.0, weight_decay=0.0, momentum=0.0), model)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     x, y = torch.randn(2, 3, 2, 8, 8) * 100, torch.tensor([0, 1])
-    stats = engine.train_one_epoch(model, nn.CrossEntropyLoss(), [(x, y)], opt, torch.device("cpu"), 0,
-                                   lr_schedule=np.array([1.0]), wd_schedule=np.array([0.0]), start_step=0,
-                                   steps_per_epoch=1, clip_grad=0.01, print_freq=100)
+    training = engine.Training(nn.CrossEntropyLoss(), opt, np.array([1.0]), np.array([0.0]), 1, clip_grad=0.01)
+    stats = engine.train_one_epoch(model, [(x, y)], training, torch.device("cpu"), 0).stats
     delta = torch.cat([(p.detach() - before[n]).flatten() for n, p in model.named_parameters() if p.requires_grad])
     assert stats["grad_norm"] > 0.01
     assert delta.norm().item() == pytest.approx(0.01, rel=1e-4)

@@ -160,9 +160,9 @@ def test_resume_loads_an_old_checkpoint_whose_ema_is_the_whole_model(straight, d
     args = run.parse_args(base_argv(data_dir, tmp_path, "--resume", str(tmp_path / "old.pth"), "--model_ema"))
     model = run.build_model(args)
     t = run.build_training(args, model, steps_per_epoch=4)
-    checkpoint.resume_training(args, model, t["optimizer"], t["scaler"], t["model_ema"])
-    assert list(t["model_ema"].state_dict()) == [n for n, p in model.named_parameters() if p.requires_grad]
-    for n, v in t["model_ema"].state_dict().items():
+    checkpoint.resume_training(args, model, t.optimizer, t.scaler, t.model_ema, steps_per_epoch=4)
+    assert list(t.model_ema.state_dict()) == [n for n, p in model.named_parameters() if p.requires_grad]
+    for n, v in t.model_ema.state_dict().items():
         assert torch.equal(v, ck["model_ema"][n]), n
 
 
@@ -172,8 +172,9 @@ def test_resume_from_best_continues_after_its_epoch(straight, data_dir, tmp_path
     model = run.build_model(args)
     t = run.build_training(args, model, steps_per_epoch=4)
     best = checkpoint.safe_load(os.path.join(out, "checkpoint-best.pth"))
-    start, max_acc, path = checkpoint.resume_training(args, model, t["optimizer"], None, None)
-    assert start == best["epoch"] + 1 and max_acc == best["max_accuracy"] and path == args.resume
+    state = checkpoint.resume_training(args, model, t.optimizer, None, None, steps_per_epoch=4)
+    assert (state.epoch, state.step, state.max_accuracy, state.best_epoch, state.path) == (
+        best["epoch"] + 1, 0, best["max_accuracy"], best["epoch"], args.resume)
 
 
 def test_kill_with_sparse_numbered_checkpoints_resumes_where_it_was(data_dir, tmp_path, recorded, monkeypatch):
@@ -184,8 +185,8 @@ def test_kill_with_sparse_numbered_checkpoints_resumes_where_it_was(data_dir, tm
     with pytest.raises(KeyboardInterrupt):
         train(argv)
     assert checkpoint_files(tmp_path) == ["checkpoint-best.pth", "checkpoint-last.pth"]
-    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **kw: recorded["train"].append(dict(kw, epoch=a[5]))
-                        or {"loss": 1.0})
+    monkeypatch.setattr(engine, "train_one_epoch", lambda model, loader, training, device, epoch, **kw:
+                        recorded["train"].append(dict(kw, epoch=epoch)) or engine.EpochResult({"loss": 1.0}, {}))
     recorded["train"].clear()
     train(argv)
     assert [c["epoch"] for c in recorded["train"]] == [2, 3] and log_epochs(tmp_path) == [0, 1, 2, 3]
