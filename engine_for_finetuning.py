@@ -311,8 +311,8 @@ def validate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
         with autocast(device, amp_dtype):
             logits = model(clips)
         logits = logits.float()
-        c1, c5 = _correct_topk(logits, labels)
-        sums[:3] += torch.stack([c1, c5, F.cross_entropy(logits, labels, reduction="sum")]).double()
+        hit1, hit5 = topk_hits(logits, labels)
+        sums[:3] += torch.stack([hit1.sum(), hit5.sum(), F.cross_entropy(logits, labels, reduction="sum")]).double()
         sums[3] += len(labels)  # a Python number: no host-to-device tensor copy per batch
     if reduce:
         distributed.all_reduce_sum(sums)
@@ -322,11 +322,13 @@ def validate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
     return {"acc1": 100.0 * c1 / n, "acc5": 100.0 * c5 / n, "loss": loss / n, "videos": int(n)}
 
 
-def _correct_topk(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hit = top.eq(labels[:, None])
-    return hit[:, 0].sum().float(), hit.any(dim=1).sum().float()
+def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample (N x classes scores, N labels): whether the label is the top-1 class and whether it is among the
+    top k (k capped at the number of classes). Ties rank the lower class id first. The one top-k of the project:
+    validation, the multi-view test and the per-class report."""
+    top = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :min(k, scores.shape[1])]
+    hit = top == labels[:, None]
+    return hit[:, 0], hit.any(dim=1)
 
 
 @torch.no_grad()
@@ -406,11 +408,9 @@ def merge_views(per_view: dict, per_video: dict) -> tuple[dict, dict]:
 
 
 def topk_percent(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy in percent (top-k capped at the number of classes)."""
-    k = min(5, probs.shape[1])
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    hit = top == labels[:, None]
-    return 100.0 * hit[:, 0].mean(), 100.0 * hit.any(axis=1).mean()
+    """Top-1 and top-5 accuracy in percent (topk_hits)."""
+    hit1, hit5 = topk_hits(torch.from_numpy(probs), torch.from_numpy(labels))
+    return 100.0 * hit1.double().mean().item(), 100.0 * hit5.double().mean().item()
 
 
 def final_test(model: nn.Module, loader: Iterable, device: torch.device, *, amp_dtype: torch.dtype | None,

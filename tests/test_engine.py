@@ -218,3 +218,16 @@ def test_first_step_note_only_for_compiled_models(capsys):
     run_epoch(tiny(), batches(1), 1, print_freq=1)
     assert "first step" not in capsys.readouterr().out
     assert engine.is_compiled(torch.compile(tiny())) and not engine.is_compiled(tiny())
+
+
+def test_topk_hits_counts_ties_for_the_lower_class_and_caps_k():
+    """Scores of 3 samples over 6 classes: a tie at the top goes to the lower class id; the label ranked 5th is a
+    top-5 hit, the one ranked 6th is not; with 3 classes k is 3 and every label is a top-k hit."""
+    scores = torch.tensor([[0.3, 0.3, 0.1, 0.1, 0.1, 0.1],
+                           [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],
+                           [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]])
+    hit1, hit5 = engine.topk_hits(scores, torch.tensor([1, 4, 5]))
+    assert hit1.tolist() == [False, False, False] and hit5.tolist() == [True, True, False]
+    hit1, hit5 = engine.topk_hits(scores[:, :3], torch.tensor([0, 2, 1]))
+    assert hit1.tolist() == [True, False, False] and hit5.tolist() == [True, True, True]
+    assert engine.topk_percent(scores.numpy(), np.array([1, 4, 5])) == (0.0, pytest.approx(200 / 3))

@@ -121,6 +121,23 @@ def test_stop_signal_mid_epoch_then_rerun_equals_uninterrupted(path, straight, s
     assert harness.compare_runs(ref, str(tmp_path), ref_test=ref_test) == []
 
 
+def test_stop_mid_epoch_with_gradient_accumulation_then_rerun_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
+    """--update_freq 2 (2 optimizer steps of 2 micro-batches per epoch): SIGTERM inside epoch 1's first step; the
+    rerun starts the epoch's sample order after the 2 x 4 videos that step took, and ends with the uninterrupted
+    run's weights, optimizer state, log numbers and test, bit for bit."""
+    ref, out = tmp_path / "ref", tmp_path / "stopped"
+    train(base_argv(data_dir, ref, "--update_freq", "2"))
+    argv = base_argv(data_dir, out, "--update_freq", "2")
+    signal_at_step(monkeypatch, 3)
+    with pytest.raises(SystemExit, match=str(run_control.EXIT_PREEMPTED)):
+        train(argv)
+    last = checkpoint.safe_load(str(out / "checkpoint-last.pth"))
+    assert (last["epoch"], last["train_progress"]["epoch"], last["train_progress"]["step"]) == (0, 1, 1)
+    monkeypatch.undo()
+    train(argv)
+    assert harness.compare_runs(str(ref), str(out)) == []
+
+
 def test_preempt_harness_fast_variant(straight, data_dir, tmp_path):
     """benchmarks/preempt_harness.py, one stop: the training command as its own process group gets SIGTERM, like a
     scheduler sends it to every process of a job (the trainer and its DataLoader worker), at a random logged step;
