@@ -403,7 +403,8 @@ def train_epochs(args, model: torch.nn.Module, run_model: torch.nn.Module, loade
         if stopped_at is None and stop.requested(now=True):  # a signal late in the last step: save, then stop
             stopped_at = training.steps_per_epoch
         ranks = gather_rank_states(training, result.meter) if saving else None  # the epoch's one collective
-        trained = (epoch - 1, (epoch, stopped_at or training.steps_per_epoch))  # this epoch trained, not validated
+        steps_done = training.steps_per_epoch if stopped_at is None else stopped_at
+        trained = (epoch - 1, (epoch, steps_done))  # (epoch done, progress): this epoch trained, not validated
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in result.stats.items()}}
         if stopped_at is None:
             if "val" in loaders:

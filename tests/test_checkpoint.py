@@ -222,8 +222,8 @@ def test_safe_load_passes_mmap(tmp_path):
     legacy = tmp_path / "legacy.pth"
     torch.save({"w": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
     assert torch.equal(safe_load(str(legacy))["w"], torch.ones(3))
-    with pytest.raises(RuntimeError, match=r"cannot read LLaMA weights .*legacy.pth.*mmap"):
-        safe_load(str(legacy), mmap=True, what="LLaMA weights")  # mmap needs the zip format: the flag got through
+    with pytest.raises(RuntimeError, match=r"cannot read LLM weights .*legacy.pth.*mmap"):
+        safe_load(str(legacy), mmap=True, what="LLM weights")  # mmap needs the zip format: the flag got through
 
 
 def test_model_state_acceptance_rules():

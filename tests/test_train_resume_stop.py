@@ -49,7 +49,7 @@ def test_outputs_and_logs(straight):
     ck = checkpoint.safe_load(os.path.join(out, "checkpoint-1.pth"))
     assert {"model", "optimizer", "epoch", "args", "model_ema", "rng_states", "scaler"} <= set(ck)
     assert isinstance(ck["args"], dict) and ck["epoch"] == 1
-    assert any(k.startswith("llama.") for k in ck["model"])  # frozen LLaMA weights saved (zoo format)
+    assert any(k.startswith("llama.") for k in ck["model"])  # frozen LLM weights saved (zoo format)
     trainable = [n for n, p in run.build_model(run.parse_args(base_argv("", out))).named_parameters()
                  if p.requires_grad]
     assert list(ck["model_ema"]) == trainable  # the EMA: trainable weights only, the frozen block is stored once
