@@ -464,6 +464,9 @@ def _rank_states(ckpt: Mapping, names: Sequence[str], path: str) -> dict[str, An
         states = ckpt.get(name)
         if states is None:
             print(f"WARNING: {path} holds no {name!r} state; it starts afresh", flush=True)
+        elif not isinstance(states, (list, tuple)):
+            raise RuntimeError(f"checkpoint {path}: its {name!r} entry is a {type(states).__name__}, expected a list "
+                               f"(one state per rank)")
         elif len(states) != world:
             print(f"WARNING: {path} holds {len(states)} per-rank {name!r} states for {world} processes; they start "
                   f"afresh", flush=True)

@@ -412,7 +412,8 @@ def test_identity_round_trips_a_weights_only_checkpoint(llm_folders, tmp_path):
 
 @pytest.mark.parametrize("entry, value, expected", [
     ("optimizer", [1, 2], "a dict"), ("rng_states", "x", "a list"), ("max_accuracy", "high", "a number"),
-    ("train_progress", [1], "a dict"), ("best_epoch", 1.5, "an integer")])
+    ("train_progress", [1], "a dict"), ("best_epoch", 1.5, "an integer"),
+    ("device_augment", {"generator": 1}, r"a list \(one state per rank\)")])
 def test_resume_names_an_entry_of_the_wrong_type(tmp_path, entry, value, expected):
     """A file that loads but is not a training checkpoint of ours fails with one line naming the entry, not with a
     TypeError from deep inside a load."""
@@ -422,7 +423,8 @@ def test_resume_names_an_entry_of_the_wrong_type(tmp_path, entry, value, expecte
     torch.save({"model": model.state_dict(), "epoch": 3, entry: value}, args.resume)
     with pytest.raises(RuntimeError, match=rf"odd.pth: its '{entry}' entry is a {type(value).__name__}, expected "
                                            rf"{expected}"):
-        resume_training(args, model, torch.optim.AdamW(model.parameters()), None, None, steps_per_epoch=1)
+        resume_training(args, model, torch.optim.AdamW(model.parameters()), None, None, steps_per_epoch=1,
+                        per_rank=[entry] if entry == "device_augment" else [])
 
 
 def test_find_resume_takes_the_furthest_of_last_numbered_and_best(tmp_path):
