@@ -20,12 +20,14 @@ import os
 import re
 import warnings
 from collections import Counter
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import distributed
 import utils
 
 MODEL_KEYS = "model|module"  # where VideoMAE's files keep their weights (--model_key)
@@ -43,7 +45,7 @@ PROGRESS = "train_progress"  # the extra entry of a mid-epoch checkpoint: {'epoc
 def safe_load(path: str, mmap: bool = False, what: str = "checkpoint") -> dict:
     """torch.load on CPU with weights_only=True and argparse.Namespace allowlisted; RuntimeError naming the file.
 
-    The only torch.load of the project; ``what`` names the file in errors (e.g. "LLaMA weights")."""
+    The only torch.load of the project; ``what`` names the file in errors (e.g. "LLM weights")."""
     if not os.path.isfile(path):
         raise RuntimeError(f"cannot read {what} {path}: no such file")
     try:
@@ -206,17 +208,16 @@ def _ema_state(model_ema) -> dict | None:
 
 
 def training_state(args, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, model_ema, epoch: int,
-                   max_accuracy: float, **extra: Any) -> dict:
-    """Everything a resume needs, plus ``extra`` entries (tensors / plain python, e.g. a generator's state) that
-    resume_training hands back through its ``restore`` callbacks. Gathers every rank's RNG state: call on all ranks."""
-    clash = set(extra) & {"model", "optimizer", "scaler", "epoch", "args", "model_ema", "max_accuracy", "rng_states",
-                          "llm"}
-    if clash:
-        raise ValueError(f"training_state: extra entries {sorted(clash)} would overwrite the standard ones")
+                   max_accuracy: float, rng_states: list[dict] | None, **extra: Any) -> dict:
+    """Everything a resume needs (``rng_states``: every rank's utils.capture_rng_state, in rank order), plus
+    ``extra`` entries (tensors / plain python, e.g. every rank's generator states) that resume_training hands
+    back."""
+    if "llm" in extra:  # the other standard entries are parameters: python refuses them twice
+        raise ValueError("training_state: the extra entry 'llm' would overwrite the standard one")
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
             "args": utils.to_jsonable(vars(args)), "model_ema": _ema_state(model_ema),
-            "max_accuracy": max_accuracy, "rng_states": utils.gather_rng_states(),
+            "max_accuracy": max_accuracy, "rng_states": rng_states,
             "llm": getattr(model, "llm_identity", None), **extra}
 
 
@@ -235,13 +236,13 @@ def save_training_checkpoint(output_dir: str, names: Sequence[str], state: dict,
     A kill at any point leaves every name either its previous file or the new one, and the first name is complete
     before any other points to it."""
     paths = [os.path.join(output_dir, n) for n in names]
-    if utils.is_main_process() and paths:
+    if distributed.is_main_process() and paths:
         save_checkpoint(paths[0], state)
         for p in paths[1:]:
             utils.link_or_copy(paths[0], p)
         print(f"Saved {', '.join(paths)}", flush=True)
     if wait:
-        utils.barrier()
+        distributed.barrier()
     return paths
 
 
@@ -360,10 +361,19 @@ def _restore_ema(model_ema, ckpt: Mapping, model: nn.Module) -> None:
         model_ema.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None else model.state_dict())
 
 
-class Resumed(NamedTuple):
-    start_epoch: int
-    max_accuracy: float
-    path: str | None  # the checkpoint resumed, None for a fresh start
+@dataclass
+class ResumeState:
+    """Where training continues: ``epoch`` from its optimizer step ``step`` (0 unless a mid-epoch checkpoint says
+    otherwise), the best val top-1 so far and its epoch, this rank's sums of the epoch's earlier steps
+    (``meter_state``, engine meter state), this rank's saved state of each per-rank object by name (e.g. the
+    device augmentation's generators) and the checkpoint it comes from (None: a fresh start)."""
+    epoch: int
+    step: int = 0
+    max_accuracy: float = 0.0
+    best_epoch: int | None = None
+    meter_state: dict | None = None
+    per_rank: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
 
 
 # Arguments that say how a run is launched or where it writes, not what it trains: not reported as changes.
@@ -403,7 +413,7 @@ def _restore_best(args, path: str, ckpt: Mapping) -> float:
     own = float(ckpt.get("max_accuracy", 0.0))
     epoch = ckpt.get("epoch")
     in_run = bool(args.output_dir) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(args.output_dir)
-    if in_run and utils.is_main_process() and PROGRESS not in ckpt and isinstance(epoch, int):
+    if in_run and distributed.is_main_process() and PROGRESS not in ckpt and isinstance(epoch, int):
         is_best = ckpt.get("best_epoch") == epoch and best_file_epoch != epoch and own > best
         for name in epoch_checkpoint_names(epoch, args.epochs, args.save_ckpt_freq, is_best)[1:]:
             target = os.path.join(args.output_dir, name)
@@ -429,19 +439,55 @@ def check_entry_types(ckpt: Mapping, path: str) -> None:
             raise RuntimeError(f"checkpoint {path}: its {name!r} entry is a {type(value).__name__}, expected {what}")
 
 
+def resume_step(args, progress: Mapping | None, epoch: int, steps_per_epoch: int) -> tuple[int, dict | None]:
+    """(first optimizer step, this rank's meter state) at which ``epoch`` continues after a mid-epoch checkpoint's
+    train_progress; (0, None) without one. Another batch layout (batch size, update_freq, processes) cannot continue
+    the sample order exactly: the step is then scaled to the videos already seen, with a warning."""
+    if not progress or progress["epoch"] != epoch:
+        return 0, None
+    layout = [args.batch_size, args.update_freq, distributed.get_world_size()]
+    step, meters = int(progress["step"]), progress.get("meters") or []
+    if list(progress["layout"]) == layout:
+        return step, meters[distributed.get_rank()] if len(meters) == layout[2] else None
+    scaled = min(step * math.prod(progress["layout"]) // math.prod(layout), steps_per_epoch)
+    print(f"WARNING: epoch {epoch} was stopped after {step} steps of batch_size x update_freq x processes = "
+          f"{progress['layout']}; with {layout} it continues at step {scaled}, and the rest of the epoch visits the "
+          f"videos in another order than an uninterrupted run", flush=True)
+    return scaled, None
+
+
+def _rank_states(ckpt: Mapping, names: Sequence[str], path: str) -> dict[str, Any]:
+    """This rank's entry of each per-rank state list ``names`` that the file holds; a missing entry, or one saved
+    by another number of processes (which cannot be mapped), starts afresh, with a warning."""
+    world, found = distributed.get_world_size(), {}
+    for name in names:
+        states = ckpt.get(name)
+        if states is None:
+            print(f"WARNING: {path} holds no {name!r} state; it starts afresh", flush=True)
+        elif not isinstance(states, (list, tuple)):
+            raise RuntimeError(f"checkpoint {path}: its {name!r} entry is a {type(states).__name__}, expected a list "
+                               f"(one state per rank)")
+        elif len(states) != world:
+            print(f"WARNING: {path} holds {len(states)} per-rank {name!r} states for {world} processes; they start "
+                  f"afresh", flush=True)
+        else:
+            found[name] = states[distributed.get_rank()]
+    return found
+
+
 def resume_training(args, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, model_ema,
-                    restore: Mapping[str, Callable[[Any], None]] | None = None) -> Resumed:
+                    steps_per_epoch: int, per_rank: Sequence[str] = ()) -> ResumeState:
     """Restore from --resume, else (auto_resume) the checkpoint find_resume_checkpoint picks in output_dir.
 
-    Loads model, optimizer, scaler, EMA, best val top-1 (see _restore_best) and this rank's RNG state, calls
-    ``restore[name](value)`` for each extra entry saved by training_state that the file holds, and lists the
-    arguments that differ from the saved ones. Returns Resumed(start_epoch, max_accuracy, path): start_epoch is
-    the epoch after the last completed one (a train_progress entry says where inside it to continue). A file
-    without an integer epoch (e.g. a zoo file) restores the weights and starts at --start_epoch.
+    Loads model, optimizer, scaler, EMA and this rank's RNG state, lists the arguments that differ from the saved
+    ones, and returns where training continues (ResumeState): the epoch after the last completed one, at the step
+    a train_progress entry records (resume_step), the best val top-1 (see _restore_best) and this rank's states
+    of the per-rank entries ``per_rank``. A file without an integer epoch (e.g. a zoo file) restores the weights and
+    starts at --start_epoch.
     """
     path, ckpt = checkpoint_to_load(args)
     if not path:
-        return Resumed(args.start_epoch, 0.0, None)
+        return ResumeState(args.start_epoch)
     check_entry_types(ckpt, path)
     load_model_file(model, ckpt, path, args.model, keys=args.model_key)
     print(f"Resuming from {path}", flush=True)
@@ -458,23 +504,21 @@ def resume_training(args, model: nn.Module, optimizer: torch.optim.Optimizer, sc
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     _restore_ema(model_ema, ckpt, model)
-    for name, load in (restore or {}).items():
-        if ckpt.get(name) is not None:
-            load(ckpt[name])
-        elif name != PROGRESS:  # only a mid-epoch checkpoint has one
-            print(f"WARNING: {path} holds no {name!r} state; it starts afresh", flush=True)
-    max_accuracy = _restore_best(args, path, ckpt)
+    state = ResumeState(args.start_epoch, max_accuracy=_restore_best(args, path, ckpt),
+                        best_epoch=ckpt.get("best_epoch"), per_rank=_rank_states(ckpt, per_rank, path), path=path)
     epoch = ckpt.get("epoch")
     if not isinstance(epoch, int):
         print(f"WARNING: {path} has no integer epoch ({epoch!r}); starting at epoch {args.start_epoch}", flush=True)
-        return Resumed(args.start_epoch, max_accuracy, path)
+        return state
     states = ckpt.get("rng_states")
-    if states and len(states) == utils.get_world_size():
-        utils.restore_rng_state(states[utils.get_rank()])
+    if states and len(states) == distributed.get_world_size():
+        utils.restore_rng_state(states[distributed.get_rank()])
     else:
         print("WARNING: no RNG state for this world size in the checkpoint; reseeding", flush=True)
-        utils.seed_everything(args.seed + utils.get_rank() + 1000 * (epoch + 1))
-    return Resumed(epoch + 1, max_accuracy, path)
+        utils.seed_everything(args.seed + distributed.get_rank() + 1000 * (epoch + 1))
+    state.epoch = epoch + 1
+    state.step, state.meter_state = resume_step(args, ckpt.get(PROGRESS), state.epoch, steps_per_epoch)
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -534,8 +578,8 @@ def load_finetune_weights(model: nn.Module, path: str, model_key: str = MODEL_KE
     Strips ``model_prefix`` then ``encoder.``/``backbone.``; drops the decoder, ``encoder_to_decoder``,
     ``mask_token``, the encoder's ``norm`` when the model mean-pools, a ``head`` of another shape, and a
     ``pos_embed`` the model does not learn (it uses the fixed table); interpolates a learnable ``pos_embed`` to the
-    model's grid. Loads with strict=False and returns {"missing", "unexpected", "dropped", "notes"}. LLaMA keys
-    (read from the LLaMA folder) are not reported as missing. Raises when no tensor matched (wrong file) or when
+    model's grid. Loads with strict=False and returns {"missing", "unexpected", "dropped", "notes"}. LLM keys
+    (read from the LLM folder) are not reported as missing. Raises when no tensor matched (wrong file) or when
     tensors other than the head have other shapes (wrong model size).
     """
     ckpt = safe_load(path)

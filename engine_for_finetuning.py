@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import itertools
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterable
 
@@ -19,19 +20,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+import distributed
 import utils
+from optim_factory import set_schedules
 from video_transforms import normalize_clips
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DDP and torch.compile wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def is_compiled(model: nn.Module) -> bool:
@@ -70,14 +62,6 @@ def to_device(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
 
 
-def set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
-    """This step's lr (times each group's lr_scale) and weight decay (on the groups that decay)."""
-    for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
-        if g["weight_decay"] > 0:
-            g["weight_decay"] = weight_decay
-
-
 def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[torch.Tensor],
                    clip_grad: float | None = None, model_ema=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Unscale, clip (or only measure) the gradient norm, step, update the loss scale, zero the gradients, update EMA.
@@ -98,34 +82,61 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
     return grad_norm, ~torch.isfinite(grad_norm) & scaler.is_enabled()
 
 
-def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    device: torch.device, epoch: int, *, lr_schedule: np.ndarray, wd_schedule: np.ndarray,
-                    start_step: int, steps_per_epoch: int, update_freq: int = 1, first_step: int = 0,
-                    stop: Callable[[], bool] | None = None, meter_state: dict | None = None,
-                    prepare_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
-                    scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
-                    clip_grad: float | None = None, model_ema=None, mixup_fn: Callable | None = None,
-                    log_writer: utils.TensorboardLogger | None = None, print_freq: int = 20) -> dict:
-    """One epoch of steps_per_epoch optimizer steps, each accumulating update_freq micro-batches.
+@dataclass
+class Training:
+    """What every training step of a run uses, assembled once (run_class_finetuning.build_training): the loss, the
+    optimizer with its per-step lr/wd schedules, the step layout, mixed precision, clipping, EMA, mixup, how a loader
+    batch becomes (clips, labels) on the device, logging, and the objects whose state each rank saves in a
+    checkpoint (``per_rank``: name -> object with state_dict/load_state_dict, e.g. the device augmentation)."""
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_schedule: np.ndarray
+    wd_schedule: np.ndarray
+    steps_per_epoch: int
+    update_freq: int = 1
+    scaler: torch.amp.GradScaler | None = None  # an enabled GradScaler for fp16; None: a disabled one
+    amp_dtype: torch.dtype | None = None
+    clip_grad: float | None = None
+    model_ema: Any = None
+    mixup_fn: Callable | None = None
+    prepare_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None  # None: to_device
+    per_rank: dict[str, Any] = field(default_factory=dict)
+    print_freq: int = 20
+    log_writer: utils.TensorboardLogger | None = None
 
-    lr and weight decay follow the per-iteration schedules (start_step: the global step of the epoch's first step);
-    DDP all-reduces gradients on a step's last micro-batch only. prepare_batch turns a loader batch into
-    (clips, labels) on the device: to_device (the default) for worker-augmented batches, video_transforms.
-    DeviceAugment for decoded videos. scaler: an enabled GradScaler for fp16 (None: a disabled one).
 
-    A resumed epoch starts at ``first_step`` (the loader yields the remaining batches only) with the sums of its
-    earlier steps (``meter_state``). ``stop`` is called after every optimizer step (on every rank); when it says
-    True the epoch ends there. Returns the epoch's numbers (_Meter.stats) and "meter" (the state that continues its
-    sums), or, when stopped, {"stopped_at": optimizer steps of the epoch done, "meter", "nonfinite_steps"}.
+@dataclass
+class EpochResult:
+    """One call of train_one_epoch: the epoch's numbers (_Meter.stats; empty when a stop ended it early), this
+    rank's meter state (continues the epoch's sums after a resume), the optimizer steps of the epoch done when a
+    stop ended it early (None: it ran to its end) and the steps that applied a non-finite gradient."""
+    stats: dict
+    meter: dict
+    stopped_at: int | None = None
+    nonfinite_steps: int = 0
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, run: Training, device: torch.device, epoch: int, *,
+                    first_step: int = 0, meter_state: dict | None = None,
+                    stop: Callable[[], bool] | None = None) -> EpochResult:
+    """One epoch of run.steps_per_epoch optimizer steps, each accumulating run.update_freq micro-batches.
+
+    lr and weight decay follow the per-iteration schedules from the epoch's first global step (epoch x
+    steps_per_epoch); DDP all-reduces gradients on a step's last micro-batch only. A resumed epoch starts at
+    ``first_step`` (the loader yields the remaining batches only) with the sums of its earlier steps
+    (``meter_state``). ``stop`` is called after every optimizer step (on every rank); when it says True the epoch
+    ends there.
     """
     check_device(model, device)
     model.train(True)
-    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
+    optimizer, update_freq = run.optimizer, run.update_freq
+    scaler = run.scaler or torch.amp.GradScaler(device.type, enabled=False)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     no_sync = model.no_sync if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext
-    prepare_batch = prepare_batch or partial(to_device, device=device)
-    first, total = first_step * update_freq, steps_per_epoch * update_freq
-    meter = _Meter(device, epoch, total, print_freq, log_writer, start_step * update_freq, is_compiled(model),
+    prepare_batch = run.prepare_batch or partial(to_device, device=device)
+    start_step = epoch * run.steps_per_epoch
+    first, total = first_step * update_freq, run.steps_per_epoch * update_freq
+    meter = _Meter(device, epoch, total, run.print_freq, run.log_writer, start_step * update_freq, is_compiled(model),
                    meter_state)
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(itertools.islice(loader, total - first) if total > first else (), start=first):
@@ -133,26 +144,25 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
         clips, labels = prepare_batch(batch)
         step, last_micro = start_step + i // update_freq, (i + 1) % update_freq == 0
         if i % update_freq == 0:
-            set_schedules(optimizer, float(lr_schedule[step]), float(wd_schedule[step]))
+            set_schedules(optimizer, float(run.lr_schedule[step]), float(run.wd_schedule[step]))
         targets = labels
-        if mixup_fn is not None:
-            clips, targets = apply_mixup(mixup_fn, clips, labels)
+        if run.mixup_fn is not None:
+            clips, targets = apply_mixup(run.mixup_fn, clips, labels)
         with contextlib.nullcontext() if last_micro else no_sync():
-            with autocast(device, amp_dtype):
+            with autocast(device, run.amp_dtype):
                 logits = model(clips)
-            loss = criterion(logits.float(), targets)
+            loss = run.criterion(logits.float(), targets)
             scaler.scale(loss / update_freq).backward()
         grad_norm = skipped = None
         if last_micro:
-            grad_norm, skipped = optimizer_step(optimizer, scaler, params, clip_grad, model_ema)
+            grad_norm, skipped = optimizer_step(optimizer, scaler, params, run.clip_grad, run.model_ema)
         meter.update(i, loss.detach(), clips.shape[0], grad_norm, skipped, optimizer, scaler)
         if last_micro and stop is not None and stop():
-            return {"stopped_at": (i + 1) // update_freq, "meter": meter.state_dict(),
-                    "nonfinite_steps": meter.nonfinite_steps()}
+            return EpochResult({}, meter.state_dict(), (i + 1) // update_freq, meter.nonfinite_steps())
     if meter.micro + meter.done_micro == 0:
         raise RuntimeError("the training loader produced no batch")
-    return {**meter.stats(optimizer, scaler), "bad_videos": _bad_videos(getattr(loader, "dataset", None), device),
-            "meter": meter.state_dict()}
+    stats = {**meter.stats(optimizer, scaler), "bad_videos": _bad_videos(getattr(loader, "dataset", None), device)}
+    return EpochResult(stats, meter.state_dict(), None, stats["nonfinite_steps"])
 
 
 class _Meter:
@@ -183,7 +193,7 @@ class _Meter:
         self.wait = self.win_wait = 0.0
         self.t_start = self.t_window = self.t_last = time.perf_counter()
         self.t_first = self.t_start  # end of the first micro-step: rates leave out worker start-up and compilation
-        self.world = utils.get_world_size()
+        self.world = distributed.get_world_size()
 
     def data_ready(self) -> None:
         wait = time.perf_counter() - self.t_last
@@ -260,7 +270,7 @@ class _Meter:
         """Epoch means over ranks: loss, grad_norm (finite steps), skipped_steps, nonfinite_steps (optimizer steps
         taken with a non-finite gradient norm: not skipped by an fp16 GradScaler, so they reached the weights);
         lr/wd now; this rank's clips/s (times world size), data-wait share and peak memory."""
-        sums = utils.all_reduce_sum(self.sums + self.window)
+        sums = distributed.all_reduce_sum(self.sums + self.window)
         loss, _, grad_sum, finite, skipped = sums.tolist()
         micro, steps = self.done_micro + self.micro, self.done_steps + self.steps
         elapsed = time.perf_counter() - self.t_start
@@ -282,7 +292,7 @@ def _bad_videos(dataset, device: torch.device) -> int:
         return 0
     n = torch.tensor(float(dataset.bad_video_count()), device=device)
     dataset.reset_bad_video_count()
-    return int(utils.all_reduce_sum(n).item())
+    return int(distributed.all_reduce_sum(n).item())
 
 
 @torch.no_grad()
@@ -301,22 +311,24 @@ def validate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
         with autocast(device, amp_dtype):
             logits = model(clips)
         logits = logits.float()
-        c1, c5 = _correct_topk(logits, labels)
-        sums[:3] += torch.stack([c1, c5, F.cross_entropy(logits, labels, reduction="sum")]).double()
+        hit1, hit5 = topk_hits(logits, labels)
+        sums[:3] += torch.stack([hit1.sum(), hit5.sum(), F.cross_entropy(logits, labels, reduction="sum")]).double()
         sums[3] += len(labels)  # a Python number: no host-to-device tensor copy per batch
     if reduce:
-        utils.all_reduce_sum(sums)
+        distributed.all_reduce_sum(sums)
     c1, c5, loss, n = sums.tolist()
     if n == 0:
         raise RuntimeError("validation loader produced no sample")
     return {"acc1": 100.0 * c1 / n, "acc5": 100.0 * c5 / n, "loss": loss / n, "videos": int(n)}
 
 
-def _correct_topk(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hit = top.eq(labels[:, None])
-    return hit[:, 0].sum().float(), hit.any(dim=1).sum().float()
+def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample (N x classes scores, N labels): whether the label is the top-1 class and whether it is among the
+    top k (k capped at the number of classes). Ties rank the lower class id first. The one top-k of the project:
+    validation, the multi-view test and the per-class report."""
+    top = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :min(k, scores.shape[1])]
+    hit = top == labels[:, None]
+    return hit[:, 0], hit.any(dim=1)
 
 
 @torch.no_grad()
@@ -357,10 +369,10 @@ def multi_view_predict(model: nn.Module, loader: Iterable, device: torch.device,
         if (i + 1) % print_freq == 0:
             print(f"Test [{i + 1}/{len(loader)}] {time.time() - t0:.1f}s", flush=True)
     local = _view_arrays(cols) if cols["probs"] else None  # None: this rank's shard is empty (more ranks than videos)
-    if gather and utils.is_dist():
-        parts = [None] * utils.get_world_size() if utils.is_main_process() else None
+    if gather and distributed.is_dist():
+        parts = [None] * distributed.get_world_size() if distributed.is_main_process() else None
         dist.gather_object(local, parts, dst=0)
-        if not utils.is_main_process():
+        if not distributed.is_main_process():
             return None
         parts = [p for p in parts if p is not None]
         local = tuple({k: np.concatenate([p[j][k] for p in parts]) for k in parts[0][j]} for j in range(2)) \
@@ -396,11 +408,9 @@ def merge_views(per_view: dict, per_video: dict) -> tuple[dict, dict]:
 
 
 def topk_percent(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy in percent (top-k capped at the number of classes)."""
-    k = min(5, probs.shape[1])
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    hit = top == labels[:, None]
-    return 100.0 * hit[:, 0].mean(), 100.0 * hit.any(axis=1).mean()
+    """Top-1 and top-5 accuracy in percent (topk_hits)."""
+    hit1, hit5 = topk_hits(torch.from_numpy(probs), torch.from_numpy(labels))
+    return 100.0 * hit1.double().mean().item(), 100.0 * hit5.double().mean().item()
 
 
 def final_test(model: nn.Module, loader: Iterable, device: torch.device, *, amp_dtype: torch.dtype | None,
@@ -411,7 +421,7 @@ def final_test(model: nn.Module, loader: Iterable, device: torch.device, *, amp_
     on the other ranks. Writing the arrays and reports is the caller's (reports.write_test_outputs).
     """
     out = multi_view_predict(model, loader, device, amp_dtype, gather)
-    if out is None or (not gather and utils.get_rank() != 0):
+    if out is None or (not gather and distributed.get_rank() != 0):
         return None
     per_view, per_video = merge_views(*out)
     top1, top5 = topk_percent(per_video["probs"], per_video["labels"])

@@ -1,8 +1,9 @@
-"""Parameter groups with layer-wise lr decay (VideoMAE/BEiT recipe), the optimizer built from them, and the
-exponential moving average (EMA) of the same trainable parameters.
+"""Parameter groups with layer-wise lr decay (VideoMAE/BEiT recipe), the optimizer built from them, the lr and
+weight-decay schedules applied to those groups every step, and the exponential moving average (EMA) of the same
+trainable parameters.
 
-Layer ids for a ViT of depth L: patch_embed, pos_embed, cls_token -> 0; blocks.i -> i + 1; everything else
-(fc_norm, head, the LLaMA dim mappers) -> L + 1. Group lr_scale = layer_decay ** (L + 1 - layer_id), so patch_embed
+Layer ids for a ViT of depth L: patch_embed, pos_embed -> 0; blocks.i -> i + 1; everything else
+(fc_norm, head, the LLM dim mappers) -> L + 1. Group lr_scale = layer_decay ** (L + 1 - layer_id), so patch_embed
 gets decay^(L+1), blocks.i decay^(L-i) and the rest 1.0. The engine sets lr = schedule * lr_scale every iteration.
 """
 from __future__ import annotations
@@ -10,15 +11,15 @@ from __future__ import annotations
 import contextlib
 from typing import Iterable, Iterator, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
-_EMBED_NAMES = ("cls_token", "mask_token", "pos_embed")
 
 
 def layer_id(name: str, num_layers: int) -> int:
     """Layer id of a parameter name (see module docstring)."""
-    if name in _EMBED_NAMES or name.startswith("patch_embed"):
+    if name == "pos_embed" or name.startswith("patch_embed"):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
@@ -29,7 +30,7 @@ def get_parameter_groups(model: nn.Module, weight_decay: float, layer_decay: flo
                          skip_list: Iterable[str] = ()) -> list[dict]:
     """Trainable parameters grouped by (layer id, decay or not).
 
-    No weight decay on 1-D parameters (norms, biases, tokens), names ending in '.bias' and names in skip_list
+    No weight decay on 1-D parameters (norms, biases), names ending in '.bias' and names in skip_list
     (model.no_weight_decay()). Frozen parameters (requires_grad False) are left out. Each group carries lr_scale,
     weight_decay, layer_id and the parameter names (for inspection and tests).
     """
@@ -73,10 +74,37 @@ def create_optimizer(args, model: nn.Module) -> torch.optim.Optimizer:
         raise ValueError(f"--opt {args.opt!r} with eps={args.opt_eps} betas={args.opt_betas}: {e}") from e
 
 
+def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
+                     warmup_epochs: int = 0, start_warmup_value: float = 0.0, warmup_steps: int = -1) -> np.ndarray:
+    """One value per iteration: linear warmup from start_warmup_value to base_value, then cosine to final_value.
+
+    As VideoMAE's: the W warmup values include both ends (start + i (base - start) / (W - 1)), the cosine starts
+    again at base_value and stops one step short of final_value (step i of N: angle pi i / N). warmup_steps > 0
+    overrides warmup_epochs; a run shorter than its warmup ends partway up the ramp.
+    """
+    total = epochs * niter_per_ep
+    warmup = warmup_steps if warmup_steps > 0 else warmup_epochs * niter_per_ep
+    warm = np.linspace(start_warmup_value, base_value, warmup)[:total]
+    n = total - len(warm)
+    cos = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * np.arange(n) / max(n, 1)))
+    sched = np.concatenate([warm, cos])
+    assert len(sched) == total
+    return sched
+
+
+def set_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    """This step's lr (times each group's lr_scale) and weight decay (on the groups that decay: a group built with
+    weight_decay 0 never decays, as in VideoMAE)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+        if g["weight_decay"] > 0:
+            g["weight_decay"] = weight_decay
+
+
 class TrainableEma:
     """Exponential moving average of a model's trainable parameters (what the optimizer updates).
 
-    Frozen parameters (the LLaMA block) and buffers are constant, so they are neither copied nor averaged: the
+    Frozen parameters (the LLM block) and buffers are constant, so they are neither copied nor averaged: the
     average costs memory and time for the trainable parameters only, and a checkpoint stores the frozen block once
     (in its `model` entry). `device` (e.g. CPU for --model_ema_force_cpu) holds the average elsewhere than the model;
     `applied()` puts it into the model, wherever the model lives, for evaluation.

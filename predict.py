@@ -100,7 +100,7 @@ def load_model(args: argparse.Namespace, ckpt: dict) -> torch.nn.Module:
         if args.llama_path is None or args.llama_layer is None:
             kwargs["llama_layer"] = recorded["layers"]
     try:
-        with warnings.catch_warnings():  # the random-LLaMA warning does not apply: the strict load below replaces it
+        with warnings.catch_warnings():  # the random-LLM warning does not apply: the strict load below replaces it
             warnings.filterwarnings("ignore", message="no llama_path given")
             model = create_model(args.model, **kwargs)
     except ValueError as e:  # unknown name or an impossible configuration
@@ -141,7 +141,6 @@ def top5(probs: torch.Tensor, class_names: list[str] | None) -> list[dict]:
 
 def setup(args: argparse.Namespace) -> tuple[argparse.Namespace, torch.nn.Module, list[str] | None]:
     """Check the inputs, read the checkpoint, fill flags from it, build and load the model: (args, model, names)."""
-    args.data_set = "SSV2"
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise PredictError(f"--json {args.json}: its folder does not exist (checked before any work)")
     if len(args.videos) == 1 and not os.path.isfile(args.videos[0]):

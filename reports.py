@@ -10,8 +10,10 @@ import json
 import os
 
 import numpy as np
+import torch
 
 import utils
+from engine_for_finetuning import topk_hits
 
 NUM_CONFUSED_PAIRS = 20
 
@@ -26,10 +28,7 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
 def per_class_accuracy(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(videos, top1 %, top5 %) per class; accuracies are NaN for classes without videos."""
     num_classes = probs.shape[1]
-    k = min(5, num_classes)
-    topk = np.argpartition(-probs, k - 1, axis=1)[:, :k] if k < num_classes else np.argsort(-probs, axis=1)
-    hit1 = probs.argmax(1) == labels
-    hit5 = (topk == labels[:, None]).any(1)
+    hit1, hit5 = (h.numpy() for h in topk_hits(torch.from_numpy(probs), torch.from_numpy(labels)))
     videos = np.bincount(labels, minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         top1 = 100.0 * np.bincount(labels[hit1], minlength=num_classes) / videos

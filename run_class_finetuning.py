@@ -1,4 +1,4 @@
-"""Fine-tune and evaluate video ViTs (VideoMAE recipe, optionally with a frozen LLaMA block) on SSv2.
+"""Fine-tune and evaluate video ViTs (VideoMAE recipe, optionally with a frozen LLM block) on SSv2.
 
 Flags keep VideoMAE's names and defaults (SSv2 ones where they differ). Launch with torchrun, srun, or plainly.
 """
@@ -8,26 +8,24 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 from functools import partial
-from typing import Callable
 
 import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import checkpoint
+import distributed
 import engine_for_finetuning as engine
 import llama
 import optim_factory
 import reports
+import run_control
 import utils
-from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT
+from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, load_class_names
 from video_transforms import DeviceAugment
 
-
-EXIT_PREEMPTED = 75  # exit status after a stop signal: the state is saved, rerunning the command continues it
 
 # VideoMAE flags that cannot act here: each is accepted at its default only. flag -> (default, type, why);
 # type bool: a switch that must stay off.
@@ -44,9 +42,19 @@ COMPAT_FLAGS = {
                              "pools the first patch token); the tokens are always mean-pooled"),
 }
 
+# VideoMAE's switches for what is on by default here: flag -> what it stands for.
+ON_BY_DEFAULT = {
+    "pin_mem": "batches in pinned memory on CUDA; --no_pin_mem turns it off",
+    "auto_resume": "resume the newest checkpoint in --output_dir; --no_auto_resume turns it off",
+    "save_ckpt": "write checkpoints to --output_dir; --no_save_ckpt turns it off",
+    "use_mean_pooling": "the model has no CLS token and always mean-pools its tokens",
+}
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}  # --amp -> autocast dtype
+
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("Video ViT (+LLaMA block) fine-tuning and evaluation on SSv2")
+    p = argparse.ArgumentParser("Video ViT (+LLM block) fine-tuning and evaluation on SSv2")
     a = p.add_argument
     a("--batch_size", default=64, type=int, help="videos per GPU per micro-step")
     a("--epochs", default=30, type=int)
@@ -110,7 +118,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--model_prefix", default="", type=str)
     a("--init_scale", default=0.001, type=float)
     a("--use_checkpoint", action="store_true", help="activation checkpointing")
-    a("--use_mean_pooling", action="store_true", default=True, help="always on: the tokens are mean-pooled")
     # data
     a("--data_path", default="data/ssv2", type=str, help="folder with train.csv, val.csv, test.csv")
     a("--eval_data_path", default=None, type=str, help="folder with val.csv/test.csv if not --data_path")
@@ -130,28 +137,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--print_freq", default=20, type=int)
     a("--seed", default=0, type=int)
     a("--resume", default="", help="checkpoint to resume (or, with --eval, to evaluate)")
-    a("--auto_resume", action="store_true", default=True)
-    a("--no_auto_resume", action="store_false", dest="auto_resume")
-    a("--save_ckpt", action="store_true", default=True)
-    a("--no_save_ckpt", action="store_false", dest="save_ckpt")
+    a("--no_auto_resume", action="store_false", dest="auto_resume",
+      help="start from scratch (or --finetune) even when --output_dir holds checkpoints")
+    a("--no_save_ckpt", action="store_false", dest="save_ckpt", help="write no checkpoint")
     a("--start_epoch", default=0, type=int)
     a("--eval", action="store_true", help="multi-view test of --resume (or the newest checkpoint) and exit")
     a("--allow_arg_mismatch", action="store_true",
       help="evaluate a checkpoint even though --num_frames/--input_size/--model differ from its saved args")
     a("--exit_signal", default="USR1",
       help="signal that, like SIGTERM and a first Ctrl-C, makes the run finish its optimizer step, save "
-           f"checkpoint-last.pth and exit with status {EXIT_PREEMPTED} (SLURM: #SBATCH --signal=USR1@120)")
+           f"checkpoint-last.pth and exit with status {run_control.EXIT_PREEMPTED} (SLURM: #SBATCH --signal=USR1@120)")
     a("--dist_eval", action="store_true", help="shard validation and test over the processes")
     a("--num_workers", default=10, type=int)
-    a("--pin_mem", action="store_true", default=True)
-    a("--no_pin_mem", action="store_false", dest="pin_mem")
+    a("--no_pin_mem", action="store_false", dest="pin_mem", help="DataLoader batches in pageable memory")
     # distributed
     a("--world_size", default=1, type=int, help="processes, for a manual launch with --dist_url tcp://")
     a("--local_rank", "--local-rank", default=-1, type=int)
     a("--dist_on_itp", action="store_true", help="read ranks from OpenMPI's environment")
     a("--dist_url", default="env://")
-    compat = p.add_argument_group("VideoMAE compatibility", "accepted so that VideoMAE command lines parse; each "
-                                                            "takes only its default, anything else is an error")
+    compat = p.add_argument_group("VideoMAE compatibility", "accepted so that VideoMAE command lines parse: its "
+                                  "switches for what is on by default here change nothing; the other flags take only "
+                                  "their default, anything else is an error")
+    for flag, what in ON_BY_DEFAULT.items():
+        compat.add_argument(f"--{flag}", action="store_true", default=True, help=f"on by default: {what}")
     for flag, (default, kind, why) in COMPAT_FLAGS.items():
         if kind is bool:
             compat.add_argument(f"--{flag}", action="store_true", help=f"not supported: {why}")
@@ -170,8 +178,11 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         bad.append("--opt_betas takes two numbers")
     if args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2:
         bad.append("--cutmix_minmax takes two numbers")
+    if args.weight_decay == 0 and args.weight_decay_end:
+        bad.append(f"--weight_decay_end {args.weight_decay_end} with --weight_decay 0 decays nothing (the schedule "
+                   f"updates only the groups built with weight decay): start from a --weight_decay above 0")
     try:
-        utils.parse_signal(args.exit_signal)
+        run_control.parse_signal(args.exit_signal)
     except ValueError as e:
         bad.append(f"--exit_signal: {e}")
     if bad:
@@ -207,21 +218,16 @@ def build_model(args) -> torch.nn.Module:
     return model
 
 
-def stop_signals(args) -> list[int]:
-    """The signals that stop a run cleanly (utils.StopSignal): SIGTERM, --exit_signal, SIGINT."""
-    return [signal.SIGTERM, utils.parse_signal(args.exit_signal), signal.SIGINT]
-
-
 def build_loaders(args, eval_only: bool) -> dict:
     """Datasets and loaders. Train: TrainSampler (shuffled per epoch over any world size, per-item seeds, resumable
     mid-epoch); val/test: disjoint shards when dist_eval. Workers ignore the stop signals (the main process acts)."""
     from datasets import ShardSampler, TrainSampler, build_dataset, multiple_samples_collate, pack_videos_collate
-    world, rank = utils.get_world_size(), utils.get_rank()
+    world, rank = distributed.get_world_size(), distributed.get_rank()
     eval_args = argparse.Namespace(**{**vars(args), "data_path": args.eval_data_path or args.data_path})
     shard = dict(num_replicas=world, rank=rank) if args.dist_eval else dict(num_replicas=1, rank=0)
     pin = args.pin_mem and torch.device(args.device).type == "cuda"  # pinning needs an accelerator
     common = dict(num_workers=args.num_workers, pin_memory=pin,
-                  worker_init_fn=partial(utils.ignore_stop_signals, stop_signals(args)))
+                  worker_init_fn=partial(run_control.ignore_stop_signals, run_control.stop_signals(args.exit_signal)))
     out = {}
     test_set, _ = build_dataset(is_train=False, test_mode=True, args=eval_args)
     out["test"] = torch.utils.data.DataLoader(test_set, batch_size=args.batch_size, generator=torch.Generator(),
@@ -248,24 +254,26 @@ def set_train_epoch(loaders: dict, args, epoch: int, first_step: int = 0) -> Non
     seeds as functions of (seed, epoch, rank) alone; each item's draws come from its own seed (TrainSampler), so a
     run resumed at any step draws what an uninterrupted one does."""
     loaders["train"].sampler.set_epoch(epoch, first_step * args.batch_size * args.update_freq)
-    loaders["generator"].manual_seed(args.seed + 1000 * epoch + utils.get_rank())
+    loaders["generator"].manual_seed(args.seed + 1000 * epoch + distributed.get_rank())
 
 
 def run_device(args) -> torch.device:
-    """This process's device: its local GPU (args.gpu, set by utils.init_distributed) on CUDA."""
+    """This process's device: its local GPU (args.gpu, set by distributed.init_distributed) on CUDA."""
     return torch.device(args.device, args.gpu) if args.device == "cuda" else torch.device(args.device)
 
 
-def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
-    """Optimizer, schedules (lr scaled by the real batch / 256), criterion, mixup, scaler, EMA."""
-    scale = args.batch_size * args.update_freq * utils.get_world_size() / 256
+def build_training(args, model: torch.nn.Module, steps_per_epoch: int,
+                   log_writer: utils.TensorboardLogger | None = None) -> engine.Training:
+    """The training loop's per-run constants: optimizer, schedules (lr scaled by the real batch / 256), criterion,
+    mixup, scaler, EMA, mixed precision and how a batch reaches the device (with its per-rank augmentation)."""
+    scale = args.batch_size * args.update_freq * distributed.get_world_size() / 256
     args.scaled_lr, args.scaled_min_lr = args.lr * scale, args.min_lr * scale
     args.scaled_warmup_lr = args.warmup_lr * scale
     optimizer = optim_factory.create_optimizer(argparse.Namespace(**{**vars(args), "lr": args.scaled_lr}), model)
-    lr_schedule = utils.cosine_scheduler(args.scaled_lr, args.scaled_min_lr, args.epochs, steps_per_epoch,
-                                         args.warmup_epochs, args.scaled_warmup_lr, args.warmup_steps)
+    lr_schedule = optim_factory.cosine_scheduler(args.scaled_lr, args.scaled_min_lr, args.epochs, steps_per_epoch,
+                                                 args.warmup_epochs, args.scaled_warmup_lr, args.warmup_steps)
     wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+    wd_schedule = optim_factory.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
         from timm.data import Mixup
@@ -290,19 +298,10 @@ def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
     if args.augment_on == "device":  # per-rank parameter streams, independent of the global RNGs
         prepare_batch = per_rank["device_augment"] = DeviceAugment(
             device, args.input_size, args.aa, args.train_interpolation, reprob=args.reprob, remode=args.remode,
-            recount=args.recount, num_sample=args.num_sample, seed=10_000 + 100 * args.seed + utils.get_rank())
-    return dict(prepare_batch=prepare_batch, per_rank=per_rank, optimizer=optimizer, lr_schedule=lr_schedule,
-                wd_schedule=wd_schedule, mixup_fn=mixup_fn, criterion=criterion, scaler=scaler, model_ema=model_ema)
-
-
-def restore_per_rank(load: Callable[[dict], None], states: list) -> None:
-    """Restore this rank's entry of a per-rank state list saved by the checkpoint (e.g. the device augmentation's
-    generators); another world size cannot be mapped, so the state then starts afresh, with a warning."""
-    if len(states) == utils.get_world_size():
-        load(states[utils.get_rank()])
-    else:
-        print(f"WARNING: the checkpoint holds {len(states)} per-rank states for {utils.get_world_size()} processes; "
-              f"they start afresh", flush=True)
+            recount=args.recount, num_sample=args.num_sample, seed=10_000 + 100 * args.seed + distributed.get_rank())
+    return engine.Training(criterion, optimizer, lr_schedule, wd_schedule, steps_per_epoch, args.update_freq, scaler,
+                           AMP_DTYPES[args.amp], args.clip_grad, model_ema, mixup_fn, prepare_batch, per_rank,
+                           args.print_freq, log_writer)
 
 
 def wrap_model(args, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -330,9 +329,9 @@ def run_test(args, run_model: torch.nn.Module, loader, device: torch.device, amp
     return summary
 
 
-def validate_all(args, run_model: torch.nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
-                 model_ema) -> dict:
+def validate_all(args, run_model: torch.nn.Module, loader, device: torch.device, training: engine.Training) -> dict:
     """Single-view validation of the model (val_*) and, with --model_ema, of its EMA weights (val_ema_*)."""
+    amp_dtype, model_ema = training.amp_dtype, training.model_ema
     record = {f"val_{k}": v for k, v in engine.validate(run_model, loader, device, amp_dtype, args.dist_eval).items()}
     if model_ema is not None:
         with model_ema.applied():  # the EMA weights in the model, wherever the EMA is kept
@@ -341,191 +340,160 @@ def validate_all(args, run_model: torch.nn.Module, loader, device: torch.device,
     return record
 
 
-def training_checkpoint(args, model: torch.nn.Module, t: dict, epoch_done: int, max_acc: float,
-                        best_epoch: int | None, progress: dict | None = None) -> dict:
-    """checkpoint.training_state plus every rank's augmentation generators, the best epoch and, partway through an
-    epoch, the train_progress entry (progress_entry). Collective: call on every rank."""
-    extra = {name: utils.gather_to_main(obj.state_dict()) for name, obj in t["per_rank"].items()}
+def gather_rank_states(training: engine.Training, meter: dict | None) -> dict[str, list] | None:
+    """Every rank's RNG state, per-rank objects' states and epoch meter, in one collective: {name: [rank 0's, rank
+    1's, ...]} on rank 0 (which writes the checkpoints), None on the other ranks. Call on every rank."""
+    mine = {"rng_states": utils.capture_rng_state(), "meters": meter,
+            **{name: obj.state_dict() for name, obj in training.per_rank.items()}}
+    ranks = distributed.gather_to_main(mine)
+    return None if ranks is None else {name: [r[name] for r in ranks] for name in mine}
+
+
+def training_checkpoint(args, model: torch.nn.Module, training: engine.Training, ranks: dict[str, list] | None,
+                        epoch_done: int, max_acc: float, best_epoch: int | None,
+                        progress: tuple[int, int] | None = None) -> dict:
+    """checkpoint.training_state with every rank's states (gather_rank_states), the best epoch and, for a state
+    partway through epoch E after S optimizer steps (``progress`` (E, S)), the train_progress entry: where to
+    continue, the batch layout the steps were taken with and every rank's sums of the epoch so far."""
+    ranks = ranks or {}  # ranks other than 0 write nothing
+    extra = {name: ranks.get(name) for name in training.per_rank}
     if progress is not None:
-        extra[checkpoint.PROGRESS] = progress
-    return checkpoint.training_state(args, model, t["optimizer"], t["scaler"], t["model_ema"], epoch_done, max_acc,
-                                     best_epoch=best_epoch, **extra)
+        extra[checkpoint.PROGRESS] = {"epoch": progress[0], "step": progress[1], "meters": ranks.get("meters"),
+                                      "layout": [args.batch_size, args.update_freq, distributed.get_world_size()]}
+    return checkpoint.training_state(args, model, training.optimizer, training.scaler, training.model_ema,
+                                     epoch_done, max_acc, ranks.get("rng_states"), best_epoch=best_epoch, **extra)
 
 
-def progress_entry(args, epoch: int, step: int, meter_state: dict | None) -> dict:
-    """Where inside ``epoch`` training continues: the optimizer steps done, the batch layout they were taken with
-    and every rank's sums of the epoch so far (engine meter states). Collective."""
-    return {"epoch": epoch, "step": step, "layout": [args.batch_size, args.update_freq, utils.get_world_size()],
-            "meters": utils.gather_to_main(meter_state)}
+def log_epoch(args, record: dict, log_writer: utils.TensorboardLogger | None) -> None:
+    """An epoch's numbers: a line of output_dir/log.txt (rank 0) and TensorBoard scalars."""
+    if distributed.is_main_process() and args.output_dir:
+        utils.append_json_line(os.path.join(args.output_dir, "log.txt"), record)
+    if log_writer is not None:
+        log_writer.log({k[4:]: v for k, v in record.items() if k.startswith("val_")}, step=record["epoch"],
+                       head="perf")
+        log_writer.log({k[6:]: v for k, v in record.items() if k.startswith("train_")}, step=record["epoch"],
+                       head="epoch")
+        log_writer.flush()
 
 
-def resume_step(args, progress: dict | None, epoch: int, steps_per_epoch: int) -> tuple[int, dict | None]:
-    """(first optimizer step, this rank's meter state) at which ``epoch`` continues after a mid-epoch checkpoint's
-    train_progress; (0, None) without one. Another batch layout (batch size, update_freq, processes) cannot continue
-    the sample order exactly: the step is then scaled to the videos already seen, with a warning."""
-    if not progress or progress["epoch"] != epoch:
-        return 0, None
-    layout = [args.batch_size, args.update_freq, utils.get_world_size()]
-    step, meters = int(progress["step"]), progress.get("meters") or []
-    if list(progress["layout"]) == layout:
-        return step, meters[utils.get_rank()] if len(meters) == layout[2] else None
-    scaled = min(step * math.prod(progress["layout"]) // math.prod(layout), steps_per_epoch)
-    print(f"WARNING: epoch {epoch} was stopped after {step} steps of batch_size x update_freq x processes = "
-          f"{progress['layout']}; with {layout} it continues at step {scaled}, and the rest of the epoch visits the "
-          f"videos in another order than an uninterrupted run", flush=True)
-    return scaled, None
+def train_epochs(args, model: torch.nn.Module, run_model: torch.nn.Module, loaders: dict,
+                 training: engine.Training, state: checkpoint.ResumeState, stop: run_control.StopSignal,
+                 device: torch.device) -> str | None:
+    """The epoch loop from ``state``: train, validate, log, save; returns the last checkpoint (the resumed one when
+    nothing was saved). A diverged epoch and a stop signal each end the run at one place."""
+    saving = bool(args.output_dir and args.save_ckpt)
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    max_acc, best_epoch, last_ckpt, last_epoch = state.max_accuracy, state.best_epoch, state.path, state.epoch - 1
+    first_step, meter_state = state.step, state.meter_state
+
+    def save(names: list[str], ranks: dict | None, epoch_done: int, progress: tuple[int, int] | None,
+             wait: bool = True) -> list[str]:
+        """Write ``names`` (training_checkpoint) when the run saves; returns the paths written."""
+        if not saving:
+            return []
+        ckpt = training_checkpoint(args, model, training, ranks, epoch_done, max_acc, best_epoch, progress)
+        return checkpoint.save_training_checkpoint(args.output_dir, names, ckpt, wait=wait)
+
+    for epoch in range(state.epoch, args.epochs):
+        set_train_epoch(loaders, args, epoch, first_step)
+        result = engine.train_one_epoch(run_model, loaders["train"], training, device, epoch, first_step=first_step,
+                                        meter_state=meter_state, stop=stop.requested)
+        first_step, meter_state = 0, None
+        stopped_at = result.stopped_at
+        if stopped_at is None and stop.requested(now=True):  # a signal late in the last step: save, then stop
+            stopped_at = training.steps_per_epoch
+        ranks = gather_rank_states(training, result.meter) if saving else None  # the epoch's one collective
+        steps_done = training.steps_per_epoch if stopped_at is None else stopped_at
+        trained = (epoch - 1, (epoch, steps_done))  # (epoch done, progress): this epoch trained, not validated
+        record = {"epoch": epoch, **{f"train_{k}": v for k, v in result.stats.items()}}
+        if stopped_at is None:
+            if "val" in loaders:
+                try:
+                    record.update(validate_all(args, run_model, loaders["val"], device, training))
+                except Exception:  # a rerun resumes the trained epoch (validation first), not the epoch before
+                    save([checkpoint.LAST_CHECKPOINT], ranks, *trained, wait=False)
+                    raise
+                print(f"Epoch {epoch}: val top-1 {record['val_acc1']:.2f}% top-5 {record['val_acc5']:.2f}% "
+                      f"(best {max(max_acc, record['val_acc1']):.2f}%)", flush=True)
+            if record.get("val_acc1", -math.inf) > max_acc:
+                max_acc, best_epoch = record["val_acc1"], epoch
+            log_epoch(args, {**record, "n_parameters": n_parameters}, training.log_writer)  # before its checkpoint
+        position = (epoch, None) if stopped_at is None else trained
+        problems = run_control.health_problems({**record, "train_nonfinite_steps": result.nonfinite_steps})
+        if problems:
+            kept = save([f"checkpoint-{epoch}.bad.pth"], ranks, *position)
+            run_control.stop_diverged(epoch, problems, kept[0] if kept else None, last_ckpt, last_epoch)
+        names = [checkpoint.LAST_CHECKPOINT] if stopped_at is not None else checkpoint.epoch_checkpoint_names(
+            epoch, args.epochs, args.save_ckpt_freq, best_epoch == epoch)
+        saved = save(names, ranks, *position)  # checkpoint-last.pth; checkpoint-N.pth and -best.pth link to it
+        if saved and stopped_at is None:
+            last_ckpt = next((p for p in saved if checkpoint.EPOCH_CHECKPOINT.fullmatch(os.path.basename(p))), saved[0])
+            last_epoch = epoch
+        if stopped_at is not None or stop.requested(now=True):
+            run_control.stop_run(stop, saved)
+    return last_ckpt
 
 
-def health_problems(record: dict) -> list[str]:
-    """Why an epoch's state must not become a checkpoint: optimizer steps that applied a non-finite gradient (an
-    fp16 GradScaler skips those; bf16/fp32 apply them), or a non-finite validation loss."""
-    problems = []
-    if record.get("train_nonfinite_steps"):
-        problems.append(f"{record['train_nonfinite_steps']} optimizer steps applied a non-finite gradient "
-                        f"(grad_norm inf/NaN)")
-    problems += [f"{k} {record[k]}" for k in ("val_loss", "val_ema_loss") if k in record
-                 and not math.isfinite(record[k])]
-    return problems
-
-
-def stop_diverged(args, epoch: int, problems: list[str], state: dict | None, last_good: str | None,
-                  last_good_epoch: int) -> None:
-    """Keep a diverged state only as checkpoint-N.bad.pth (never resumed) and stop, naming the last good file."""
-    kept = ""
-    if state is not None:
-        bad = checkpoint.save_training_checkpoint(args.output_dir, [f"checkpoint-{epoch}.bad.pth"], state)
-        kept = f" (kept for inspection as {bad[0]})"
-    good = f"{last_good} (after epoch {last_good_epoch})" if last_good else "none (a rerun starts over)"
-    raise SystemExit(f"error: epoch {epoch} diverged: {'; '.join(problems)}. Its state is not saved as a checkpoint "
-                     f"to resume{kept}. The last good checkpoint is {good}; a rerun resumes it and, the run being "
-                     f"deterministic, diverges again: lower --lr, set --clip_grad, or train with --amp bf16 or none")
-
-
-def stop_run(stop: utils.StopSignal, paths: list[str]) -> None:
-    """Exit with EXIT_PREEMPTED after a stop signal, saying what was saved."""
-    saved = f"saved {', '.join(paths)}" if paths else "nothing saved (no --output_dir, or --no_save_ckpt)"
-    print(f"Stopping on {stop.received or 'a signal received by another rank'}: {saved}; exit status "
-          f"{EXIT_PREEMPTED}. Rerun the same command to continue.", flush=True)
-    raise SystemExit(EXIT_PREEMPTED)
+def start_log(args, state: checkpoint.ResumeState) -> None:
+    """args.json and log.txt without the lines of the epochs this run redoes (rank 0); says when there is nothing
+    left to train."""
+    if state.epoch >= args.epochs:
+        print(f"Nothing to train: {state.path} ends at epoch {state.epoch - 1} and --epochs is {args.epochs}; "
+              f"running the multi-view test on it (a new run needs another --output_dir)", flush=True)
+    elif distributed.is_main_process() and args.output_dir:
+        utils.write_json(os.path.join(args.output_dir, "args.json"), vars(args))
+        log_path = os.path.join(args.output_dir, "log.txt")
+        dropped = utils.keep_json_lines(log_path, lambda r: r.get("epoch", -1) < state.epoch)
+        if dropped:
+            print(f"{log_path}: dropped {dropped} lines of epochs this run redoes (from {state.epoch} on) or cut by "
+                  f"a kill", flush=True)
 
 
 def main(args: argparse.Namespace) -> dict | None:
     """Train (or with --eval only test); returns the multi-view test summary on rank 0. Holds output_dir's lock;
-    a stop signal ends training after a checkpoint with SystemExit(EXIT_PREEMPTED)."""
-    utils.init_distributed(args)
+    a stop signal ends training after a checkpoint with SystemExit(run_control.EXIT_PREEMPTED)."""
+    distributed.init_distributed(args)
     try:
-        with utils.RunLock(args.output_dir), utils.StopSignal(stop_signals(args)[1:2]) as stop:
+        with run_control.RunLock(args.output_dir), \
+                run_control.StopSignal([run_control.parse_signal(args.exit_signal)]) as stop:
             return _main(args, stop)
     finally:
-        utils.cleanup_distributed()
+        distributed.cleanup_distributed()
 
 
-def _main(args, stop: utils.StopSignal) -> dict | None:
-    rank, world = utils.get_rank(), utils.get_world_size()
-    device = run_device(args)
+def _main(args, stop: run_control.StopSignal) -> dict | None:
+    rank, device = distributed.get_rank(), run_device(args)
     utils.seed_everything(args.seed + rank)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     if args.output_dir and rank == 0:
-        utils.remove_stale_temp_files(args.output_dir)  # RunLock made the folder and holds it: no live writer
+        run_control.remove_stale_temp_files(args.output_dir)  # RunLock made the folder and holds it: no live writer
     print("Command:", " ".join(sys.argv), "\nArgs:", json.dumps(utils.to_jsonable(vars(args))), flush=True)
     loaders = build_loaders(args, eval_only=args.eval)
     model = build_model(args).to(device)
-    raw_model = model
-    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"Model {args.model}: {n_parameters / 1e6:.2f}M trainable parameters", flush=True)
-    class_names = None
-    if args.labels:
-        from datasets import load_class_names
-        class_names = load_class_names(args.labels)
+    print(f"Model {args.model}: {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M "
+          f"trainable parameters", flush=True)
     run_model = wrap_model(args, model, device)
-    test = partial(run_test, args, run_model, loaders["test"], device, amp_dtype, class_names=class_names)
+    class_names = load_class_names(args.labels) if args.labels else None
+    test = partial(run_test, args, run_model, loaders["test"], device, AMP_DTYPES[args.amp], class_names=class_names)
     if args.eval:
-        path = checkpoint.load_for_eval(args, raw_model)
+        path = checkpoint.load_for_eval(args, model)
         return test(summary={"checkpoint": path, "model": args.model})
 
     steps_per_epoch = len(loaders["train"]) // args.update_freq
     if steps_per_epoch == 0:
         raise SystemExit(f"error: {len(loaders['train'].dataset)} training videos give no optimizer step of "
-                         f"batch_size {args.batch_size} x update_freq {args.update_freq} x {world} processes")
-    t = build_training(args, raw_model, steps_per_epoch)
-    saved: dict = {}
-    restore = {name: partial(restore_per_rank, obj.load_state_dict) for name, obj in t["per_rank"].items()}
-    resumed = checkpoint.resume_training(
-        args, raw_model, t["optimizer"], t["scaler"], t["model_ema"],
-        restore={**restore, **{k: partial(saved.__setitem__, k) for k in (checkpoint.PROGRESS, "best_epoch")}})
-    start_epoch, max_acc, best_epoch = resumed.start_epoch, resumed.max_accuracy, saved.get("best_epoch")
-    first_step, meter_state = resume_step(args, saved.get(checkpoint.PROGRESS), start_epoch, steps_per_epoch)
-    print(f"lr {args.scaled_lr:.3e} for {args.batch_size * args.update_freq * world} videos per step, "
-          f"{steps_per_epoch} steps per epoch, criterion {type(t['criterion']).__name__}", flush=True)
-    log_path = os.path.join(args.output_dir, "log.txt") if args.output_dir else None
-    if start_epoch >= args.epochs:
-        print(f"Nothing to train: {resumed.path} ends at epoch {start_epoch - 1} and --epochs is {args.epochs}; "
-              f"running the multi-view test on it (a new run needs another --output_dir)", flush=True)
-    elif rank == 0 and log_path:
-        utils.write_json(os.path.join(args.output_dir, "args.json"), vars(args))
-        dropped = utils.keep_json_lines(log_path, lambda r: r.get("epoch", -1) < start_epoch)
-        if dropped:
-            print(f"{log_path}: dropped {dropped} lines of epochs this run redoes (from {start_epoch} on) or cut "
-                  f"by a kill", flush=True)
+                         f"batch_size {args.batch_size} x update_freq {args.update_freq} x "
+                         f"{distributed.get_world_size()} processes")
     log_writer = utils.TensorboardLogger(args.log_dir) if rank == 0 and args.log_dir else None
-    saving = bool(args.output_dir and args.save_ckpt)
-    last_ckpt, last_epoch, t0 = resumed.path, start_epoch - 1, time.time()
-    for epoch in range(start_epoch, args.epochs):
-        set_train_epoch(loaders, args, epoch, first_step)
-        train_stats = engine.train_one_epoch(
-            run_model, t["criterion"], loaders["train"], t["optimizer"], device, epoch,
-            lr_schedule=t["lr_schedule"], wd_schedule=t["wd_schedule"], start_step=epoch * steps_per_epoch,
-            steps_per_epoch=steps_per_epoch, update_freq=args.update_freq, first_step=first_step,
-            stop=stop.requested, meter_state=meter_state, prepare_batch=t["prepare_batch"],
-            scaler=t["scaler"], amp_dtype=amp_dtype,
-            clip_grad=args.clip_grad, model_ema=t["model_ema"], mixup_fn=t["mixup_fn"], log_writer=log_writer,
-            print_freq=args.print_freq)
-        first_step, meter_state, meter = 0, None, train_stats.pop("meter", None)
-        stopped_at = train_stats.get("stopped_at")
-        if stopped_at is None and stop.requested(now=True):  # a signal late in the last step: save, then validate
-            stopped_at = steps_per_epoch
-        if stopped_at is not None:  # a stop signal: save where this epoch stands, then exit
-            state = training_checkpoint(args, raw_model, t, epoch - 1, max_acc, best_epoch, progress_entry(
-                args, epoch, stopped_at, meter)) if saving else None
-            if train_stats["nonfinite_steps"]:
-                stop_diverged(args, epoch, [f"{train_stats['nonfinite_steps']} optimizer steps applied a "
-                                            f"non-finite gradient"], state, last_ckpt, last_epoch)
-            stop_run(stop, checkpoint.save_training_checkpoint(args.output_dir, [checkpoint.LAST_CHECKPOINT], state)
-                     if saving else [])
-        record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()}}
-        if "val" in loaders:
-            pending = training_checkpoint(args, raw_model, t, epoch - 1, max_acc, best_epoch,  # trained, not validated
-                                          progress_entry(args, epoch, steps_per_epoch, meter)) if saving else None
-            try:
-                record.update(validate_all(args, run_model, loaders["val"], device, amp_dtype, t["model_ema"]))
-            except Exception:
-                if saving:  # a rerun resumes the trained epoch (validation first), not the epoch before
-                    checkpoint.save_training_checkpoint(args.output_dir, [checkpoint.LAST_CHECKPOINT], pending,
-                                                        wait=False)
-                raise
-            del pending
-            print(f"Epoch {epoch}: val top-1 {record['val_acc1']:.2f}% top-5 {record['val_acc5']:.2f}% "
-                  f"(best {max(max_acc, record['val_acc1']):.2f}%)", flush=True)
-        if "val_acc1" in record and record["val_acc1"] > max_acc:
-            max_acc, best_epoch = record["val_acc1"], epoch
-        if rank == 0 and log_path:  # the log line first: a checkpoint on disk always has its line
-            utils.append_json_line(log_path, {**record, "n_parameters": n_parameters})
-        if log_writer is not None:
-            log_writer.log({k[4:]: v for k, v in record.items() if k.startswith("val_")}, step=epoch, head="perf")
-            log_writer.log({k[6:]: v for k, v in record.items() if k.startswith("train_")}, step=epoch, head="epoch")
-            log_writer.flush()
-        state = training_checkpoint(args, raw_model, t, epoch, max_acc, best_epoch) if saving else None
-        problems = health_problems(record)
-        if problems:
-            stop_diverged(args, epoch, problems, state, last_ckpt, last_epoch)
-        if saving:  # checkpoint-last.pth, then checkpoint-N.pth and checkpoint-best.pth as links to it
-            paths = checkpoint.save_training_checkpoint(args.output_dir, checkpoint.epoch_checkpoint_names(
-                epoch, args.epochs, args.save_ckpt_freq, best_epoch == epoch), state)
-            last_ckpt, last_epoch = next((p for p in paths if checkpoint.EPOCH_CHECKPOINT.fullmatch(
-                os.path.basename(p))), paths[0]), epoch
-        del state
-        if stop.requested(now=True):
-            stop_run(stop, [last_ckpt] if saving else [])
+    training = build_training(args, model, steps_per_epoch, log_writer)
+    state = checkpoint.resume_training(args, model, training.optimizer, training.scaler, training.model_ema,
+                                       steps_per_epoch, per_rank=list(training.per_rank))
+    for name, saved in state.per_rank.items():
+        training.per_rank[name].load_state_dict(saved)
+    print(f"lr {args.scaled_lr:.3e} for {args.batch_size * args.update_freq * distributed.get_world_size()} videos "
+          f"per step, {steps_per_epoch} steps per epoch, criterion {type(training.criterion).__name__}", flush=True)
+    start_log(args, state)
+    t0 = time.time()
+    last_ckpt = train_epochs(args, model, run_model, loaders, training, state, stop, device)
     print(f"Training time {time.time() - t0:.0f}s", flush=True)
     result = test(summary={"checkpoint": last_ckpt, "model": args.model, "epochs": args.epochs})
     if log_writer is not None:

@@ -104,7 +104,7 @@ def main() -> None:
     peak_before, cpu_peak_before, peak_what = matmul_peak(device, args.gemm_size)
     rss_start = peak_rss_mb()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the random-LLaMA warning: weights do not matter for speed
+        warnings.simplefilter("ignore")  # the random-LLM warning: weights do not matter for speed
         model = create_model(args.model, num_classes=args.num_classes, all_frames=args.num_frames,
                              img_size=args.input_size, use_checkpoint=args.use_checkpoint, llama_path=args.llama_path,
                              llama_layer=args.llama_layer, llama_dtype=args.llama_dtype).to(device)

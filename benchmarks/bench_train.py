@@ -16,6 +16,7 @@ and the peak memory (CUDA: max allocated; CPU: the process's max resident set).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -29,6 +30,7 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import engine_for_finetuning as engine  # noqa: E402
 import run_class_finetuning as run  # noqa: E402
+import distributed  # noqa: E402
 import utils  # noqa: E402
 from benchmarks.bench_model import device_name, sync  # noqa: E402
 
@@ -69,9 +71,8 @@ def main() -> None:
                 f.write(lines * 50)
         args.data_path, args.nb_classes = args.bench_data, 8
     args = run.check_args(args)
-    utils.init_distributed(args)
+    distributed.init_distributed(args)
     device = run.run_device(args)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     utils.seed_everything(args.seed)
     loader = run.build_loaders(args, eval_only=False)["train"]
     model = run.build_model(args).to(device)
@@ -79,14 +80,10 @@ def main() -> None:
     n = args.warmup + args.steps
     clips_per_step = args.batch_size * args.num_sample * args.update_freq
     t = run.build_training(args, model, max(n, len(loader) // args.update_freq))
-    lr = t["lr_schedule"]
 
-    def epoch(batches, steps, prepare_batch=t["prepare_batch"]):
-        return engine.train_one_epoch(
-            run_model, t["criterion"], batches, t["optimizer"], device, 0, lr_schedule=lr,
-            wd_schedule=t["wd_schedule"], start_step=0, steps_per_epoch=steps, update_freq=args.update_freq,
-            prepare_batch=prepare_batch, scaler=t["scaler"], amp_dtype=amp_dtype, clip_grad=args.clip_grad,
-            model_ema=t["model_ema"], mixup_fn=t["mixup_fn"], print_freq=10**9)
+    def epoch(batches, steps, prepare_batch=t.prepare_batch):
+        return engine.train_one_epoch(run_model, batches, dataclasses.replace(
+            t, steps_per_epoch=steps, prepare_batch=prepare_batch, print_freq=10**9), device, 0)
 
     def timed_epoch(batches, steps, **kw) -> float:
         epoch(batches[:args.warmup * args.update_freq], args.warmup, **kw)
@@ -113,18 +110,18 @@ def main() -> None:
                "amp": args.amp, "loader_clips_per_s": loader_cps}
     if args.augment_on == "device":
         for b in kept[:2]:
-            t["prepare_batch"](b)
+            t.prepare_batch(b)
         sync(device)
         t0 = time.perf_counter()
         for b in kept[:args.steps]:
-            t["prepare_batch"](b)
+            t.prepare_batch(b)
         sync(device)
         figures["device_augment_clips_per_s"] = len(kept[:args.steps]) * args.batch_size * args.num_sample / (
             time.perf_counter() - t0)
     # model alone: one batch, repeated (with the device augmentation each step); the step alone: one prepared batch
     figures["model_clips_per_s"] = timed_epoch(kept[:args.update_freq] * n, args.steps)
     if args.augment_on == "device":
-        prepared = [t["prepare_batch"](b) for b in kept[:args.update_freq]]
+        prepared = [t.prepare_batch(b) for b in kept[:args.update_freq]]
         figures["step_alone_clips_per_s"] = timed_epoch(prepared * n, args.steps, prepare_batch=lambda b: b)
     # end to end: the real loader
     del kept
@@ -152,7 +149,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)
-    utils.cleanup_distributed()
+    distributed.cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -38,10 +38,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
+from run_control import EXIT_PREEMPTED  # noqa: E402
 
 STEP_LINE = re.compile(r"^Epoch \[(\d+)\] \[(\d+)/(\d+)\]")
 TIMING = ("train_clips_per_s", "train_data_wait", "train_peak_mem_gib", "train_time")
-EXIT_PREEMPTED = 75  # run_class_finetuning.EXIT_PREEMPTED (not imported: this file must not import the trainer)
 
 
 def run_argv(data: str, out: str, augment_on: str = "workers", epochs: int = 3, print_freq: int = 1) -> list[str]:

@@ -62,9 +62,9 @@ def recorded(monkeypatch):
     acts in a real run: test_compile_two_steps_equal_eager)."""
     calls = {"train": [], "validate": [], "test": []}
 
-    def fake_train(model, criterion, loader, optimizer, device, epoch, **kw):
-        calls["train"].append(dict(kw, epoch=epoch, model=model))
-        return {"loss": 1.0, "lr": 0.1, "clips_per_s": 1.0}
+    def fake_train(model, loader, training, device, epoch, **kw):
+        calls["train"].append({**vars(training), **kw, "epoch": epoch, "model": model})
+        return engine.EpochResult({"loss": 1.0, "lr": 0.1, "clips_per_s": 1.0}, meter={})
 
     def fake_validate(model, loader, device, amp_dtype=None, reduce=False):
         calls["validate"].append(dict(amp_dtype=amp_dtype, reduce=reduce))

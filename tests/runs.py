@@ -81,10 +81,10 @@ def fail_at_epoch(monkeypatch, recorded, epoch, error=KeyboardInterrupt):
     fake = engine.train_one_epoch
 
 
-    def train_or_die(model, criterion, loader, optimizer, device, e, **kw):
+    def train_or_die(model, loader, training, device, e, **kw):
         if e == epoch:
             raise error(f"killed in epoch {e}")
-        return fake(model, criterion, loader, optimizer, device, e, **kw)
+        return fake(model, loader, training, device, e, **kw)
     monkeypatch.setattr(engine, "train_one_epoch", train_or_die)
 
 

@@ -4,11 +4,15 @@ import math
 import os
 import pickle
 import warnings
+from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoint
+import distributed
+import utils
 from checkpoint import (LLMMismatchError, check_llm_identity, epoch_checkpoint_names, find_resume_checkpoint,
                         interpolate_pos_embed, list_epoch_checkpoints, load_finetune_weights, load_model_file,
                         model_state, resume_training, safe_load, save_checkpoint, training_state)
@@ -206,8 +210,8 @@ def test_safe_load_passes_mmap(tmp_path):
     legacy = tmp_path / "legacy.pth"
     torch.save({"w": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
     assert torch.equal(safe_load(str(legacy))["w"], torch.ones(3))
-    with pytest.raises(RuntimeError, match=r"cannot read LLaMA weights .*legacy.pth.*mmap"):
-        safe_load(str(legacy), mmap=True, what="LLaMA weights")  # mmap needs the zip format: the flag got through
+    with pytest.raises(RuntimeError, match=r"cannot read LLM weights .*legacy.pth.*mmap"):
+        safe_load(str(legacy), mmap=True, what="LLM weights")  # mmap needs the zip format: the flag got through
 
 
 def test_model_state_acceptance_rules():
@@ -263,28 +267,47 @@ def test_epoch_checkpoint_names(epoch, epochs, freq, best, names):
     assert epoch_checkpoint_names(epoch, epochs, freq, best) == names
 
 
-def test_training_state_extra_entries_round_trip_through_resume(tmp_path, capsys):
+def test_training_state_round_trips_through_resume(tmp_path, capsys):
+    """A mid-epoch state (epoch 4 done, epoch 5 stopped after 3 steps) comes back as one ResumeState: epoch 5 from
+    step 3, this rank's meter sums and per-rank state, the best epoch, and this process's RNG stream."""
     torch.manual_seed(0)
     model = vit()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(7)
-    args = argparse.Namespace(resume=str(tmp_path / "checkpoint-4.pth"), auto_resume=False, output_dir="",
-                              model="vit_tiny_patch16", model_key="model|module", start_epoch=0, seed=0)
-    state = training_state(args, model, opt, None, None, epoch=4, max_accuracy=12.5, aug_rng=gen.get_state())
+    args = argparse.Namespace(resume=str(tmp_path / "checkpoint-last.pth"), auto_resume=False, output_dir="",
+                              model="vit_tiny_patch16", model_key="model|module", start_epoch=0, seed=0,
+                              batch_size=4, update_freq=2)
+    progress = {"epoch": 5, "step": 3, "layout": [4, 2, 1], "meters": [{"sums": torch.ones(5)}]}
+    state = training_state(args, model, opt, None, None, epoch=4, max_accuracy=12.5,
+                           rng_states=[utils.capture_rng_state()], aug_rng=[gen.get_state()], best_epoch=2,
+                           train_progress=progress)
     save_checkpoint(args.resume, state)
-    expected = torch.rand(3, generator=gen)
-    gen.manual_seed(99)
+    expected_gen, expected_rng = torch.rand(3, generator=gen), torch.rand(3)
     restored = vit()
     resumed = resume_training(args, restored, torch.optim.AdamW(restored.parameters()), None, None,
-                              restore={"aug_rng": gen.set_state})
-    assert resumed == (5, 12.5, args.resume) and torch.equal(torch.rand(3, generator=gen), expected)
+                              steps_per_epoch=10, per_rank=["aug_rng", "sampler"])
+    assert (resumed.epoch, resumed.step, resumed.max_accuracy, resumed.best_epoch, resumed.path) == (
+        5, 3, 12.5, 2, args.resume)
+    assert torch.equal(resumed.meter_state["sums"], torch.ones(5)) and torch.equal(torch.rand(3), expected_rng)
+    assert list(resumed.per_rank) == ["aug_rng"]  # an entry the file lacks starts afresh, with a warning
+    assert "holds no 'sampler' state" in capsys.readouterr().out
+    assert torch.equal(torch.rand(3, generator=torch.Generator().set_state(resumed.per_rank["aug_rng"])), expected_gen)
     assert torch.equal(restored.head.weight, model.head.weight)
-    calls = []
-    resume_training(args, restored, torch.optim.AdamW(restored.parameters()), None, None,
-                    restore={"sampler": calls.append})  # an entry an older file lacks: warned, not called
-    assert calls == [] and "holds no 'sampler' state" in capsys.readouterr().out
-    with pytest.raises(ValueError, match=r"\['rng_states'\] would overwrite"):
-        training_state(args, model, opt, None, None, epoch=4, max_accuracy=0.0, rng_states=[])
+    with pytest.raises(ValueError, match=r"extra entry 'llm' would overwrite"):
+        training_state(args, model, opt, None, None, 4, 0.0, None, llm={})
+
+
+def test_resume_step_after_another_batch_layout_scales_to_the_videos_seen(capsys):
+    """Stopped after 3 steps of 4 videos x update_freq 2 x 1 process (24 videos): with batch 8 x 1 x 2 processes (16
+    per step) epoch 5 continues at step 24 // 16 = 1, without the old meter sums, with a warning; other epochs and
+    files without progress start at step 0."""
+    args = argparse.Namespace(batch_size=8, update_freq=1)
+    progress = {"epoch": 5, "step": 3, "layout": [4, 2, 1], "meters": [{"sums": torch.ones(5)}]}
+    with mock.patch.object(distributed, "get_world_size", lambda: 2):
+        assert checkpoint.resume_step(args, progress, 5, steps_per_epoch=10) == (1, None)
+        assert "continues at step 1" in capsys.readouterr().out
+        assert checkpoint.resume_step(args, {**progress, "step": 90}, 5, steps_per_epoch=10) == (10, None)
+    assert checkpoint.resume_step(args, progress, 6, 10) == (0, None) == checkpoint.resume_step(args, None, 5, 10)
 
 
 def test_atomic_save_keeps_previous_file_when_interrupted(tmp_path, monkeypatch):
@@ -377,7 +400,8 @@ def test_identity_round_trips_a_weights_only_checkpoint(llm_folders, tmp_path):
 
 @pytest.mark.parametrize("entry, value, expected", [
     ("optimizer", [1, 2], "a dict"), ("rng_states", "x", "a list"), ("max_accuracy", "high", "a number"),
-    ("train_progress", [1], "a dict"), ("best_epoch", 1.5, "an integer")])
+    ("train_progress", [1], "a dict"), ("best_epoch", 1.5, "an integer"),
+    ("device_augment", {"generator": 1}, r"a list \(one state per rank\)")])
 def test_resume_names_an_entry_of_the_wrong_type(tmp_path, entry, value, expected):
     """A file that loads but is not a training checkpoint of ours fails with one line naming the entry, not with a
     TypeError from deep inside a load."""
@@ -387,7 +411,8 @@ def test_resume_names_an_entry_of_the_wrong_type(tmp_path, entry, value, expecte
     torch.save({"model": model.state_dict(), "epoch": 3, entry: value}, args.resume)
     with pytest.raises(RuntimeError, match=rf"odd.pth: its '{entry}' entry is a {type(value).__name__}, expected "
                                            rf"{expected}"):
-        resume_training(args, model, torch.optim.AdamW(model.parameters()), None, None)
+        resume_training(args, model, torch.optim.AdamW(model.parameters()), None, None, steps_per_epoch=1,
+                        per_rank=[entry] if entry == "device_augment" else [])
 
 
 def test_find_resume_takes_the_furthest_of_last_numbered_and_best(tmp_path):

@@ -1,4 +1,4 @@
-"""The GPU paths, where CUDA exists (skipped elsewhere; their CPU versions are in test_engine.py and test_utils.py):
+"""The GPU paths, where CUDA exists (skipped elsewhere; their CPU versions: test_engine.py, test_distributed.py):
 bf16 and fp16 steps, GradScaler through an overflow, torch.compile, an EMA kept on the CPU and validated on the GPU,
 torchrun on every visible GPU, and more processes than GPUs."""
 import os

@@ -50,11 +50,14 @@ def sgd(model: nn.Module, lr: float = 0.1) -> torch.optim.Optimizer:
                            lr=lr)
 
 
-def run_epoch(model, loader, steps, device=CPU, **kw):
-    """`steps` SGD steps (lr 0.1) of train_one_epoch, epoch 0."""
-    return engine.train_one_epoch(model, nn.CrossEntropyLoss(), loader, sgd(model), device, 0,
-                                  lr_schedule=np.full(steps, 0.1), wd_schedule=np.zeros(steps), start_step=0,
-                                  steps_per_epoch=steps, **kw)
+def sgd_training(model, steps: int, **kw) -> engine.Training:
+    """Cross-entropy and `steps` SGD steps per epoch at lr 0.1; kw: the other engine.Training fields."""
+    return engine.Training(nn.CrossEntropyLoss(), sgd(model), np.full(steps, 0.1), np.zeros(steps), steps, **kw)
+
+
+def run_epoch(model, loader, steps, device=CPU, **kw) -> dict:
+    """The stats of epoch 0 of train_one_epoch with sgd_training(model, steps, **kw)."""
+    return engine.train_one_epoch(model, loader, sgd_training(model, steps, **kw), device, 0).stats
 
 
 def test_bf16_autocast_steps_stay_close_to_fp32():
@@ -115,19 +118,14 @@ def test_an_epoch_stopped_and_resumed_gives_the_uninterrupted_numbers():
     data = batches(5)
     straight_model = tiny()
     straight = run_epoch(straight_model, data, 5, print_freq=2)
-    model, opt = tiny(), None
-    calls = []
-
-    def epoch(first_step, stop, meter_state, loader):
-        return engine.train_one_epoch(model, nn.CrossEntropyLoss(), loader, opt, CPU, 0, lr_schedule=np.full(5, 0.1),
-                                      wd_schedule=np.zeros(5), start_step=0, steps_per_epoch=5, first_step=first_step,
-                                      stop=stop, meter_state=meter_state, print_freq=2)
-    opt = sgd(model)
-    stopped = epoch(0, lambda: calls.append(1) or len(calls) == 3, None, data)
-    assert stopped["stopped_at"] == 3 and stopped["nonfinite_steps"] == 0
-    resumed = epoch(3, None, stopped["meter"], data[3:])
+    model, calls = tiny(), []
+    training = sgd_training(model, 5, print_freq=2)
+    stopped = engine.train_one_epoch(model, data, training, CPU, 0, stop=lambda: calls.append(1) or len(calls) == 3)
+    assert (stopped.stats, stopped.stopped_at, stopped.nonfinite_steps) == ({}, 3, 0)
+    resumed = engine.train_one_epoch(model, data[3:], training, CPU, 0, first_step=3, meter_state=stopped.meter)
+    assert resumed.stopped_at is None
     for k in ("loss", "grad_norm", "lr", "nonfinite_steps"):
-        assert resumed[k] == straight[k], k
+        assert resumed.stats[k] == straight[k], k
     for a, b in zip(model.parameters(), straight_model.parameters()):
         assert torch.equal(a, b)
 
@@ -220,3 +218,16 @@ def test_first_step_note_only_for_compiled_models(capsys):
     run_epoch(tiny(), batches(1), 1, print_freq=1)
     assert "first step" not in capsys.readouterr().out
     assert engine.is_compiled(torch.compile(tiny())) and not engine.is_compiled(tiny())
+
+
+def test_topk_hits_counts_ties_for_the_lower_class_and_caps_k():
+    """Scores of 3 samples over 6 classes: a tie at the top goes to the lower class id; the label ranked 5th is a
+    top-5 hit, the one ranked 6th is not; with 3 classes k is 3 and every label is a top-k hit."""
+    scores = torch.tensor([[0.3, 0.3, 0.1, 0.1, 0.1, 0.1],
+                           [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],
+                           [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]])
+    hit1, hit5 = engine.topk_hits(scores, torch.tensor([1, 4, 5]))
+    assert hit1.tolist() == [False, False, False] and hit5.tolist() == [True, True, False]
+    hit1, hit5 = engine.topk_hits(scores[:, :3], torch.tensor([0, 2, 1]))
+    assert hit1.tolist() == [True, False, False] and hit5.tolist() == [True, True, True]
+    assert engine.topk_percent(scores.numpy(), np.array([1, 4, 5])) == (0.0, pytest.approx(200 / 3))

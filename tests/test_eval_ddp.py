@@ -12,7 +12,7 @@ import torch
 
 import checkpoint
 import engine_for_finetuning as engine
-import run_class_finetuning as run
+import run_control
 
 from runs import DEVICE_ARGV, ROOT, base_argv, free_ports, per_video, train
 
@@ -91,7 +91,8 @@ def ddp(data_dir, tmp_path_factory):
     ports = free_ports(7)
     plan = []
     for path, extra in (("workers", ()), ("device", DEVICE_ARGV)):
-        for name, signal_rank, code in (("ref", None, 0), ("stopped", 1, run.EXIT_PREEMPTED), ("stopped", None, 0)):
+        for name, signal_rank, code in (("ref", None, 0), ("stopped", 1, run_control.EXIT_PREEMPTED),
+                                        ("stopped", None, 0)):
             plan.append({"argv": base_argv(data_dir, root / path / name, *extra, *DDP_ARGV), "port": ports[len(plan)],
                          "signal_rank": signal_rank, "signal_step": 2, "exit": code})
     (root / "plan.json").write_text(json.dumps(plan))

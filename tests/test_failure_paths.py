@@ -37,15 +37,18 @@ def test_a_second_run_into_a_live_folder_stops_and_stale_temp_files_go(data_dir,
     assert not any(".tmp." in f for f in os.listdir(tmp_path)) and not (tmp_path / "run.lock").exists()
 
 
-@pytest.mark.parametrize("train_out, val_loss, problem", [
-    ({"nonfinite_steps": 3}, 1.0, r"3 optimizer steps applied a non-finite gradient"),
-    ({}, float("nan"), r"val_loss nan"),
+@pytest.mark.parametrize("nonfinite, val_loss, problem", [
+    (3, 1.0, r"3 optimizer steps applied a non-finite gradient"),
+    (0, float("nan"), r"val_loss nan"),
 ])
 def test_a_diverged_epoch_is_not_saved_and_the_run_names_the_last_good_checkpoint(
-        data_dir, tmp_path, recorded, monkeypatch, train_out, val_loss, problem):
+        data_dir, tmp_path, recorded, monkeypatch, nonfinite, val_loss, problem):
     """Epoch 1 diverges (weights hit by inf/NaN gradients, or a NaN validation loss): its state goes to
     checkpoint-1.bad.pth only, checkpoint-last.pth keeps epoch 0, and the run stops naming it."""
-    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **kw: {"loss": 1.0, **(train_out if a[5] == 1 else {})})
+    def fake_train(model, loader, training, device, epoch, **kw):
+        bad = nonfinite if epoch == 1 else 0
+        return engine.EpochResult({"loss": 1.0, "nonfinite_steps": bad}, {}, None, bad)
+    monkeypatch.setattr(engine, "train_one_epoch", fake_train)
     losses = iter([1.0, val_loss, 1.0])
     monkeypatch.setattr(engine, "validate", lambda *a, **kw: {"acc1": 10.0, "acc5": 50.0, "loss": next(losses),
                                                               "videos": 7})

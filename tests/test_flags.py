@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
+import distributed
 import engine_for_finetuning as engine
 import run_class_finetuning as run
 import utils
@@ -74,14 +75,14 @@ def _tokens(b, frames, size):
 
 
 def _peak_lr(b):
-    return max(g["lr"] / g["lr_scale"] for g in b.t["optimizer"].param_groups)
+    return max(g["lr"] / g["lr_scale"] for g in b.t.optimizer.param_groups)
 
 
 def _mixed(b, seed=0):
     """(clips, labels, mixed clips, targets) of the run's mixup on a random batch of 4 clips."""
     _seeded(seed)
     x, y = torch.rand(4, 3, 2, 16, 16), torch.tensor([0, 1, 2, 3])
-    out, target = engine.apply_mixup(b.t["mixup_fn"], x.clone(), y)
+    out, target = engine.apply_mixup(b.t.mixup_fn, x.clone(), y)
     return x, y, out, target
 
 
@@ -153,7 +154,7 @@ def _pinned(b, extra_args):
 
 def _ema_follows(b, decay):
     """One EMA update after the head moved by +1: ema = decay * ema + (1 - decay) * model, on the EMA's device."""
-    ema = b.t["model_ema"]
+    ema = b.t.model_ema
     before = ema.state_dict()["head.weight"].clone()
     with torch.no_grad():
         b.model.head.weight.add_(1.0)
@@ -166,22 +167,39 @@ def _erase_rate(b, seeds=24):
     return np.mean([bool(_zeros(_clip(b, s)).any()) for s in range(seeds)])
 
 
-def _pooled_logits(b, pool):
-    """The model's eval logits vs head(<pooling of the last block's tokens>), on one random clip."""
-    m = b.model.eval()
-    x = torch.randn(2, 3, 8, 32, 32)
-    with torch.no_grad():
-        tokens = m.forward_tokens(x)
-        return torch.allclose(m(x), m.head(pool(m, tokens)), atol=1e-5)
+def _llm_input_dtype(b):
+    """The dtype the LLM block's first layer computes in, in a forward of a random clip."""
+    return _captured_input(b, b.model.llama.layers[0], train=False).dtype
+
+
+def _two_unit_steps(optimizer):
+    """How far the first parameter moves in two optimizer steps of gradient 1 at lr 1 without weight decay (SGD
+    with momentum m: 1 + (1 + m))."""
+    p = optimizer.param_groups[0]["params"][0]
+    before = p.detach().clone()
+    for g in optimizer.param_groups:
+        g["lr"], g["weight_decay"] = 1.0, 0.0
+    for _ in range(2):
+        p.grad = torch.ones_like(p)
+        optimizer.step()
+    return float((before - p.detach()).mean())
+
+
+def _worker_pids(loader):
+    """The number of distinct worker processes that produce the loader's first batches."""
+    batches = iter(loader)
+    next(batches)
+    return len({w.pid for w in batches._workers})
 
 
 S = 4 / 256  # base_argv: batch_size 4 x update_freq 1 x 1 process, lr per 256 videos
 FLAG_TABLE = [
     (["--batch_size", "2"], lambda b: b.loaders["train"].batch_size == 2 and
      _peak_lr(b) == pytest.approx(5e-2 * 2 / 256)),
-    (["--epochs", "3"], lambda b: len(b.t["lr_schedule"]) == 3 * len(b.loaders["train"])),
+    (["--epochs", "3"], lambda b: len(b.t.lr_schedule) == 12 and b.t.lr_schedule[-1] == pytest.approx(  # 4 steps
+        1e-6 * S + 0.5 * (5e-2 - 1e-6) * S * (1 + math.cos(math.pi * 7 / 8)))),  # the cosine's last of 8 steps
     (["--update_freq", "2"], lambda b: _peak_lr(b) == pytest.approx(5e-2 * 8 / 256) and
-     b.t["lr_schedule"].max() == pytest.approx(5e-2 * 8 / 256)),
+     b.t.lr_schedule.max() == pytest.approx(5e-2 * 8 / 256)),
     (["--model", "vit_tiny_patch16"], lambda b: not any(k.startswith("llama") for k in b.model.state_dict())),
     (["--tubelet_size", "4"], lambda b: _tokens(b, 8, 32) == 2 * 2 * 2),  # 8 frames / 4 x (32 / 16)^2
     (["--fc_drop_rate", "0.3"], lambda b: 0.25 < (_captured_input(b, b.model.head) == 0).float().mean() < 0.35),
@@ -189,35 +207,34 @@ FLAG_TABLE = [
     (["--drop_path", "0.3"], lambda b: [round(float((b.model.train().blocks[i].drop_path(torch.ones(20000, 1, 1)) == 0)
                                                    .float().mean()), 1) for i in range(4)] == [0.0, 0.1, 0.2, 0.3]),
     (["--init_scale", "0"], lambda b: b.model.head.weight.abs().sum() == 0 and b.model.head.bias.abs().sum() == 0),
-    (["--use_mean_pooling"], lambda b: _pooled_logits(b, lambda m, t: m.fc_norm(t.mean(1)))),
-    (["--llama_dtype", "bfloat16"], lambda b: {p.dtype for p in b.model.llama.parameters()} == {torch.bfloat16}),
+    (["--llama_dtype", "bfloat16"], lambda b: {p.dtype for p in b.model.llama.parameters()} == {torch.bfloat16}
+     and _llm_input_dtype(b) == torch.bfloat16),
     (["--model_ema", "--model_ema_decay", "0.9"], lambda b: _ema_follows(b, 0.9)),
-    (["--model_ema", "--model_ema_force_cpu"], lambda b: b.t["model_ema"].device == torch.device("cpu") and
+    (["--model_ema", "--model_ema_force_cpu"], lambda b: b.t.model_ema.device == torch.device("cpu") and
      _ema_follows(b, 0.9999)),  # on a GPU machine the model would sit on the GPU and the EMA on the CPU
-    (["--opt", "momentum", "--momentum", "0.7"],
-     lambda b: isinstance(b.t["optimizer"], torch.optim.SGD) and b.t["optimizer"].param_groups[0]["momentum"] == 0.7),
+    (["--opt", "momentum", "--momentum", "0.7"], lambda b: _two_unit_steps(b.t.optimizer) == pytest.approx(2.7)),
     (["--opt_eps", "1e-5", "--opt_betas", "0.8", "0.9"], lambda b: all(
-        g["eps"] == 1e-5 and g["betas"] == (0.8, 0.9) for g in b.t["optimizer"].param_groups)),
-    (["--weight_decay", "0.2"], lambda b: b.t["wd_schedule"].max() == 0.2 and
-     max(g["weight_decay"] for g in b.t["optimizer"].param_groups) == 0.2),
-    (["--weight_decay_end", "0.5"], lambda b: b.t["wd_schedule"][0] == pytest.approx(0.05) and
-     b.t["wd_schedule"][-1] == pytest.approx(0.5 - 0.45 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))),
-    (["--lr", "1e-2"], lambda b: b.t["lr_schedule"].max() == pytest.approx(1e-2 * S) and
-     _peak_lr(b) == b.t["lr_schedule"].max()),
-    (["--layer_decay", "0.5"], lambda b: sorted({g["lr_scale"] for g in b.t["optimizer"].param_groups}) ==
+        g["eps"] == 1e-5 and g["betas"] == (0.8, 0.9) for g in b.t.optimizer.param_groups)),
+    (["--weight_decay", "0.2"], lambda b: b.t.wd_schedule.max() == 0.2 and
+     max(g["weight_decay"] for g in b.t.optimizer.param_groups) == 0.2),
+    (["--weight_decay_end", "0.5"], lambda b: b.t.wd_schedule[0] == pytest.approx(0.05) and
+     b.t.wd_schedule[-1] == pytest.approx(0.5 - 0.45 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))),
+    (["--lr", "1e-2"], lambda b: b.t.lr_schedule.max() == pytest.approx(1e-2 * S) and
+     _peak_lr(b) == b.t.lr_schedule.max()),
+    (["--layer_decay", "0.5"], lambda b: sorted({g["lr_scale"] for g in b.t.optimizer.param_groups}) ==
      [0.5 ** k for k in range(5, -1, -1)]),  # patch_embed 0.5^5, blocks 0.5^4..0.5^1, head/fc_norm/mappers 1
-    (["--warmup_lr", "2.56e-1"], lambda b: b.t["lr_schedule"][0] == pytest.approx(2.56e-1 * S)),
-    (["--min_lr", "2.56e-2", "--warmup_epochs", "0"], lambda b: b.t["lr_schedule"][-1] == pytest.approx(
+    (["--warmup_lr", "2.56e-1"], lambda b: b.t.lr_schedule[0] == pytest.approx(2.56e-1 * S)),
+    (["--min_lr", "2.56e-2", "--warmup_epochs", "0"], lambda b: b.t.lr_schedule[-1] == pytest.approx(
         2.56e-2 * S + 0.5 * (5e-2 - 2.56e-2) * S * (1 + math.cos(math.pi * 7 / 8)))),
-    (["--warmup_epochs", "2"], lambda b: np.all(np.diff(b.t["lr_schedule"]) > 0)),
-    (["--warmup_steps", "1"], lambda b: b.t["lr_schedule"][0] == pytest.approx(1e-6 * S) and
-     b.t["lr_schedule"][1] == pytest.approx(5e-2 * S)),
+    (["--warmup_epochs", "2"], lambda b: np.all(np.diff(b.t.lr_schedule) > 0)),
+    (["--warmup_steps", "1"], lambda b: b.t.lr_schedule[0] == pytest.approx(1e-6 * S) and
+     b.t.lr_schedule[1] == pytest.approx(5e-2 * S)),
     (["--num_sample", "1"], lambda b: b.loaders["train"].dataset[0][0].shape[0] == 1),
     (["--augment_on", "device"], lambda b: (lambda batch, out: batch[0].dtype == torch.uint8 and batch[0].dim() == 5
      and out[0].shape == (8, 3, 8, 32, 32) and out[1].tolist() == batch[2].repeat_interleave(2).tolist())(
-        *(lambda batch: (batch, b.t["prepare_batch"](batch)))(next(iter(b.loaders["train"]))))),  # decoded frames in
+        *(lambda batch: (batch, b.t.prepare_batch(batch)))(next(iter(b.loaders["train"]))))),  # decoded frames in
     (["--augment_on", "workers"], lambda b: (lambda batch: batch[0].dtype == torch.float32 and batch[0].shape == (
-        8, 3, 8, 32, 32) and b.t["per_rank"] == {})(next(iter(b.loaders["train"])))),  # augmented clips in
+        8, 3, 8, 32, 32) and b.t.per_rank == {})(next(iter(b.loaders["train"])))),  # augmented clips in
     (["--aa", "none"], lambda b: torch.equal(_clip(b, np_seed=0), _clip(b, np_seed=1)) and  # nothing drawn from numpy
      not torch.equal(_clip(b), _clip(b, aa="rand-m7-n4-mstd0.5-inc1"))),
     (["--aa", ""], lambda b: torch.equal(_clip(b, np_seed=0), _clip(b, np_seed=1))),
@@ -225,10 +242,10 @@ FLAG_TABLE = [
      not torch.equal(_clip(b), _clip(b, aa="rand-m7-n4-mstd0.5-inc1"))),
     (["--train_interpolation", "bilinear"], lambda b: any(not torch.equal(_clip(b, s), _clip(
         b, s, train_interpolation="bicubic")) for s in range(3))),  # RandAugment's rotate/shear/translate resample
-    (["--mixup", "0", "--cutmix", "0", "--smoothing", "0.2"], lambda b: b.t["mixup_fn"] is None and torch.allclose(
-        b.t["criterion"](L := torch.randn(4, 8), Y := torch.arange(4)), F.cross_entropy(L, Y, label_smoothing=0.2))),
+    (["--mixup", "0", "--cutmix", "0", "--smoothing", "0.2"], lambda b: b.t.mixup_fn is None and torch.allclose(
+        b.t.criterion(L := torch.randn(4, 8), Y := torch.arange(4)), F.cross_entropy(L, Y, label_smoothing=0.2))),
     (["--mixup", "0", "--cutmix", "0", "--smoothing", "0"], lambda b: torch.allclose(
-        b.t["criterion"](L := torch.randn(4, 8), Y := torch.arange(4)), F.cross_entropy(L, Y))),
+        b.t.criterion(L := torch.randn(4, 8), Y := torch.arange(4)), F.cross_entropy(L, Y))),
     (["--cutmix", "0", "--mixup", "0.3", "--smoothing", "0.05"], lambda b: _mixup_consistent(*_mixed(b), eps=0.05) and
      abs(np.mean([abs(float(_lams(*_mixed(b, s)[::2])[0]) - 0.5) for s in range(400)]) - _beta_spread(0.3)) < 0.03),
     (["--mixup_prob", "0"], lambda b: all(torch.equal(x, o) and torch.allclose(t, _smoothed(y, 0.1))
@@ -262,11 +279,13 @@ FLAG_TABLE = [
      lambda b: b.loaders["train"].dataset[0][0].shape[-2:] == (48, 48) and _tokens(b, 8, 48) == 4 * 3 * 3),
     (["--num_frames", "4"],
      lambda b: b.loaders["train"].dataset[0][0].shape[2] == 4 and _tokens(b, 4, 32) == 2 * 2 * 2),
-    (["--nb_classes", "11"], lambda b: b.model.eval()(torch.zeros(1, 3, 8, 32, 32)).shape == (1, 11)),
+    (["--nb_classes", "11"], lambda b: b.model.eval()(torch.zeros(1, 3, 8, 32, 32)).shape == (1, 11) and
+     _mixed(b)[3].shape == (4, 11)),  # the head and mixup's soft targets
     (["--decoder", "pyav", "--decode_threads", "2"], lambda b: _decoder_calls(b) == [("pyav", 2)]),
     (["--max_bad_videos", "3"], lambda b: _bad_videos_stop_after(b) == 4),
     (["--disable_eval_during_finetuning"], lambda b: "val" not in b.loaders),
-    (["--num_workers", "2"], lambda b: all(b.loaders[k].num_workers == 2 for k in ("train", "val", "test"))),
+    (["--num_workers", "2"], lambda b: _worker_pids(b.loaders["train"]) == 2 and
+     all(b.loaders[k].num_workers == 2 for k in ("val", "test"))),
     (["--no_pin_mem"], lambda b: _pinned(b, {}) is False),
     (["--no_pin_mem", "--pin_mem"], lambda b: _pinned(b, {}) is True and not b.loaders["train"].pin_memory),  # CPU here
     (["--seed", "5"], lambda b: (run.set_train_epoch(b.loaders, b.args, 1), list(b.loaders["train"].sampler))[1] ==
@@ -298,15 +317,16 @@ def test_distributed_flags_reach_init_process_group(data_dir, tmp_path, monkeypa
     monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(kw))
     monkeypatch.setattr(dist, "barrier", lambda: None)
     args = run.parse_args(base_argv(data_dir, tmp_path, *argv))
-    utils.init_distributed(args)
+    distributed.init_distributed(args)
     assert (calls[0]["rank"], calls[0]["world_size"], calls[0]["init_method"]) == expect and args.distributed
 
 
 def test_compatibility_flags_take_only_their_default(data_dir, tmp_path, capsys):
-    group = next(g for g in run.get_args_parser()._action_groups if g.title == "VideoMAE compatibility")
-    assert sorted(a.dest for a in group._group_actions) == sorted(
-        ["color_jitter", "crop_pct", "resplit", "num_segments", "sampling_rate", "enable_deepspeed", "data_set",
-         "use_cls"])
+    on = ["--pin_mem", "--auto_resume", "--save_ckpt", "--use_mean_pooling"]  # VideoMAE's switches: on here anyway
+    assert vars(run.parse_args(base_argv(data_dir, tmp_path, *on))) == vars(run.parse_args(base_argv(data_dir,
+                                                                                                tmp_path)))
+    off = run.parse_args(base_argv(data_dir, tmp_path, "--no_pin_mem", "--no_auto_resume", "--no_save_ckpt"))
+    assert (off.pin_mem, off.auto_resume, off.save_ckpt) == (False, False, False)
     args = run.parse_args(base_argv(data_dir, tmp_path, "--data_set", "SSV2", "--num_segments", "1",
                                     "--sampling_rate", "4", "--color_jitter", "0.4"))
     assert (args.data_set, args.num_segments, args.sampling_rate, args.color_jitter) == ("SSV2", 1, 4, 0.4)
@@ -326,6 +346,8 @@ def test_compatibility_flags_take_only_their_default(data_dir, tmp_path, capsys)
     (["--use_cls"], "--use_cls is not supported .*no CLS token"),
     (["--opt_betas", "0.9"], "two numbers"),
     (["--cutmix_minmax", "0.3"], "two numbers"),
+    (["--weight_decay", "0", "--weight_decay_end", "0.05"], r"--weight_decay_end 0.05 with --weight_decay 0 decays "
+                                                            r"nothing"),
     (["--device", "cuda"], "no CUDA device"),
 ])
 def test_flag_fails_clearly(data_dir, tmp_path, extra, message):
@@ -377,33 +399,6 @@ def test_data_root_eval_data_path_and_labels(data_dir, tmp_path):
         data_dir, "something-something-v2-labels.json")  # the default, found next to the CSVs
 
 
-@pytest.fixture
-def recorded(monkeypatch):
-    """main() with the engine's compute replaced by recorders (flags that act inside the training loop; --compile
-    acts in a real run: test_compile_two_steps_equal_eager)."""
-    calls = {"train": [], "validate": [], "test": []}
-
-    def fake_train(model, criterion, loader, optimizer, device, epoch, **kw):
-        calls["train"].append(dict(kw, epoch=epoch, model=model))
-        return {"loss": 1.0, "lr": 0.1, "clips_per_s": 1.0}
-
-    def fake_validate(model, loader, device, amp_dtype=None, reduce=False):
-        calls["validate"].append(dict(amp_dtype=amp_dtype, reduce=reduce))
-        return {"acc1": 10.0 * len(calls["validate"]), "acc5": 50.0, "loss": 1.0, "videos": 7}
-
-    def fake_test(model, loader, device, **kw):
-        calls["test"].append(kw)
-        ids, labels, probs = np.array(["v0", "v1"]), np.array([0, 1]), np.eye(8, dtype=np.float32)[:2]
-        return {"top1": 100.0, "top5": 100.0, "videos": 2, "views_per_video": 1,
-                "per_view": {"video_ids": ids, "view_ids": np.zeros((2, 2), np.int64), "labels": labels,
-                             "probs": probs},
-                "per_video": {"video_ids": ids, "labels": labels, "probs": probs, "views": np.array([1, 1])}}
-    monkeypatch.setattr(engine, "train_one_epoch", fake_train)
-    monkeypatch.setattr(engine, "validate", fake_validate)
-    monkeypatch.setattr(engine, "final_test", fake_test)
-    return calls
-
-
 def test_loop_flags_act(data_dir, tmp_path, recorded):
     out, logs = tmp_path / "out", tmp_path / "tb"
     train(base_argv(data_dir, out, "--epochs", "3", "--save_ckpt_freq", "2", "--clip_grad", "0.5", "--print_freq",
@@ -433,15 +428,15 @@ def test_ema_is_validated_inside_the_model_on_the_training_device(data_dir, tmp_
     checkpoint holds both."""
     seen = []
 
-    def fake_train(model, criterion, loader, optimizer, device, epoch, **kw):
+    def fake_train(model, loader, training, device, epoch, **kw):
         with torch.no_grad():
-            engine.unwrap(model).head.bias.add_(1.0)
-        kw["model_ema"].update()  # decay 0.5: the average is 0.5 behind the model
-        return {"loss": 1.0}
+            model.head.bias.add_(1.0)
+        training.model_ema.update()  # decay 0.5: the average is 0.5 behind the model
+        return engine.EpochResult({"loss": 1.0}, {})
 
     def fake_validate(model, loader, device, amp_dtype=None, reduce=False):
         engine.check_device(model, device)
-        seen.append((model, engine.unwrap(model).head.bias.detach().clone()))
+        seen.append((model, model.head.bias.detach().clone()))
         return {"acc1": 10.0, "acc5": 50.0, "loss": 1.0, "videos": 7}
     monkeypatch.setattr(engine, "train_one_epoch", fake_train)
     monkeypatch.setattr(engine, "validate", fake_validate)

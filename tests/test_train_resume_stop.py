@@ -13,6 +13,7 @@ import torch
 import checkpoint
 import engine_for_finetuning as engine
 import run_class_finetuning as run
+import run_control
 import utils
 from benchmarks import preempt_harness as harness
 
@@ -48,7 +49,7 @@ def test_outputs_and_logs(straight):
     ck = checkpoint.safe_load(os.path.join(out, "checkpoint-1.pth"))
     assert {"model", "optimizer", "epoch", "args", "model_ema", "rng_states", "scaler"} <= set(ck)
     assert isinstance(ck["args"], dict) and ck["epoch"] == 1
-    assert any(k.startswith("llama.") for k in ck["model"])  # frozen LLaMA weights saved (zoo format)
+    assert any(k.startswith("llama.") for k in ck["model"])  # frozen LLM weights saved (zoo format)
     trainable = [n for n, p in run.build_model(run.parse_args(base_argv("", out))).named_parameters()
                  if p.requires_grad]
     assert list(ck["model_ema"]) == trainable  # the EMA: trainable weights only, the frozen block is stored once
@@ -107,7 +108,7 @@ def test_stop_signal_mid_epoch_then_rerun_equals_uninterrupted(path, straight, s
     signal_at_step(monkeypatch, 6)
     with pytest.raises(SystemExit) as stopped:
         train(argv)
-    assert stopped.value.code == run.EXIT_PREEMPTED == 75
+    assert stopped.value.code == run_control.EXIT_PREEMPTED == 75
     assert checkpoint_files(tmp_path) == [f for f in checkpoint_files(ref) if f != "checkpoint-1.pth"]
     last = checkpoint.safe_load(str(tmp_path / "checkpoint-last.pth"))
     assert last["epoch"] == 0 and (last["train_progress"]["epoch"], last["train_progress"]["step"]) == (1, 2)
@@ -120,6 +121,23 @@ def test_stop_signal_mid_epoch_then_rerun_equals_uninterrupted(path, straight, s
     assert harness.compare_runs(ref, str(tmp_path), ref_test=ref_test) == []
 
 
+def test_stop_mid_epoch_with_gradient_accumulation_then_rerun_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
+    """--update_freq 2 (2 optimizer steps of 2 micro-batches per epoch): SIGTERM inside epoch 1's first step; the
+    rerun starts the epoch's sample order after the 2 x 4 videos that step took, and ends with the uninterrupted
+    run's weights, optimizer state, log numbers and test, bit for bit."""
+    ref, out = tmp_path / "ref", tmp_path / "stopped"
+    train(base_argv(data_dir, ref, "--update_freq", "2"))
+    argv = base_argv(data_dir, out, "--update_freq", "2")
+    signal_at_step(monkeypatch, 3)
+    with pytest.raises(SystemExit, match=str(run_control.EXIT_PREEMPTED)):
+        train(argv)
+    last = checkpoint.safe_load(str(out / "checkpoint-last.pth"))
+    assert (last["epoch"], last["train_progress"]["epoch"], last["train_progress"]["step"]) == (0, 1, 1)
+    monkeypatch.undo()
+    train(argv)
+    assert harness.compare_runs(str(ref), str(out)) == []
+
+
 def test_preempt_harness_fast_variant(straight, data_dir, tmp_path):
     """benchmarks/preempt_harness.py, one stop: the training command as its own process group gets SIGTERM, like a
     scheduler sends it to every process of a job (the trainer and its DataLoader worker), at a random logged step;
@@ -130,7 +148,7 @@ def test_preempt_harness_fast_variant(straight, data_dir, tmp_path):
     with open(tmp_path / "run.log", "w") as log:
         r = harness.stop_once(harness.command(argv), str(tmp_path), signal.SIGTERM, step, log,
                               env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}, timeout=300)
-    assert r["status"] == run.EXIT_PREEMPTED and r["seen_step"] == step and r["unreadable"] == [], \
+    assert r["status"] == run_control.EXIT_PREEMPTED and r["seen_step"] == step and r["unreadable"] == [], \
         (tmp_path / "run.log").read_text()[-3000:]
     assert r["resumes_at"][0] * 4 + r["resumes_at"][1] >= step  # (epoch, step): at or after the signalled step
     train(argv)
@@ -159,9 +177,9 @@ def test_resume_loads_an_old_checkpoint_whose_ema_is_the_whole_model(straight, d
     args = run.parse_args(base_argv(data_dir, tmp_path, "--resume", str(tmp_path / "old.pth"), "--model_ema"))
     model = run.build_model(args)
     t = run.build_training(args, model, steps_per_epoch=4)
-    checkpoint.resume_training(args, model, t["optimizer"], t["scaler"], t["model_ema"])
-    assert list(t["model_ema"].state_dict()) == [n for n, p in model.named_parameters() if p.requires_grad]
-    for n, v in t["model_ema"].state_dict().items():
+    checkpoint.resume_training(args, model, t.optimizer, t.scaler, t.model_ema, steps_per_epoch=4)
+    assert list(t.model_ema.state_dict()) == [n for n, p in model.named_parameters() if p.requires_grad]
+    for n, v in t.model_ema.state_dict().items():
         assert torch.equal(v, ck["model_ema"][n]), n
 
 
@@ -171,8 +189,9 @@ def test_resume_from_best_continues_after_its_epoch(straight, data_dir, tmp_path
     model = run.build_model(args)
     t = run.build_training(args, model, steps_per_epoch=4)
     best = checkpoint.safe_load(os.path.join(out, "checkpoint-best.pth"))
-    start, max_acc, path = checkpoint.resume_training(args, model, t["optimizer"], None, None)
-    assert start == best["epoch"] + 1 and max_acc == best["max_accuracy"] and path == args.resume
+    state = checkpoint.resume_training(args, model, t.optimizer, None, None, steps_per_epoch=4)
+    assert (state.epoch, state.step, state.max_accuracy, state.best_epoch, state.path) == (
+        best["epoch"] + 1, 0, best["max_accuracy"], best["epoch"], args.resume)
 
 
 def test_kill_with_sparse_numbered_checkpoints_resumes_where_it_was(data_dir, tmp_path, recorded, monkeypatch):
@@ -183,8 +202,8 @@ def test_kill_with_sparse_numbered_checkpoints_resumes_where_it_was(data_dir, tm
     with pytest.raises(KeyboardInterrupt):
         train(argv)
     assert checkpoint_files(tmp_path) == ["checkpoint-best.pth", "checkpoint-last.pth"]
-    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **kw: recorded["train"].append(dict(kw, epoch=a[5]))
-                        or {"loss": 1.0})
+    monkeypatch.setattr(engine, "train_one_epoch", lambda model, loader, training, device, epoch, **kw:
+                        recorded["train"].append(dict(kw, epoch=epoch)) or engine.EpochResult({"loss": 1.0}, {}))
     recorded["train"].clear()
     train(argv)
     assert [c["epoch"] for c in recorded["train"]] == [2, 3] and log_epochs(tmp_path) == [0, 1, 2, 3]
