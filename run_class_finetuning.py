@@ -24,7 +24,8 @@ import optim_factory
 import reports
 import utils
 from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT
-from video_transforms import DeviceAugment
+from device_augment import DeviceAugment
+from video_transforms import DEFAULT_AA, AugmentConfig
 
 
 EXIT_PREEMPTED = 75  # exit status after a stop signal: the state is saved, rerunning the command continues it
@@ -89,7 +90,7 @@ def get_args_parser() -> argparse.ArgumentParser:
       help="where training clips are augmented: 'device' (workers only decode; RandAugment, crop, normalise and "
            "erase run batched on the training device) or 'workers' (the published PIL path). Default: device on "
            "CUDA, workers on CPU")
-    a("--aa", default="rand-m7-n4-mstd0.5-inc1", type=str, help="RandAugment policy; '' or 'none' turns it off")
+    a("--aa", default=DEFAULT_AA, type=str, help="RandAugment policy; '' or 'none' turns it off")
     a("--smoothing", default=0.1, type=float)
     a("--train_interpolation", default="bicubic", type=str)
     a("--short_side_size", default=224, type=int)
@@ -289,8 +290,7 @@ def build_training(args, model: torch.nn.Module, steps_per_epoch: int) -> dict:
     prepare_batch, per_rank = partial(engine.to_device, device=device), {}
     if args.augment_on == "device":  # per-rank parameter streams, independent of the global RNGs
         prepare_batch = per_rank["device_augment"] = DeviceAugment(
-            device, args.input_size, args.aa, args.train_interpolation, reprob=args.reprob, remode=args.remode,
-            recount=args.recount, num_sample=args.num_sample, seed=10_000 + 100 * args.seed + utils.get_rank())
+            device, AugmentConfig.from_args(args), seed=10_000 + 100 * args.seed + utils.get_rank())
     return dict(prepare_batch=prepare_batch, per_rank=per_rank, optimizer=optimizer, lr_schedule=lr_schedule,
                 wd_schedule=wd_schedule, mixup_fn=mixup_fn, criterion=criterion, scaler=scaler, model_ema=model_ema)
 
