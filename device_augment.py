@@ -309,8 +309,10 @@ class DeviceAugment:
                  mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
         self.device, self.config = torch.device(device), config
         self.sampler = ClipSampler(config, seed)
-        self.noise = torch.Generator(device=self.device)
-        self.noise.manual_seed(seed)
+        # The meta device (shapes only: benchmarks/count_kernels.py) has no generator; its noise draws go without.
+        self.noise = torch.Generator(device=self.device) if self.device.type != "meta" else None
+        if self.noise is not None:
+            self.noise.manual_seed(seed)
         self.fill = torch.tensor(FILL, dtype=torch.float32, device=self.device)
         scale, shift = scale_shift(mean, std, self.device)
         self.scale, self.shift = scale.view(1, 3, 1, 1, 1), shift.view(1, 3, 1, 1, 1)
