@@ -20,7 +20,7 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 
 import checkpoint
 from datasets.synthetic import render_video
-from device_augment import GEOMETRIC_OPS, _DEVICE_OPS, ClipSampler, DeviceAugment, _warp, pil_affine_matrix
+from device_augment import GEOMETRIC_OPS, ClipSampler, DeviceAugment
 from video_transforms import DEFAULT_AA as AA, AugmentConfig, TrainTransform
 FILL = (124, 116, 104)  # round(255 * ImageNet mean), as the worker path passes timm
 GEOMETRIC_MEAN_TOL = 0.75  # grey levels; measured 0.45-0.50 on rendered frames (max 8-16 at sharp edges)
@@ -115,16 +115,9 @@ def _pil_op(name: str, arg, frame: np.ndarray) -> np.ndarray:
 def _device_op(name: str, arg, frames: np.ndarray, pad: int) -> np.ndarray:
     """One op on a clip padded by `pad` pixels at the bottom and right (as in a batch of wider videos)."""
     t, h, w, _ = frames.shape
-    x = torch.zeros(1, t, 3, h + pad, w + pad)
-    x[0, :, :, :h, :w] = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    hw = torch.tensor([[h, w]], dtype=torch.float32)
-    if name in GEOMETRIC_OPS:
-        matrix = torch.tensor([pil_affine_matrix(name, arg, h, w)], dtype=torch.float32)
-        y = _warp(x, matrix, hw, torch.tensor(FILL, dtype=torch.float32), "bicubic")
-    else:
-        valid = torch.zeros(1, 1, 1, h + pad, w + pad, dtype=torch.bool)
-        valid[..., :h, :w] = True
-        y = _DEVICE_OPS[name](x, torch.tensor([arg if arg is not None else 0.0]), hw, valid)
+    x = torch.zeros(1, t, 3, h + pad, w + pad, dtype=torch.uint8)
+    x[0, :, :, :h, :w] = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    y = DeviceAugment("cpu").rand_augment(x, np.array([[h, w]]), [[(name, arg)]])
     return y[0, :, :, :h, :w].permute(0, 2, 3, 1).numpy()
 
 
