@@ -73,7 +73,8 @@ class DeviceOpRecorder(TorchDispatchMode):
         inputs = _tensors((args, kwargs))
         name = str(func)
         if func in READBACK_OPS:
-            self.readbacks.append(name)
+            if any(self._on_device(t) for t in inputs):
+                self.readbacks.append(name)
             return
         if func in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default) and any(
                 t.dtype == torch.bool for t in _tensors(args[1])):

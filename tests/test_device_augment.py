@@ -21,7 +21,9 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 import checkpoint
 from datasets.synthetic import render_video
 from device_augment import GEOMETRIC_OPS, ClipSampler, DeviceAugment
+from benchmarks.count_kernels import DeviceOpRecorder, ssv2_like_batch
 from video_transforms import DEFAULT_AA as AA, AugmentConfig, TrainTransform
+
 FILL = (124, 116, 104)  # round(255 * ImageNet mean), as the worker path passes timm
 GEOMETRIC_MEAN_TOL = 0.75  # grey levels; measured 0.45-0.50 on rendered frames (max 8-16 at sharp edges)
 
@@ -306,3 +308,71 @@ def test_unsupported_configurations_are_refused_by_name():
         AugmentConfig(interpolation="lanczos")
     with pytest.raises(ValueError, match=r"remode must be one of \('pixel', 'rand', 'const'\), got 'noise'"):
         AugmentConfig(remode="noise")
+
+
+# ---- on the meta device: what a GPU would be asked to do, without one -----------------------------------------------
+
+def _drawn(config: AugmentConfig, seed: int, sizes: list[tuple[int, int]], batches: int) -> list[list]:
+    """The ops DeviceAugment(seed) draws per batch (a replay of its sampler)."""
+    replay = ClipSampler(config, seed)
+    return [[replay.sample(h, w).ops for h, w in sizes for _ in range(config.num_sample)] for _ in range(batches)]
+
+
+def test_an_augmented_training_step_never_waits_for_the_device():
+    """DeviceAugment and a whole training step (ViT-LLaMA forward, mixup, loss, backward, clipping, AdamW) on the
+    meta device, every aten op recorded: the only host->device copies are the batch's frames and labels and the
+    augmentation's packed tables (one per dtype), all non-blocking, and nothing reads a device value back. On CUDA
+    either would make the host wait for the GPU's queue to drain (tests/test_cuda.py checks the same there under
+    torch.cuda.set_sync_debug_mode("error"))."""
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+
+    from models import create_model
+    config = AugmentConfig(AA, input_size=32, num_sample=4, reprob=0.5)
+    sizes = [(48, 64), (40, 56)]
+    kinds = {name for batch in _drawn(config, 0, sizes, 3) for ops in batch for name, _ in ops}
+    assert {"SharpnessIncreasing", "Equalize", "AutoContrast", "ContrastIncreasing", "ColorIncreasing"} <= kinds
+    torch.manual_seed(0)
+    model = create_model("vit_llama_tiny_patch16", num_classes=4, all_frames=4, img_size=32).to("meta")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=4)
+    augment = DeviceAugment("meta", config, seed=0)
+    frames = torch.zeros(2, 4, 48, 64, 3, dtype=torch.uint8)
+    batch = frames, torch.tensor(sizes), torch.tensor([1, 3])
+    for step in range(3):
+        with DeviceOpRecorder("meta") as rec:
+            clips, targets = mixup(*augment(batch))
+            loss = SoftTargetCrossEntropy()(model(clips), targets)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        assert rec.readbacks == [], step
+        uploads = [(shape, dtype) for _, shape, dtype, _ in rec.uploads]
+        assert all(non_blocking for *_, non_blocking in rec.uploads), rec.uploads
+        for batch_part in (((2,), torch.int64), ((2, 4, 48, 64, 3), torch.uint8)):  # labels, frames
+            uploads.remove(batch_part)
+        tables = uploads
+        assert all(len(shape) == 1 for shape, _ in tables) and len({d for _, d in tables}) == len(tables), uploads
+        assert rec.kernel_count > 100  # the model's kernels were seen too
+
+
+def test_kernels_per_batch_one_grid_sample_per_geometric_layer():
+    """6 videos x 2 clips of SSv2's widths (small frames; the count does not depend on their size until the float
+    work is chunked): at most ~200 device kernels per batch, with one grid_sample per RandAugment layer that has a
+    geometric op, plus one for the crops."""
+    config = AugmentConfig(num_sample=2, input_size=32)
+    rng = np.random.default_rng(0)
+    batches = [ssv2_like_batch(rng, 6, 4, 24) for _ in range(4)]
+    augment = DeviceAugment("meta", config, seed=0)
+    replay = ClipSampler(config, seed=0)
+    counts = []
+    for batch in batches:
+        ops = [replay.sample(h, w).ops for h, w in batch[1].tolist() for _ in range(2)]
+        layers = {layer for clip in ops for layer, (name, _) in enumerate(clip) if name in GEOMETRIC_OPS}
+        with DeviceOpRecorder("meta") as rec:
+            augment(batch)
+        assert rec.kernels["aten.grid_sampler_2d.default"] == len(layers) + 1
+        assert rec.readbacks == [] and all(u[3] for u in rec.uploads)
+        counts.append(rec.kernel_count)
+    assert np.mean(counts) <= 200, counts
