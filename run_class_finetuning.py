@@ -24,7 +24,8 @@ import reports
 import run_control
 import utils
 from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, load_class_names
-from video_transforms import DeviceAugment
+from device_augment import DeviceAugment
+from video_transforms import DEFAULT_AA, AugmentConfig
 
 
 # VideoMAE flags that cannot act here: each is accepted at its default only. flag -> (default, type, why);
@@ -97,7 +98,7 @@ def get_args_parser() -> argparse.ArgumentParser:
       help="where training clips are augmented: 'device' (workers only decode; RandAugment, crop, normalise and "
            "erase run batched on the training device) or 'workers' (the published PIL path). Default: device on "
            "CUDA, workers on CPU")
-    a("--aa", default="rand-m7-n4-mstd0.5-inc1", type=str, help="RandAugment policy; '' or 'none' turns it off")
+    a("--aa", default=DEFAULT_AA, type=str, help="RandAugment policy; '' or 'none' turns it off")
     a("--smoothing", default=0.1, type=float)
     a("--train_interpolation", default="bicubic", type=str)
     a("--short_side_size", default=224, type=int)
@@ -297,8 +298,7 @@ def build_training(args, model: torch.nn.Module, steps_per_epoch: int,
     prepare_batch, per_rank = partial(engine.to_device, device=device), {}
     if args.augment_on == "device":  # per-rank parameter streams, independent of the global RNGs
         prepare_batch = per_rank["device_augment"] = DeviceAugment(
-            device, args.input_size, args.aa, args.train_interpolation, reprob=args.reprob, remode=args.remode,
-            recount=args.recount, num_sample=args.num_sample, seed=10_000 + 100 * args.seed + distributed.get_rank())
+            device, AugmentConfig.from_args(args), seed=10_000 + 100 * args.seed + distributed.get_rank())
     return engine.Training(criterion, optimizer, lr_schedule, wd_schedule, steps_per_epoch, args.update_freq, scaler,
                            AMP_DTYPES[args.amp], args.clip_grad, model_ema, mixup_fn, prepare_batch, per_rank,
                            args.print_freq, log_writer)

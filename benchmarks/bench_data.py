@@ -12,7 +12,7 @@ one torch thread (what each DataLoader worker gets):
   test          one test item: decode once + all 2 x 3 views (resize, crop, normalise); reported as videos/s
 and the share of each pipeline's time spent outside decoding. With --augment_on device the train item is the decoded
 video only (uint8, plus its share of pack_videos_collate over a batch of --batch_size videos), reported as a ratio
-to the decode, and the device module (video_transforms.DeviceAugment) is timed on this CPU per clip, with one
+to the decode, and the device module (device_augment.DeviceAugment) is timed on this CPU per clip, with one
 thread and with all of them.
 """
 import argparse
@@ -31,7 +31,8 @@ from datasets.decoding import read_frames  # noqa: E402
 from datasets.ssv2 import (SSv2Dataset, eval_indices, pack_videos_collate, read_video_list,  # noqa: E402
                            train_indices)
 from datasets.synthetic import make_synthetic_dataset  # noqa: E402
-from video_transforms import DeviceAugment, TrainTransform  # noqa: E402
+from device_augment import DeviceAugment  # noqa: E402
+from video_transforms import AugmentConfig, TrainTransform  # noqa: E402
 
 
 def _rate(fn, n: int, repeats: int) -> float:
@@ -85,9 +86,9 @@ def main() -> None:
     csv = os.path.join(a.out, "val.csv")
     paths = [p for p, _ in read_video_list(csv)][:a.videos]
     n = len(paths)
-    common = dict(num_frames=16, input_size=224, short_side_size=224, decoder=a.decoder, decode_threads=a.threads)
-    train = SSv2Dataset(csv, "train", num_sample=2, train_interpolation=a.train_interpolation,
-                        augment_on=a.augment_on, **common)
+    recipe = AugmentConfig(interpolation=a.train_interpolation, num_sample=2, input_size=224)
+    common = dict(num_frames=16, augment=recipe, short_side_size=224, decoder=a.decoder, decode_threads=a.threads)
+    train = SSv2Dataset(csv, "train", augment_on=a.augment_on, **common)
     test = SSv2Dataset(csv, "test", test_num_segment=2, test_num_crop=3, **common)
     train[0], test[0]  # warm up (imports, first decoder open)
 
@@ -101,12 +102,12 @@ def main() -> None:
         device_figures(a, train, t_decode, t_train, t_decode_test, t_test)
         return
     frames = [read_frames(p, lambda m: train_indices(m, 16), a.decoder, a.threads)[0] for p in paths]
-    aug = TrainTransform(224, interpolation=a.train_interpolation)
+    aug = TrainTransform(recipe)
     # Seeded per clip (and per train item above), so that RandAugment draws the same ops in every pass and in both
     # timings, and their difference is the rest.
     t_ra = _rate(lambda i: (_seed(i), aug.rand_augment(frames[i])), n, a.repeats)
     t_aug = _rate(lambda i: (_seed(i), aug(frames[i])), n, a.repeats)
-    no_ra = TrainTransform(224, auto_augment=None)
+    no_ra = TrainTransform(AugmentConfig(None, input_size=224))
     t_rest = _rate(lambda i: (_seed(i), no_ra(frames[i])), n, a.repeats)
 
     h, w = frames[0].shape[1:3]
@@ -146,7 +147,7 @@ def device_figures(a, train: SSv2Dataset, t_decode: float, t_train: float, t_dec
     items = [train[i] for i in range(a.batch_size)]
     t_collate = _rate(lambda i: pack_videos_collate(items), 3, a.repeats) / a.batch_size
     batch = pack_videos_collate(items)
-    aug = DeviceAugment("cpu", 224, num_sample=2, seed=0)
+    aug = DeviceAugment("cpu", AugmentConfig(num_sample=2, input_size=224), seed=0)
     clips = 2 * a.batch_size
     device_ms = {}
     for threads in sorted({1, os.cpu_count()}):

@@ -7,8 +7,8 @@ on: --augment_on workers (timm's PIL ops in the DataLoader workers) vs --augment
 Writes the demo's synthetic dataset (2,400 train / 400 val videos, 64 px) once. Trains --model (default the tiny
 plain ViT) for --warm_epochs with the demo's recipe and no RandAugment: the start every compared run fine-tunes
 from, as a real run starts from a pretrained checkpoint. Then, per seed and path, --epochs with the published
-`--aa rand-m7-n4-mstd0.5-inc1 --reprob 0.25`, each run ending with the 2 x 3-view test. Runs go --jobs at a time as
-separate processes, each with cores/jobs threads and one data worker. A run whose test_summary.json exists with the
+RandAugment (the --aa default) and `--reprob 0.25`, each run ending with the 2 x 3-view test. Runs go --jobs at a
+time as separate processes, each with cores/jobs threads and one data worker. A run whose test_summary.json exists with the
 same arguments is reused (and said so); one with other arguments is refused.
 
 Why a warm start: from scratch (--warm_epochs 0), every RandAugment run on this data first sits at chance (loss
@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import run_class_finetuning as run  # noqa: E402
 from datasets.synthetic import make_synthetic_dataset  # noqa: E402
+from video_transforms import DEFAULT_AA  # noqa: E402
 
 PATHS = ("workers", "device")
 LEFT_CHANCE = 25.0  # validation top-1 (%) that counts as having left the chance plateau (12.5%)
@@ -42,7 +43,7 @@ def run_argv(a: argparse.Namespace, data: str, out_dir: str, path: str, seed: in
              augment: bool = True, finetune: str = "") -> list[str]:
     """run_class_finetuning.py arguments of one run: the demo's recipe, with RandAugment and erasing on (augment)
     or off, from `finetune`'s weights when given."""
-    aug = ["--aa", "rand-m7-n4-mstd0.5-inc1", "--reprob", "0.25"] if augment else ["--aa", "none", "--reprob", "0"]
+    aug = ["--aa", DEFAULT_AA, "--reprob", "0.25"] if augment else ["--aa", "none", "--reprob", "0"]
     return ["--model", a.model, "--data_path", data, "--nb_classes", "8", "--num_frames", "8",
             "--input_size", "64", "--short_side_size", "64", "--num_sample", "1", "--lr", "8e-3",
             "--layer_decay", "1.0", "--warmup_steps", "50", "--min_lr", "1e-4", "--epochs", str(epochs), *aug,
@@ -146,7 +147,7 @@ def main() -> int:
 
     results = {path: {s: summary(os.path.join(design, f"{path}_seed{s}")) for s in a.seeds} for path in PATHS}
     origin = f"from {a.warm_epochs} epochs without RandAugment" if a.warm_epochs else "from scratch"
-    print(f"\n{a.model}, {a.epochs} epochs {origin}, RandAugment rand-m7-n4-mstd0.5-inc1 + erasing 0.25, "
+    print(f"\n{a.model}, {a.epochs} epochs {origin}, RandAugment {DEFAULT_AA} + erasing 0.25, "
           "2 x 3-view test")
     print("seed  path      top-1   top-5   left chance at epoch")
     for s in a.seeds:

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 import utils
 from datasets.decoding import VideoDecodeError, read_frames, resolve_decoder
 from datasets.lists import read_video_list, video_ids
-from video_transforms import TrainTransform, center_crop, resize_short_side, sliding_crops, to_tchw
+from video_transforms import AugmentConfig, TrainTransform, center_crop, resize_short_side, sliding_crops, to_tchw
 
 MODES = ("train", "validation", "test")
 AUGMENT_ON = ("workers", "device")
@@ -99,7 +99,7 @@ class SSv2Dataset(Dataset):
 
     train       augment_on 'workers': item (clips num_sample x C x T x H x W float32, normalised, label);
                 augment_on 'device': item (frames T x H x W x 3 uint8 as decoded, label), for pack_videos_collate
-                and video_transforms.DeviceAugment. Bad videos are logged, counted across DataLoader workers and
+                and device_augment.DeviceAugment. Bad videos are logged, counted across DataLoader workers and
                 replaced by another random video, with a RuntimeError past max_bad_videos.
     validation  item (clip T x H x W x C uint8, label)
     test        item (views V x T x H x W x C uint8, label, video_id, view_ids V x 2 int64 (temporal, spatial))
@@ -107,31 +107,31 @@ class SSv2Dataset(Dataset):
     float ... x C x T x H x W clips on the device.
     Validation/test never substitute: a missing or unreadable video raises with its path and the decoder's error;
     their lists are checked for missing files when the dataset is built.
+    augment: the training recipe (its num_sample and flip act in train mode); its input_size is the clip size in
+    every mode.
     """
 
     def __init__(self, csv_path: str, mode: str = "train", data_root: str | None = None, nb_classes: int | None = None,
-                 num_frames: int = 16, input_size: int = 224, short_side_size: int = 224, num_sample: int = 1,
-                 auto_augment: str | None = "rand-m7-n4-mstd0.5-inc1", train_interpolation: str = "bicubic",
-                 reprob: float = 0.25, remode: str = "pixel", recount: int = 1, test_num_segment: int = 2,
-                 test_num_crop: int = 3, decoder: str = "auto", decode_threads: int = 1, max_bad_videos: int = 10,
-                 augment_on: str = "workers"):
+                 num_frames: int = 16, short_side_size: int = 224, augment: AugmentConfig = AugmentConfig(),
+                 test_num_segment: int = 2, test_num_crop: int = 3, decoder: str = "auto", decode_threads: int = 1,
+                 max_bad_videos: int = 10, augment_on: str = "workers"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if augment_on not in AUGMENT_ON:
             raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
+        input_size = augment.input_size
         if mode != "train" and short_side_size < input_size:
             raise ValueError(f"short_side_size {short_side_size} must be >= input_size {input_size} for evaluation")
         # Evaluation reads every listed video, once: a missing or repeated one stops the run now, not after an epoch.
         self.samples = read_video_list(csv_path, data_root, nb_classes, check_exists=mode != "train",
                                        unique=mode != "train")
         self.mode, self.num_frames, self.input_size = mode, num_frames, input_size
-        self.short_side_size, self.num_sample = short_side_size, num_sample
+        self.short_side_size, self.num_sample = short_side_size, augment.num_sample
         self.test_num_segment, self.test_num_crop = test_num_segment, test_num_crop
         self.decoder, self.decode_threads = resolve_decoder(decoder), decode_threads
         self.max_bad_videos = max_bad_videos
         self.augment_on = augment_on
-        self.transform = TrainTransform(input_size, auto_augment, train_interpolation, reprob=reprob, remode=remode,
-                                        recount=recount) if mode == "train" and augment_on == "workers" else None
+        self.transform = TrainTransform(augment) if mode == "train" and augment_on == "workers" else None
         # Shared memory: forked (and spawned) DataLoader workers inherit it, so the count is global to the run.
         self._bad = mp.Value("i", 0)
 

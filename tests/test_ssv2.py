@@ -18,7 +18,7 @@ from datasets import (build_dataset, load_class_names, multiple_samples_collate,
                       read_test_views)
 from datasets.decoding import VideoDecodeError, read_frames
 from datasets.ssv2 import SSv2Dataset, read_video_list, eval_indices, train_indices, val_indices
-from video_transforms import normalize_clips, resize_short_side, sliding_crops, to_tchw
+from video_transforms import AugmentConfig, normalize_clips, resize_short_side, sliding_crops, to_tchw
 
 MEAN = np.array(IMAGENET_DEFAULT_MEAN, dtype=np.float32)
 STD = np.array(IMAGENET_DEFAULT_STD, dtype=np.float32)
@@ -219,7 +219,8 @@ def _bad_list(tmp_path, synthetic_dir, names):
 
 def test_bad_training_video_is_logged_counted_and_substituted(tmp_path, synthetic_dir, capfd, monkeypatch):
     csv = _bad_list(tmp_path, synthetic_dir, ["missing.mp4", "good", "good"])
-    ds = SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, input_size=32, max_bad_videos=5)
+    ds = SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, augment=AugmentConfig(input_size=32, num_sample=1),
+                     max_bad_videos=5)
     read = []
     real = ssv2.read_frames
     monkeypatch.setattr(ssv2, "read_frames", lambda path, *a, **k: (read.append(path), real(path, *a, **k))[1])
@@ -234,7 +235,8 @@ def test_bad_training_video_is_logged_counted_and_substituted(tmp_path, syntheti
 
 def test_too_many_bad_videos_raise(tmp_path, synthetic_dir):
     csv = _bad_list(tmp_path, synthetic_dir, ["missing.mp4", "empty.mp4", "good"])
-    ds = SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, input_size=32, max_bad_videos=1)
+    ds = SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, augment=AugmentConfig(input_size=32, num_sample=1),
+                     max_bad_videos=1)
     with pytest.raises(RuntimeError, match="max_bad_videos=1"):
         for i in range(3):
             ds[0]
@@ -243,7 +245,8 @@ def test_too_many_bad_videos_raise(tmp_path, synthetic_dir):
 
 def test_bad_video_count_is_shared_across_workers(tmp_path, synthetic_dir):
     csv = _bad_list(tmp_path, synthetic_dir, ["missing.mp4", "good", "empty.mp4", "good"])
-    ds = SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, input_size=32, max_bad_videos=100)
+    ds = SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, augment=AugmentConfig(input_size=32, num_sample=1),
+                     max_bad_videos=100)
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=multiple_samples_collate)
     assert sum(len(b[1]) for b in loader) == 4
     assert ds.bad_video_count() >= 2  # one bad video in each worker, seen by the parent process
@@ -252,7 +255,8 @@ def test_bad_video_count_is_shared_across_workers(tmp_path, synthetic_dir):
 def test_evaluation_never_substitutes(tmp_path, synthetic_dir):
     csv = _bad_list(tmp_path, synthetic_dir, ["good", "empty.mp4"])
     for mode in ("validation", "test"):
-        ds = SSv2Dataset(csv, mode, nb_classes=8, num_frames=8, input_size=32, short_side_size=32)
+        ds = SSv2Dataset(csv, mode, nb_classes=8, num_frames=8, augment=AugmentConfig(input_size=32),
+                         short_side_size=32)
         ds[0]
         with pytest.raises(VideoDecodeError, match="empty.mp4"):
             ds[1]
@@ -265,14 +269,15 @@ def test_evaluation_lists_are_checked_for_missing_files_when_built(tmp_path, syn
     for mode in ("validation", "test"):
         with pytest.raises(FileNotFoundError, match=r"train.csv: 2 of 3 listed videos do not exist .*'.*missing.mp4', "
                                                     r"'.*gone.mp4'"):
-            SSv2Dataset(csv, mode, nb_classes=8, num_frames=8, input_size=32, short_side_size=32)
-    assert len(SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, input_size=32)) == 3
+            SSv2Dataset(csv, mode, nb_classes=8, num_frames=8, augment=AugmentConfig(input_size=32),
+                        short_side_size=32)
+    assert len(SSv2Dataset(csv, "train", nb_classes=8, num_frames=8, augment=AugmentConfig(input_size=32))) == 3
 
 
 def test_build_dataset_defaults_and_errors(synthetic_dir):
     args = argparse.Namespace(data_path=synthetic_dir, nb_classes=8)
     ds, nb = build_dataset(True, False, args)
-    assert ds.num_frames == 16 and ds.input_size == 224 and ds.num_sample == 1 and len(ds) == 16
+    assert ds.num_frames == 16 and ds.input_size == 224 and ds.num_sample == 2 and len(ds) == 16
     with pytest.raises(ValueError, match="data_set 'Kinetics-400'"):
         build_dataset(True, False, argparse.Namespace(data_path=synthetic_dir, data_set="Kinetics-400"))
     with pytest.raises(ValueError, match=r"val.csv:\d+: label \d outside \[0, 4\)"):

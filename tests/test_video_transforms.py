@@ -1,4 +1,5 @@
 """Clip transforms: same randomness on every frame, no flip, normalisation, OpenCV-equal resizing, crop geometry."""
+import argparse
 import random
 
 import cv2
@@ -7,7 +8,7 @@ import pytest
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from video_transforms import (ClipRandAugment, TrainTransform, center_crop, normalize,
+from video_transforms import (AugmentConfig, ClipRandAugment, TrainTransform, center_crop, normalize,
                               random_resized_crop_box, resize_bilinear, resize_short_side, short_side_size_hw,
                               sliding_crops, to_tchw)
 
@@ -24,7 +25,7 @@ def _frame(rng, h=40, w=56):
 
 def test_rand_augment_identical_frames_stay_identical():
     rng = np.random.default_rng(0)
-    ra = ClipRandAugment("rand-m7-n4-mstd0.5-inc1", 32)
+    ra = ClipRandAugment(AugmentConfig(input_size=32))
     changed = 0
     for s in range(30):
         clip = np.repeat(_frame(rng)[None], 6, axis=0)
@@ -37,7 +38,7 @@ def test_rand_augment_identical_frames_stay_identical():
 
 def test_rand_augment_applies_the_first_frames_ops_to_every_frame():
     rng = np.random.default_rng(1)
-    ra = ClipRandAugment("rand-m7-n4-mstd0.5-inc1", 32)
+    ra = ClipRandAugment(AugmentConfig(input_size=32))
     for s in range(10):
         a, b = _frame(rng), _frame(rng)
         _seed(s)
@@ -51,7 +52,7 @@ def test_rand_augment_equals_timm_on_a_single_frame():
     from PIL import Image
 
     rng = np.random.default_rng(6)
-    ra = ClipRandAugment("rand-m7-n4-mstd0.5-inc1", 32)
+    ra = ClipRandAugment(AugmentConfig(input_size=32))
     for s in range(10):
         frame = _frame(rng)
         _seed(s)
@@ -63,7 +64,7 @@ def test_rand_augment_equals_timm_on_a_single_frame():
 def test_rand_augment_differs_between_clips():
     rng = np.random.default_rng(2)
     clip = np.repeat(_frame(rng)[None], 2, axis=0)
-    ra = ClipRandAugment("rand-m7-n4-mstd0.5-inc1", 32)
+    ra = ClipRandAugment(AugmentConfig(input_size=32))
     _seed(0)
     outs = [ra(clip)[0] for _ in range(8)]
     assert len({o.tobytes() for o in outs}) >= 6
@@ -74,17 +75,24 @@ def test_no_flip_in_the_recipe():
     # Brightness increases to the right; the crop keeps the orientation (aa off: Invert would reverse intensities).
     ramp = np.broadcast_to(np.linspace(0, 255, 64, dtype=np.float32)[None, :, None], (48, 64, 3)).astype(np.uint8)
     clip = np.repeat(ramp[None], 4, axis=0)
-    t = TrainTransform(32, auto_augment=None, reprob=0)
+    t = TrainTransform(AugmentConfig(None, input_size=32, reprob=0))
     for s in range(30):
         _seed(s)
         out = t(clip)
         assert out[:, :, :, -4:].mean() > out[:, :, :, :4].mean(), s
 
 
+def test_recipe_from_args_keeps_defaults_for_missing_flags_and_flips_all_but_ssv2():
+    config = AugmentConfig.from_args(argparse.Namespace(aa="none", input_size=32, reprob=0.5))
+    assert config == AugmentConfig(auto_augment="none", input_size=32, reprob=0.5) and not config.rand_augment
+    assert AugmentConfig.from_args(argparse.Namespace(data_set="Kinetics-400")).flip
+    assert not AugmentConfig.from_args(argparse.Namespace(data_set="SSV2")).flip
+
+
 def test_train_transform_shapes_and_normalisation():
     colour = np.array([10, 128, 250], dtype=np.uint8)
     clip = np.broadcast_to(colour, (5, 30, 40, 3)).copy()
-    out = TrainTransform(24, auto_augment=None, reprob=0)(clip)
+    out = TrainTransform(AugmentConfig(None, input_size=24, reprob=0))(clip)
     assert out.shape == (3, 5, 24, 24) and out.dtype == torch.float32
     expected = (colour / 255 - np.array(IMAGENET_DEFAULT_MEAN)) / np.array(IMAGENET_DEFAULT_STD)
     torch.testing.assert_close(out.mean(dim=(1, 2, 3)), torch.tensor(expected, dtype=torch.float32))
@@ -94,7 +102,7 @@ def test_train_transform_shapes_and_normalisation():
 def test_full_recipe_same_output_on_every_frame_of_a_static_clip():
     rng = np.random.default_rng(3)
     clip = np.repeat(_frame(rng, 48, 64)[None], 4, axis=0)
-    t = TrainTransform(32, reprob=0)
+    t = TrainTransform(AugmentConfig(input_size=32, reprob=0))
     for s in range(10):
         _seed(s)
         out = t(clip)
@@ -104,7 +112,8 @@ def test_full_recipe_same_output_on_every_frame_of_a_static_clip():
 def test_random_erasing_uses_one_box_for_all_frames():
     rng = np.random.default_rng(4)
     clip = np.stack([_frame(rng, 48, 64) for _ in range(4)])
-    plain, erase = TrainTransform(32, auto_augment=None, reprob=0), TrainTransform(32, auto_augment=None, reprob=1)
+    plain = TrainTransform(AugmentConfig(None, input_size=32, reprob=0))
+    erase = TrainTransform(AugmentConfig(None, input_size=32, reprob=1))
     for s in range(5):
         _seed(s)
         a = plain(clip)
@@ -155,7 +164,7 @@ def test_random_resized_crop_box_ranges():
 def test_train_transform_writes_into_out_with_the_same_pixels_and_draws():
     rng = np.random.default_rng(7)
     clip = np.stack([_frame(rng, 48, 64) for _ in range(4)])
-    t = TrainTransform(32, reprob=0.5)
+    t = TrainTransform(AugmentConfig(input_size=32, reprob=0.5))
     for s in range(6):
         _seed(s)
         ref = t(clip)
