@@ -11,7 +11,9 @@ import datasets.ssv2 as ssv2
 from datasets.kinetics import KineticsDataset, chunk_indices, train_indices, val_indices
 from datasets.synthetic import make_kinetics_dataset
 from test_ssv2 import STD, _normalise_ref as _normalise, _pyav_frames as _frames
-from video_transforms import normalize_clips
+from video_transforms import AugmentConfig, normalize_clips
+
+AUG = AugmentConfig(input_size=32)  # the tiny clips' recipe
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def _published_test_view(all_frames, chunk_nb, split_nb, clip_len, rate, short_s
 
 def test_test_views_equal_the_published_loader(kinetics_dir):
     """5 chunks x 3 crops of 150+ frame videos: every view equals VideoMAE's, and the chunks differ."""
-    ds = KineticsDataset(f"{kinetics_dir}/test.csv", "test", num_frames=8, sampling_rate=4, input_size=32,
+    ds = KineticsDataset(f"{kinetics_dir}/test.csv", "test", num_frames=8, sampling_rate=4, augment=AUG,
                          short_side_size=32, test_num_segment=5, test_num_crop=3)
     for index in range(len(ds)):
         views, label, vid, view_ids = ds[index]
@@ -115,7 +117,7 @@ def test_val_indices_are_the_centred_span():
 def test_train_item_draws_from_the_item_seed(kinetics_dir):
     """Device path (the decoded frames): the clip is the frames at train_indices with a generator seeded by the
     item's seed, the same whichever generator state the process is in; a short video is padded, not replaced."""
-    ds = KineticsDataset(f"{kinetics_dir}/train.csv", "train", num_frames=8, sampling_rate=4, input_size=32,
+    ds = KineticsDataset(f"{kinetics_dir}/train.csv", "train", num_frames=8, sampling_rate=4, augment=AUG,
                          augment_on="device")
     for index in range(len(ds)):
         path = ds.samples[index][0]
@@ -134,11 +136,11 @@ def test_train_item_draws_from_the_item_seed(kinetics_dir):
 def test_items_keep_the_ssv2_formats(kinetics_dir):
     """Workers: normalised float clips num_sample x C x T x H x W; validation: uint8 T x H x W x C, the centred
     span resized and centre-cropped as VideoMAE's validation transform."""
-    train = KineticsDataset(f"{kinetics_dir}/train.csv", "train", num_frames=8, sampling_rate=2, input_size=32,
-                            num_sample=2)
+    train = KineticsDataset(f"{kinetics_dir}/train.csv", "train", num_frames=8, sampling_rate=2,
+                            augment=AugmentConfig(input_size=32, num_sample=2))
     clips, _ = train[(0, 1)]
     assert clips.shape == (2, 3, 8, 32, 32) and clips.dtype == torch.float32
-    val = KineticsDataset(f"{kinetics_dir}/val.csv", "validation", num_frames=8, sampling_rate=4, input_size=32,
+    val = KineticsDataset(f"{kinetics_dir}/val.csv", "validation", num_frames=8, sampling_rate=4, augment=AUG,
                           short_side_size=40)
     clip, label = val[1]
     all_frames = _frames(val.samples[1][0])
@@ -157,7 +159,7 @@ def test_test_item_decodes_the_union_of_its_chunks_once(kinetics_dir, monkeypatc
         return frames, idx
 
     monkeypatch.setattr(ssv2, "read_frames", recording)
-    ds = KineticsDataset(f"{kinetics_dir}/test.csv", "test", num_frames=8, sampling_rate=4, input_size=32,
+    ds = KineticsDataset(f"{kinetics_dir}/test.csv", "test", num_frames=8, sampling_rate=4, augment=AUG,
                          short_side_size=32, test_num_segment=5, test_num_crop=3)
     ds[0]
     n = len(_frames(ds.samples[0][0]))
@@ -176,10 +178,10 @@ def test_evaluation_lists_name_each_video_once_and_clashing_names_keep_distinct_
         (tmp_path / folder).mkdir()
         shutil.copy(path, tmp_path / folder / "clip.mp4")
     (tmp_path / "test.csv").write_text(f"a/clip.mp4,{label}\nb/clip.mp4,{label}\n")
-    ds = KineticsDataset(str(tmp_path / "test.csv"), "test", num_frames=8, input_size=32, short_side_size=32,
+    ds = KineticsDataset(str(tmp_path / "test.csv"), "test", num_frames=8, augment=AUG, short_side_size=32,
                          test_num_segment=2, test_num_crop=1)
     assert [ds[i][2] for i in range(2)] == [str(tmp_path / "a" / "clip"), str(tmp_path / "b" / "clip")]
     (tmp_path / "test.csv").write_text(f"a/clip.mp4,{label}\nb/clip.mp4,{label}\na/clip.mp4,{label}\n")
     with pytest.raises(ValueError, match=r"test.csv:3: '.*a/clip.mp4' is already listed at line 1"):
-        KineticsDataset(str(tmp_path / "test.csv"), "test", num_frames=8, input_size=32, short_side_size=32)
+        KineticsDataset(str(tmp_path / "test.csv"), "test", num_frames=8, augment=AUG, short_side_size=32)
     assert len(KineticsDataset(str(tmp_path / "test.csv"), "train")) == 3  # training may oversample
