@@ -4,10 +4,11 @@ augments whole batches of padded uint8 videos.
 ClipSampler draws each clip's parameters with timm's rules and draw order (RandAugment op choice, apply-probability,
 magnitude noise and level->argument rules; RandomResizedCrop box; the flip; RandomErasing boxes) from its own
 generators, so given the same generator states it draws exactly what the worker path (video_transforms.TrainTransform)
-draws. DeviceAugment applies them with batched tensor ops: the clips that share an op at a RandAugment layer are one
-slice (clips are sorted by op per layer), colour ops are exact integer arithmetic or per-frame lookup tables,
-geometric ops are one grid_sample per group with PIL's affine matrices and fill, and the crop + resize (+ flip) of
-every clip is one bilinear grid_sample. No Python loop over frames, no host-device synchronisation.
+draws. DeviceAugment applies them with batched tensor ops on uint8 clips: per RandAugment layer, one table lookup for
+the clips with a point-wise colour op, one blend each for Color and Sharpness (integer arithmetic where PIL's is), one
+grid_sample with per-clip affine grids and fill for the geometric ops; then the crop + resize (+ flip) of every clip as
+a bilinear grid_sample, normalisation and erasing. No Python loop over frames, no host-device synchronisation
+(benchmarks/count_kernels.py counts what it asks of a device).
 """
 import math
 import random
@@ -174,6 +175,7 @@ def point_table(name: str, arg: float) -> np.ndarray:
 
 
 def _blend_np(degenerate, x, factor):
+    """_blend on the host (float32 numpy arrays), without the uint8 conversion."""
     return np.floor(np.clip(degenerate + factor * (x - degenerate), 0, 255))
 
 
@@ -183,11 +185,11 @@ def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> t
     return (degenerate + factor * (x - degenerate)).clamp_(0, 255).floor_().to(torch.uint8)
 
 
-_LUMA = (19595, 38470, 7471)
+_LUMA = (19595, 38470, 7471)  # PIL's ITU-R 601-2 luma weights, scaled by 2^16
 
 
 def _luma(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """PIL's RGB -> L of uint8 (k, T, 3, H, W), in int32: (19595 R + 38470 G + 7471 B + 0x8000) >> 16, (k, T, 1, H, W)."""
+    """PIL's RGB -> L of uint8 (k, T, 3, H, W) -> int32 (k, T, 1, H, W): (19595 R + 38470 G + 7471 B + 0x8000) >> 16."""
     return (x * weights).sum(2, keepdim=True, dtype=torch.int32).add_(32768).bitwise_right_shift_(16)
 
 
@@ -257,7 +259,6 @@ def pil_affine_matrix(name: str, arg: float, height: int, width: int) -> tuple[f
         cx, cy = width / 2, height / 2
         return a, b, a * -cx + b * -cy + cx, d, e, d * -cx + e * -cy + cy
     raise ValueError(f"{name!r} is not a geometric op ({GEOMETRIC_OPS})")
-
 
 
 class _Uploads:

@@ -8,8 +8,8 @@ Writes the demo's synthetic dataset (2,400 train / 400 val videos, 64 px) once. 
 plain ViT) for --warm_epochs with the demo's recipe and no RandAugment: the start every compared run fine-tunes
 from, as a real run starts from a pretrained checkpoint. Then, per seed and path, --epochs with the published
 RandAugment (the --aa default) and `--reprob 0.25`, each run ending with the 2 x 3-view test. Runs go --jobs at a
-time as separate processes, each with cores/jobs threads and one data worker. A run whose test_summary.json exists with the
-same arguments is reused (and said so); one with other arguments is refused.
+time as separate processes, each with cores/jobs threads and one data worker. A run whose test_summary.json exists with
+the same arguments is reused (and said so); one with other arguments is refused.
 
 Why a warm start: from scratch (--warm_epochs 0), every RandAugment run on this data first sits at chance (loss
 ln 8) for 2 to 9 or more epochs: the colour ops sometimes make the bright moving object dark, which this dataset's probe

@@ -82,7 +82,8 @@ class DeviceOpRecorder(TorchDispatchMode):
         if func in COPIES:
             src = args[1] if func is aten.copy_.default else args[0]
             dst = args[0] if func is aten.copy_.default else outputs[0]
-            non_blocking = kwargs.get("non_blocking", args[2] if func is aten.copy_.default and len(args) > 2 else False)
+            positional = args[2] if func is aten.copy_.default and len(args) > 2 else False
+            non_blocking = kwargs.get("non_blocking", positional)
             if not self._on_device(src) and self._on_device(dst):
                 self.uploads.append((name, tuple(src.shape), src.dtype, bool(non_blocking)))
                 return
