@@ -138,11 +138,11 @@ def test_non_finite_loss_stops_the_run():
 
 
 def test_every_log_line_shows_data_wait_and_peak_memory(capsys):
-    """A loader that sleeps 0.2 s per batch: each line's data-wait share is most of the wall time (the tiny step takes
+    """A loader that sleeps 0.4 s per batch: each line's data-wait share is most of the wall time (the tiny step takes
     milliseconds) and agrees with TensorBoard's record; peak memory is printed and recorded on every line."""
     def slow_loader():
         for batch in batches(3):
-            time.sleep(0.2)
+            time.sleep(0.4)
             yield batch
     rec = Recorder()
     stats = run_epoch(tiny(), slow_loader(), 3, log_writer=rec, print_freq=1)

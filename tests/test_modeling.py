@@ -228,5 +228,5 @@ def test_building_models_loads_no_data_or_training_code():
             todo += [n.split(".")[0] for n in names if n.split(".")[0] in files.keys() - reached]
     assert {"modeling_finetune_llama", "llama", "checkpoint"} <= reached
     training = {"datasets", "video_transforms", "device_augment", "engine_for_finetuning", "optim_factory",
-                "run_class_finetuning", "run_control", "distributed", "reports"}
+                "run_class_finetuning", "run_control", "reports"}
     assert training.isdisjoint(reached), sorted(training & reached)
