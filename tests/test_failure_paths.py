@@ -133,7 +133,7 @@ def _run_until_exit(cmd, timeout=60):
                                          r"last: video file is empty \(0 bytes\): '[^']*empty\d\.mp4'"),
     ("val", [], r"video file is empty \(0 bytes\): '[^']*empty0\.mp4'"),
     ("test", ["--eval"], r"video file is empty \(0 bytes\): '[^']*empty0\.mp4'"),
-])
+], ids=["training", "validation", "eval"])
 def test_a_failing_loader_worker_ends_the_run(data_dir, tmp_path, which, extra, message):
     data = _bad_lists(data_dir, tmp_path / "data", which, bad=8 if which == "train" else 1)
     if "--eval" in extra:

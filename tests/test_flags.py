@@ -443,11 +443,12 @@ def test_llama_flags_and_finetune_flags_reach_the_model(data_dir, tmp_path, monk
     monkeypatch.setattr(models, "create_model", record)
     ref = real("vit_llama_tiny_patch16", num_classes=8, all_frames=8, img_size=32)
     torch.save({"weights": {"net." + k: v for k, v in ref.state_dict().items()}}, tmp_path / "ft.pth")
-    b = build(data_dir, tmp_path, ["--llama_path", "/llama", "--llama_layer", "3", "--use_checkpoint",
+    (tmp_path / "llm").mkdir()  # a folder the recorder never reads
+    b = build(data_dir, tmp_path, ["--llama_path", str(tmp_path / "llm"), "--llama_layer", "3", "--use_checkpoint",
                                    "--attn_drop_rate", "0.1", "--finetune", str(tmp_path / "ft.pth"),
                                    "--model_key", "other|weights", "--model_prefix", "net."])
     assert (seen["llama_path"], seen["llama_layer"], seen["use_checkpoint"], seen["attn_drop_rate"]) == \
-        ("/llama", "3", True, 0.1)
+        (str(tmp_path / "llm"), "3", True, 0.1)
     for k, v in ref.state_dict().items():
         assert torch.equal(b.model.state_dict()[k], v), k
 
