@@ -525,8 +525,10 @@ def main(args: argparse.Namespace) -> dict | None:
         with run_control.RunLock(args.output_dir), \
                 run_control.StopSignal([run_control.parse_signal(args.exit_signal)], args.dist_timeout) as stop:
             result = _main(args, stop)
-    except BaseException:
-        distributed.cleanup_distributed(wait=False)
+    except BaseException as e:
+        # The run's own exits (SystemExit: a stop signal, divergence, a refused lock) happen on every rank, which
+        # wait for each other; after an error on this rank, the others may never come.
+        distributed.cleanup_distributed(wait=isinstance(e, SystemExit))
         raise
     distributed.cleanup_distributed()
     return result

@@ -104,6 +104,9 @@ def ignore_stop_signals(signals: Sequence[int], worker_id: int | None = None) ->
         signal.signal(s, signal.SIG_IGN)
 
 
+_END_WORKERS_REGISTERED = False
+
+
 def end_workers_at_exit() -> None:
     """Make sure the process can exit while DataLoader workers are alive (register once, in the main process).
 
@@ -117,10 +120,8 @@ def end_workers_at_exit() -> None:
         _END_WORKERS_REGISTERED = True
 
 
-_END_WORKERS_REGISTERED = False
-
-
 def _kill_daemonic_children() -> None:
+    """end_workers_at_exit's handler."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for child in multiprocessing.active_children():

@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -113,19 +112,25 @@ def _tiny_checkpoint(data_dir, tmp_path) -> str:
     return path
 
 
-def _run_until_exit(cmd, timeout=60):
-    """Run ``python cmd`` from the project's folder: (the completed process, seconds). A hang fails the test at
-    ``timeout``, and every process it started is killed."""
+def _run_until_exit(cmd, tmp_path, timeout=60):
+    """Run ``python cmd`` from the project's folder and return the completed process. A hang fails the test at
+    ``timeout``, after SIGTERM to what it started (torchrun passes it on) and, 40 s later, SIGKILL."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    t0 = time.time()
-    with subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, start_new_session=True) as proc:
+    with open(tmp_path / "stdout.txt", "w+") as out, open(tmp_path / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=env, stdout=out, stderr=err,
+                                start_new_session=True)
         try:
-            out, err = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"still running after {timeout} s: {' '.join(cmd)}\n{proc.communicate()[1][-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), time.time() - t0
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            pytest.fail(f"still running after {timeout} s: {' '.join(cmd)}\n{(tmp_path / 'stderr.txt').read_text()}")
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
 
 
 @pytest.mark.parametrize("which, extra, message", [
@@ -138,20 +143,19 @@ def test_a_failing_loader_worker_ends_the_run(data_dir, tmp_path, which, extra, 
     data = _bad_lists(data_dir, tmp_path / "data", which, bad=8 if which == "train" else 1)
     if "--eval" in extra:
         extra = extra + ["--resume", _tiny_checkpoint(data_dir, tmp_path)]
-    argv = base_argv(data, tmp_path / "out", "--epochs", "1", "--num_workers", "1", "--mixup", "0", "--cutmix", "0",
-                     *extra)
-    res, seconds = _run_until_exit(["run_class_finetuning.py", *argv])
+    argv = base_argv(data, tmp_path / "out", "--epochs", "1", "--num_workers", "1", *extra)
+    res = _run_until_exit(["run_class_finetuning.py", *argv], tmp_path)
     assert res.returncode == 1, res.stderr[-3000:]
     assert re.search(message, res.stderr.strip().splitlines()[-1]), res.stderr[-3000:]
     assert "killed by signal" not in res.stderr
-    print(f"{which}: exit {res.returncode} after {seconds:.1f} s")
 
 
 def test_predict_names_a_bad_video_and_exits(data_dir, tmp_path):
     (tmp_path / "empty.mp4").write_bytes(b"")
-    res, _ = _run_until_exit(["predict.py", str(tmp_path / "empty.mp4"), "--resume", _tiny_checkpoint(data_dir, tmp_path),
-                              "--model", "vit_llama_tiny_patch16", "--num_frames", "8", "--input_size", "32",
-                              "--short_side_size", "32", "--device", "cpu"])
+    weights = _tiny_checkpoint(data_dir, tmp_path)
+    res = _run_until_exit(["predict.py", str(tmp_path / "empty.mp4"), "--resume", weights, "--model",
+                           "vit_llama_tiny_patch16", "--num_frames", "8", "--input_size", "32", "--short_side_size",
+                           "32", "--device", "cpu"], tmp_path)
     assert res.returncode == 1
     assert re.search(r"predict.py: video .*empty\.mp4: cannot be decoded .*empty \(0 bytes\)",
                      res.stderr.strip().splitlines()[-1]), res.stderr[-3000:]
@@ -163,9 +167,8 @@ def test_a_failing_loader_worker_ends_a_torchrun_job(data_dir, tmp_path):
     data = _bad_lists(data_dir, tmp_path / "data", "test")
     argv = base_argv(data, tmp_path / "out", "--eval", "--dist_eval", "--num_workers", "1", "--resume",
                      _tiny_checkpoint(data_dir, tmp_path))
-    res, seconds = _run_until_exit(["-m", "torch.distributed.run", "--nproc_per_node=2",
-                                    f"--master_port={free_ports(1)[0]}", "run_class_finetuning.py", *argv], timeout=120)
+    res = _run_until_exit(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_ports(1)[0]}",
+                           "run_class_finetuning.py", *argv], tmp_path, timeout=90)
     assert res.returncode != 0, res.stderr[-3000:]
     assert re.search(r"VideoDecodeError: video file is empty \(0 bytes\): '[^']*empty0\.mp4'", res.stderr), \
         res.stderr[-3000:]
-    print(f"torchrun: exit {res.returncode} after {seconds:.1f} s")
