@@ -226,6 +226,10 @@ def _bad_values(args: argparse.Namespace) -> list[str]:
             bad.append(f"--{flag} {path}: takes {what}, but no such {'folder' if folder else 'file'}")
     if args.output_dir and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         bad.append(f"--output_dir {args.output_dir}: takes a folder, but it is a file")
+    mixing = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+    if mixing and not args.eval and (args.batch_size * args.num_sample) % 2:
+        bad.append(f"--batch_size {args.batch_size} x --num_sample {args.num_sample}: mixup/cutmix takes an even "
+                   f"number of clips per batch (or pass --mixup 0 --cutmix 0)")
     if args.eval and args.finetune and not args.resume:
         bad.append(f"--eval with --finetune {args.finetune}: --finetune loads weights to train from (a head of "
                    f"another size is dropped), so the model would not be the checkpoint's. To evaluate a "
@@ -344,9 +348,6 @@ def build_training(args, model: torch.nn.Module, steps_per_epoch: int,
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
         from timm.data import Mixup
-        if (args.batch_size * args.num_sample) % 2:
-            raise SystemExit(f"error: mixup/cutmix needs an even number of clips per batch; batch_size "
-                             f"{args.batch_size} x num_sample {args.num_sample} is odd (or pass --mixup 0 --cutmix 0)")
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                          label_smoothing=args.smoothing, num_classes=args.nb_classes)

@@ -393,6 +393,8 @@ BAD_VALUES = [
     (["--opt_eps", "0"], r"--opt_eps 0.0: takes a number > 0"),
     (["--dist_timeout", "0"], r"--dist_timeout 0.0: takes a number > 0 \(minutes\)"),
     (["--cutmix_minmax", "0.8", "0.2"], r"--cutmix_minmax 0.8 0.2: takes MIN MAX with 0 < MIN <= MAX <= 1"),
+    (["--batch_size", "3", "--num_sample", "1"], r"--batch_size 3 x --num_sample 1: mixup/cutmix takes an even "
+                                                 r"number of clips per batch \(or pass --mixup 0 --cutmix 0\)"),
     (["--model", "vit_gigantic"], r"--model: unknown model 'vit_gigantic'; known: vit_base_patch16_224"),
     (["--data_path", "{tmp}/none"], r"--data_path .*/none: takes the folder of train.csv/val.csv/test.csv, but no "
                                     r"such folder"),
