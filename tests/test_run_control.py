@@ -178,3 +178,40 @@ def test_stop_signal_collectives_wait_dist_timeout(monkeypatch):
     monkeypatch.setattr(run_control.dist, "new_group", lambda **kw: groups.append(kw))
     run_control.StopSignal(timeout_min=2.5)
     assert groups == [{"backend": "gloo", "timeout": datetime.timedelta(minutes=2.5)}]
+
+
+EXIT_WITH_A_WORKER = """
+import multiprocessing, signal, sys, time
+sys.path.insert(0, {root!r})
+import run_control
+
+
+def worker():
+    run_control.ignore_stop_signals([signal.SIGTERM])
+    time.sleep(120)
+
+
+def a_loader_would_raise(*_):
+    raise RuntimeError("SIGCHLD handler ran at exit")
+
+
+if __name__ == "__main__":
+    run_control.end_workers_at_exit()
+    child = multiprocessing.Process(target=worker, daemon=True)
+    child.start()
+    time.sleep(1.0)  # the worker now ignores SIGTERM
+    signal.signal(signal.SIGCHLD, a_loader_would_raise)  # as torch's DataLoader does
+    print(child.pid, flush=True)
+    raise SystemExit("error: a bad video")
+"""
+
+
+def test_the_process_exits_although_a_worker_ignores_sigterm(tmp_path):
+    """Python ends daemonic children at exit with SIGTERM and waits for them: a worker that ignores it would hang the
+    exit. end_workers_at_exit's handler kills it first, without letting a SIGCHLD handler replace the error."""
+    script = tmp_path / "job.py"
+    script.write_text(EXIT_WITH_A_WORKER.format(root=ROOT))
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == ["error: a bad video"], res.stderr
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(res.stdout), 0)  # the worker is gone too
