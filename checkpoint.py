@@ -342,17 +342,16 @@ def check_eval_args(args, ckpt: Mapping, path: str) -> None:
 def load_for_eval(args, model: nn.Module) -> str:
     """Load the weights --eval evaluates, strictly (head included): --resume exactly, else the newest loadable
     checkpoint in output_dir (find_resume_checkpoint); refuses a checkpoint trained with other frames/size/model
-    (check_eval_args). Returns the path; errors when there is none (--finetune weights are never evaluated: their
-    head may have been dropped)."""
+    (check_eval_args). Returns the path; errors when there is none (never the --finetune weights, whose head may
+    have been dropped: run_class_finetuning.check_args refuses --eval with --finetune and no --resume)."""
     path, ckpt = checkpoint_to_load(args)
     if path:
         load_model_file(model, ckpt, path, args.model, keys=args.model_key)
         check_eval_args(args, ckpt, path)
         print(f"Evaluating {path}", flush=True)
         return path
-    finetune = f" (to evaluate --finetune {args.finetune}, pass it as --resume)" if args.finetune else ""
     raise SystemExit(f"error: --eval has nothing to evaluate: pass --resume CKPT, or an --output_dir holding "
-                     f"checkpoint-N.pth (got {args.output_dir!r}){finetune}")
+                     f"checkpoint-N.pth (got {args.output_dir!r})")
 
 
 def _restore_ema(model_ema, ckpt: Mapping, model: nn.Module) -> None:
