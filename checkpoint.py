@@ -32,6 +32,7 @@ import utils
 
 MODEL_KEYS = "model|module"  # where VideoMAE's files keep their weights (--model_key)
 DROP_PREFIXES = ("decoder.", "encoder_to_decoder.", "mask_token")
+LLM_PREFIXES = ("llama", "llama_dim_mapper1", "llama_dim_mapper2")  # the LLM block of the ViT-LLaMA models
 EPOCH_CHECKPOINT = re.compile(r"checkpoint-(\d+)\.pth")
 BEST_CHECKPOINT = "checkpoint-best.pth"
 LAST_CHECKPOINT = "checkpoint-last.pth"  # every epoch, and partway through one when the run is stopped
@@ -339,19 +340,18 @@ def check_eval_args(args, ckpt: Mapping, path: str) -> None:
 
 
 def load_for_eval(args, model: nn.Module) -> str:
-    """Load the weights --eval evaluates: --resume exactly, else the newest loadable checkpoint in output_dir
-    (find_resume_checkpoint), else the --finetune weights already in the model; refuses a checkpoint trained with
-    other frames/size/model (check_eval_args). Returns the path; errors when there is none."""
+    """Load the weights --eval evaluates, strictly (head included): --resume exactly, else the newest loadable
+    checkpoint in output_dir (find_resume_checkpoint); refuses a checkpoint trained with other frames/size/model
+    (check_eval_args). Returns the path; errors when there is none (never the --finetune weights, whose head may
+    have been dropped: run_class_finetuning.check_args refuses --eval with --finetune and no --resume)."""
     path, ckpt = checkpoint_to_load(args)
     if path:
         load_model_file(model, ckpt, path, args.model, keys=args.model_key)
         check_eval_args(args, ckpt, path)
         print(f"Evaluating {path}", flush=True)
         return path
-    if args.finetune:
-        return args.finetune
-    raise SystemExit("error: --eval has nothing to evaluate: pass --resume CKPT (or --finetune WEIGHTS), or an "
-                     f"--output_dir holding checkpoint-N.pth (got {args.output_dir!r})")
+    raise SystemExit(f"error: --eval has nothing to evaluate: pass --resume CKPT, or an --output_dir holding "
+                     f"checkpoint-N.pth (got {args.output_dir!r})")
 
 
 def _restore_ema(model_ema, ckpt: Mapping, model: nn.Module) -> None:
@@ -572,30 +572,33 @@ def _summary(keys: list[str]) -> str:
 
 
 def load_finetune_weights(model: nn.Module, path: str, model_key: str = MODEL_KEYS,
-                          model_prefix: str = "") -> dict:
+                          model_prefix: str = "", allow_arg_mismatch: bool = False) -> dict:
     """Load a VideoMAE self-supervised (or any compatible) checkpoint into ``model`` for fine-tuning.
 
     Strips ``model_prefix`` then ``encoder.``/``backbone.``; drops the decoder, ``encoder_to_decoder``,
     ``mask_token``, the encoder's ``norm`` when the model mean-pools, a ``head`` of another shape, and a
     ``pos_embed`` the model does not learn (it uses the fixed table); interpolates a learnable ``pos_embed`` to the
-    model's grid. Loads with strict=False and returns {"missing", "unexpected", "dropped", "notes"}. LLM keys
-    (read from the LLM folder) are not reported as missing. Raises when no tensor matched (wrong file) or when
-    tensors other than the head have other shapes (wrong model size).
+    model's grid. Loads with strict=False and returns {"missing", "unexpected", "dropped", "notes"}; the first note
+    says whether the checkpoint's head was kept or dropped, with both class counts. LLM keys (read from the LLM
+    folder) are not reported as missing. Raises when no tensor matched (wrong file), when tensors other than the
+    head have other shapes (wrong model size), and, unless ``allow_arg_mismatch``, when the checkpoint holds an LLM
+    block the model has not (its fine-tuned ViT would be used without the block it was trained with).
     """
     ckpt = safe_load(path)
     state = model_state(ckpt, model_key, path=path, allow_bare=True)
     own = model.state_dict()
     learnable_pos = isinstance(getattr(model, "pos_embed", None), nn.Parameter)
-    new_state, dropped, notes = {}, [], []
+    new_state, dropped, notes, saved_classes = {}, [], [], None
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue
         k = _strip(key, model_prefix)
+        if k == "head.weight":
+            saved_classes = value.shape[0]
         if k.startswith(DROP_PREFIXES) or (k.startswith("norm.") and k not in own):
             dropped.append(k)
         elif k.startswith("head.") and k in own and own[k].shape != value.shape:
             dropped.append(k)
-            notes.append(f"{k}: checkpoint shape {tuple(value.shape)} != model {tuple(own[k].shape)} (new head)")
         elif k == "pos_embed" and not learnable_pos:
             dropped.append(k)
             notes.append("pos_embed: the model uses the fixed sinusoid table; the checkpoint's table is not used")
@@ -606,6 +609,15 @@ def load_finetune_weights(model: nn.Module, path: str, model_key: str = MODEL_KE
             notes.append(f"pos_embed interpolated from grid {src} to {grid}")
         else:
             new_state[k] = value
+    llm = sorted({k.split(".")[0] for k in new_state if k.split(".")[0] in LLM_PREFIXES and k not in own})
+    if llm and not allow_arg_mismatch:
+        raise RuntimeError(f"{path} holds an LLM block ({', '.join(f'{g}.*' for g in llm)}) that the model has not: "
+                           f"its ViT was fine-tuned with that block after it, and would be used without it. Choose "
+                           f"the --model with the LLM block, or pass --allow_arg_mismatch to load the ViT weights "
+                           f"anyway")
+    if saved_classes is not None and "head.weight" in own:
+        notes.insert(0, f"head: checkpoint has {saved_classes} classes, model {own['head.weight'].shape[0]}: "
+                        f"{'dropped (a new head is trained)' if 'head.weight' in dropped else 'kept'}")
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in new_state.items() if k in own and own[k].shape != v.shape]
     if mismatched:

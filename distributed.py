@@ -59,7 +59,8 @@ def _slurm_first_host(nodelist: str) -> str:
 def init_distributed(args) -> None:
     """Initialise torch.distributed from the environment (see resolve_dist_env) and set args.rank/world_size/gpu.
 
-    NCCL on CUDA, gloo on CPU. Non-zero ranks print only with print(..., force=True).
+    NCCL on CUDA, gloo on CPU; a collective that waits longer than args.dist_timeout minutes for another rank
+    fails the job. Non-zero ranks print only with print(..., force=True).
     """
     info = resolve_dist_env(os.environ, getattr(args, "dist_on_itp", False), getattr(args, "world_size", 1),
                             getattr(args, "local_rank", -1))
@@ -80,7 +81,7 @@ def init_distributed(args) -> None:
     print(f"| distributed init rank {args.rank}/{args.world_size} (local {args.gpu}, {backend}): {args.dist_url}",
           flush=True)
     dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank,
-                            timeout=datetime.timedelta(minutes=30),
+                            timeout=datetime.timedelta(minutes=args.dist_timeout),
                             device_id=torch.device("cuda", args.gpu) if cuda else None)
     dist.barrier()
     _quiet_non_master(args.rank == 0)
@@ -138,10 +139,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def cleanup_distributed() -> None:
-    """Wait for every rank, then destroy the process group (no-op in a single process)."""
+def cleanup_distributed(wait: bool = True) -> None:
+    """Wait for every rank (``wait``; not after an error, when the others may never come), then destroy the process
+    group (no-op in a single process)."""
     if is_dist():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -8,6 +8,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from functools import partial
@@ -25,6 +26,7 @@ import run_control
 import utils
 from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, load_class_names
 from device_augment import DeviceAugment
+from models import model_spec
 from video_transforms import DEFAULT_AA, AugmentConfig
 
 
@@ -144,7 +146,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--start_epoch", default=0, type=int)
     a("--eval", action="store_true", help="multi-view test of --resume (or the newest checkpoint) and exit")
     a("--allow_arg_mismatch", action="store_true",
-      help="evaluate a checkpoint even though --num_frames/--input_size/--model differ from its saved args")
+      help="evaluate a checkpoint even though --num_frames/--input_size/--model differ from its saved args; "
+           "fine-tune a plain ViT from a checkpoint that holds an LLM block (the block is left out)")
     a("--exit_signal", default="USR1",
       help="signal that, like SIGTERM and a first Ctrl-C, makes the run finish its optimizer step, save "
            f"checkpoint-last.pth and exit with status {run_control.EXIT_PREEMPTED} (SLURM: #SBATCH --signal=USR1@120)")
@@ -156,6 +159,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--local_rank", "--local-rank", default=-1, type=int)
     a("--dist_on_itp", action="store_true", help="read ranks from OpenMPI's environment")
     a("--dist_url", default="env://")
+    a("--dist_timeout", default=10.0, type=float,
+      help="minutes a process waits for the others in a collective before the job fails (a frozen or lost rank)")
     compat = p.add_argument_group("VideoMAE compatibility", "accepted so that VideoMAE command lines parse: its "
                                   "switches for what is on by default here change nothing; the other flags take only "
                                   "their default, anything else is an error")
@@ -170,8 +175,71 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Bounds of numeric flags: (flags, test, what they accept); None (not given) is always accepted.
+VALUE_BOUNDS = [
+    (("batch_size", "epochs", "update_freq", "save_ckpt_freq", "num_sample", "test_num_segment", "test_num_crop",
+      "num_frames", "tubelet_size", "input_size", "short_side_size", "nb_classes", "print_freq", "decode_threads",
+      "recount"), lambda v: v >= 1, "an integer >= 1"),
+    (("num_workers", "max_bad_videos", "warmup_epochs", "start_epoch"), lambda v: v >= 0, "an integer >= 0"),
+    (("warmup_steps",), lambda v: v >= -1, "an integer >= 0, or -1 for --warmup_epochs"),
+    (("reprob", "mixup_prob", "mixup_switch_prob", "smoothing", "drop", "attn_drop_rate", "drop_path",
+      "fc_drop_rate", "model_ema_decay", "layer_decay"), lambda v: 0 <= v <= 1, "a probability/fraction in [0, 1]"),
+    (("lr", "min_lr", "warmup_lr", "weight_decay", "weight_decay_end", "mixup", "cutmix", "init_scale"),
+     lambda v: v >= 0, "a number >= 0"),
+    (("opt_eps", "clip_grad"), lambda v: v > 0, "a number > 0 (leave --clip_grad out to clip nothing)"),
+    (("dist_timeout",), lambda v: v > 0, "a number > 0 (minutes)"),
+]
+
+# Path flags: flag -> (must be a folder, what it is). Empty or None: not given.
+PATH_FLAGS = {"data_path": (True, "the folder of train.csv/val.csv/test.csv"),
+              "eval_data_path": (True, "the folder of val.csv/test.csv"),
+              "data_root": (True, "the folder relative video paths start from"),
+              "finetune": (False, "the weights to fine-tune from"), "resume": (False, "the checkpoint to resume"),
+              "labels": (False, "the labels json"), "llama_path": (True, "the LLM folder")}
+
+
+def _bad_values(args: argparse.Namespace) -> list[str]:
+    """One line per numeric flag out of its bounds, per impossible combination and per missing path."""
+    bad = [f"--{flag} {getattr(args, flag)}: takes {what}" for flags, ok, what in VALUE_BOUNDS for flag in flags
+           if getattr(args, flag) is not None and not ok(getattr(args, flag))]
+    if args.tubelet_size >= 1 and args.num_frames % args.tubelet_size:
+        bad.append(f"--num_frames {args.num_frames}: takes a multiple of --tubelet_size {args.tubelet_size}")
+    patch = re.search(r"patch(\d+)", args.model)
+    if patch and args.input_size % int(patch.group(1)):
+        bad.append(f"--input_size {args.input_size}: takes a multiple of {args.model}'s patch size "
+                   f"{patch.group(1)}")
+    if args.short_side_size < args.input_size:
+        bad.append(f"--short_side_size {args.short_side_size}: takes a size >= --input_size {args.input_size} "
+                   f"(frames are resized to it, then cropped to --input_size)")
+    if args.cutmix_minmax is not None and len(args.cutmix_minmax) == 2 and \
+            not 0 < args.cutmix_minmax[0] <= args.cutmix_minmax[1] <= 1:
+        bad.append(f"--cutmix_minmax {' '.join(map(str, args.cutmix_minmax))}: takes MIN MAX with 0 < MIN <= MAX <= 1")
+    try:
+        model_spec(args.model)
+    except ValueError as e:
+        bad.append(f"--model: {e}")
+    for flag, (folder, what) in PATH_FLAGS.items():
+        path = getattr(args, flag)
+        if flag == "data_path" and args.eval and args.eval_data_path:
+            continue  # --eval reads only --eval_data_path
+        if path and not (os.path.isdir(path) if folder else os.path.isfile(path)):
+            bad.append(f"--{flag} {path}: takes {what}, but no such {'folder' if folder else 'file'}")
+    if args.output_dir and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        bad.append(f"--output_dir {args.output_dir}: takes a folder, but it is a file")
+    mixing = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+    if mixing and not args.eval and (args.batch_size * args.num_sample) % 2:
+        bad.append(f"--batch_size {args.batch_size} x --num_sample {args.num_sample}: mixup/cutmix takes an even "
+                   f"number of clips per batch (or pass --mixup 0 --cutmix 0)")
+    if args.eval and args.finetune and not args.resume:
+        bad.append(f"--eval with --finetune {args.finetune}: --finetune loads weights to train from (a head of "
+                   f"another size is dropped), so the model would not be the checkpoint's. To evaluate a "
+                   f"checkpoint, pass it as --resume {args.finetune}")
+    return bad
+
+
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Reject flags that cannot act here, with what to use instead; fill derived defaults."""
+    """Reject, before any work, flags that cannot act here (with what to use instead), values no run can take
+    (VALUE_BOUNDS, sizes that do not divide, missing paths); fill derived defaults."""
     bad = [f"--{flag} is not supported ({why})" if default in (None, False) else
            f"--{flag} {getattr(args, flag)}: only {default} is supported ({why})"
            for flag, (default, kind, why) in COMPAT_FLAGS.items() if getattr(args, flag) != default]
@@ -186,6 +254,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         run_control.parse_signal(args.exit_signal)
     except ValueError as e:
         bad.append(f"--exit_signal: {e}")
+    bad += _bad_values(args)
     if bad:
         raise SystemExit("error: " + "; ".join(bad))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -215,7 +284,8 @@ def build_model(args) -> torch.nn.Module:
         use_checkpoint=args.use_checkpoint, llama_path=args.llama_path, llama_layer=args.llama_layer,
         llama_dtype=args.llama_dtype)
     if args.finetune:
-        checkpoint.load_finetune_weights(model, args.finetune, args.model_key, args.model_prefix)
+        checkpoint.load_finetune_weights(model, args.finetune, args.model_key, args.model_prefix,
+                                         args.allow_arg_mismatch)
     return model
 
 
@@ -278,9 +348,6 @@ def build_training(args, model: torch.nn.Module, steps_per_epoch: int,
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
         from timm.data import Mixup
-        if (args.batch_size * args.num_sample) % 2:
-            raise SystemExit(f"error: mixup/cutmix needs an even number of clips per batch; batch_size "
-                             f"{args.batch_size} x num_sample {args.num_sample} is odd (or pass --mixup 0 --cutmix 0)")
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                          label_smoothing=args.smoothing, num_classes=args.nb_classes)
@@ -451,14 +518,21 @@ def start_log(args, state: checkpoint.ResumeState) -> None:
 
 def main(args: argparse.Namespace) -> dict | None:
     """Train (or with --eval only test); returns the multi-view test summary on rank 0. Holds output_dir's lock;
-    a stop signal ends training after a checkpoint with SystemExit(run_control.EXIT_PREEMPTED)."""
+    a stop signal ends training after a checkpoint with SystemExit(run_control.EXIT_PREEMPTED). An error (in a
+    loader worker too) ends the process at once: no wait for the other ranks, no worker left to wait for."""
+    run_control.end_workers_at_exit()
     distributed.init_distributed(args)
     try:
         with run_control.RunLock(args.output_dir), \
-                run_control.StopSignal([run_control.parse_signal(args.exit_signal)]) as stop:
-            return _main(args, stop)
-    finally:
-        distributed.cleanup_distributed()
+                run_control.StopSignal([run_control.parse_signal(args.exit_signal)], args.dist_timeout) as stop:
+            result = _main(args, stop)
+    except BaseException as e:
+        # The run's own exits (SystemExit: a stop signal, divergence, a refused lock) happen on every rank, which
+        # wait for each other; after an error on this rank, the others may never come.
+        distributed.cleanup_distributed(wait=isinstance(e, SystemExit))
+        raise
+    distributed.cleanup_distributed()
+    return result
 
 
 def _main(args, stop: run_control.StopSignal) -> dict | None:

@@ -2,11 +2,14 @@
 leftovers of a killed run, the health and divergence checks of an epoch, and the exit status of a stopped run."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
+import errno
 import glob
 import json
 import math
+import multiprocessing
 import os
 import re
 import signal
@@ -14,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from typing import Sequence
 
 import torch
@@ -43,14 +47,15 @@ class StopSignal:
     same number of times, and all get the same answer: each call all-reduces this rank's flag on a CPU (gloo) group
     without waiting for it and returns the previous call's result, so a signal that reached any rank stops all of
     them at the same step, one step later, with no host-device synchronisation. requested(now=True) is a blocking
-    check (between epochs).
+    check (between epochs). A rank that does not answer for ``timeout_min`` minutes fails the waiting ones.
     """
 
-    def __init__(self, signals: Sequence[signal.Signals] = ()):
+    def __init__(self, signals: Sequence[signal.Signals] = (), timeout_min: float | None = None):
         self.signals = list(dict.fromkeys([signal.SIGTERM, *signals, signal.SIGINT]))
         self.received: str | None = None  # the first signal this process got
         self._previous: dict = {}
-        self._group = dist.new_group(backend="gloo") if is_dist() else None
+        timeout = datetime.timedelta(minutes=timeout_min) if timeout_min else None  # None: gloo's default
+        self._group = dist.new_group(backend="gloo", timeout=timeout) if is_dist() else None
         self._pending: tuple | None = None  # (work, buffer) of the last all-reduce
 
     def __enter__(self) -> "StopSignal":
@@ -99,6 +104,32 @@ def ignore_stop_signals(signals: Sequence[int], worker_id: int | None = None) ->
         signal.signal(s, signal.SIG_IGN)
 
 
+_END_WORKERS_REGISTERED = False
+
+
+def end_workers_at_exit() -> None:
+    """Make sure the process can exit while DataLoader workers are alive (register once, in the main process).
+
+    Python ends daemonic children at exit with SIGTERM and waits for them, but the workers ignore SIGTERM
+    (ignore_stop_signals), so an error raised through a loader (a bad video) would leave the run hanging at exit.
+    The handler runs before multiprocessing's own: it puts SIGCHLD back to its default (torch's loader handler would
+    replace the worker's error with "worker killed by signal") and SIGKILLs and reaps the live workers."""
+    global _END_WORKERS_REGISTERED
+    if not _END_WORKERS_REGISTERED:
+        atexit.register(_kill_daemonic_children)
+        _END_WORKERS_REGISTERED = True
+
+
+def _kill_daemonic_children() -> None:
+    """end_workers_at_exit's handler."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join()
+
+
 TEMP_FILE = re.compile(r".+\.tmp\.\d+")  # utils.atomic_write's temporary files: <name>.tmp.<pid>
 
 
@@ -117,23 +148,28 @@ def remove_stale_temp_files(folder: str) -> list[str]:
 
 
 class RunLock:
-    """``folder/run.lock`` while a run uses the folder: {host, pid, started, slurm_job_id, command}, refreshed
-    (mtime) every ``heartbeat_s`` seconds by a thread.
+    """``folder/run.lock`` while a run uses the folder: {host, pid, started, slurm_job_id, command, token, beat,
+    heartbeat_s}. A thread of the owner rewrites it every ``heartbeat_s`` seconds with ``beat`` one higher (write a
+    temporary file, then rename it over the lock: a reader sees a whole lock, never a half-written one).
 
     A second run into a folder with a live lock stops with a message naming the owner. A lock is stale, and taken
-    over with a warning, when its process is gone (same host), when it was left by an earlier start of this SLURM
-    job (a requeue keeps the job id), or when it has not been refreshed for ``stale_after_s`` seconds (its owner
-    died on another host). Rank 0 holds it; every rank gets the same verdict. An empty folder name: no lock.
+    over with a warning, only when its owner is gone: on this host, its process has exited; on another host, its
+    ``beat`` did not change for a little over one of its heartbeat periods (watched from here; no clock is compared,
+    so a suspended owner or clock skew between hosts never decides). A requeue of a SLURM job (same job id) is
+    judged the same way. A lock that cannot be read is never taken. The lock is created with its content in place
+    (a temporary file hard-linked to the lock name). Rank 0 holds it; every rank gets the same verdict. An empty
+    folder name: no lock.
     """
 
     NAME = "run.lock"
 
-    def __init__(self, folder: str, heartbeat_s: float = 60.0, stale_after_s: float = 600.0):
-        self.folder, self.heartbeat_s, self.stale_after_s = folder, heartbeat_s, stale_after_s
+    def __init__(self, folder: str, heartbeat_s: float = 30.0):
+        self.folder, self.heartbeat_s = folder, heartbeat_s
         self.path = os.path.join(folder, self.NAME) if folder else None
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(),
                       "started": datetime.datetime.now().isoformat(timespec="seconds"),
-                      "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "command": " ".join(sys.argv)}
+                      "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "command": " ".join(sys.argv),
+                      "token": uuid.uuid4().hex, "beat": 0, "heartbeat_s": heartbeat_s}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -155,66 +191,114 @@ class RunLock:
             return
         self._stop.set()
         self._thread.join()
-        if self._read() == self.owner:
+        if self._is_mine():
             os.remove(self.path)
 
-    def _read(self) -> dict | None:
+    def _read(self) -> tuple[bytes | None, dict | None]:
+        """(raw bytes, the owner's fields) of the lock; (None, None) when there is no lock, (raw, None) when it is
+        not a lock this code wrote."""
         try:
-            with open(self.path, encoding="utf-8") as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return None
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None, None
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            return raw, None
+        return raw, info if isinstance(info, dict) and isinstance(info.get("host"), str) and \
+            isinstance(info.get("pid"), int) else None
 
-    def stale_reason(self, info: dict | None, age_s: float) -> str | None:
-        """Why the lock described by ``info`` (None: unreadable), last refreshed ``age_s`` seconds ago, is stale;
-        None when its owner may be alive."""
-        if info is None:
-            return "it is unreadable"
-        if info.get("slurm_job_id") and info["slurm_job_id"] == self.owner["slurm_job_id"]:
-            return f"it was left by an earlier start of SLURM job {info['slurm_job_id']} (requeued)"
-        if age_s > self.stale_after_s:
-            return f"it was last refreshed {age_s:.0f} s ago (a live run refreshes it every {self.heartbeat_s:.0f} s)"
-        if info.get("host") == self.owner["host"]:
+    def _is_mine(self) -> bool:
+        info = self._read()[1]
+        return info is not None and info.get("token") == self.owner["token"]
+
+    def _write(self, content: dict, replace: bool) -> None:
+        """Write ``content`` to a temporary file, then rename it over the lock (``replace``) or hard-link it to the
+        lock name (FileExistsError when a lock exists): the lock never exists without its content."""
+        tmp = f"{self.path}.{self.owner['token']}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(content, f)
+                f.flush()
+                os.fsync(f.fileno())
+            if replace:
+                os.replace(tmp, self.path)
+            else:
+                try:
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    raise
+                except OSError as e:  # a file system without hard links: exclusive create, then write
+                    if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                        raise
+                    with open(self.path, "x", encoding="utf-8") as f:
+                        json.dump(content, f)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+    def stale_reason(self, info: dict, raw: bytes) -> str | None:
+        """Why the lock ``info`` (read as ``raw``) has no owner any more; None when its owner is alive. On another
+        host this watches the lock for a little over one of the owner's heartbeat periods."""
+        requeue = (f" (an earlier start of SLURM job {info['slurm_job_id']}, requeued)"
+                   if info.get("slurm_job_id") and info["slurm_job_id"] == self.owner["slurm_job_id"] else "")
+        if info["host"] == self.owner["host"]:
             try:
-                os.kill(int(info.get("pid", -1)), 0)
+                os.kill(info["pid"], 0)
             except ProcessLookupError:
-                return f"its process {info.get('pid')} on this host has exited"
-            except (PermissionError, ValueError, OverflowError):
-                pass
-        return None
+                return f"its process {info['pid']} on this host has exited{requeue}"
+            except (PermissionError, OverflowError, ValueError):
+                pass  # another user's live process (or an impossible pid): not ours to take
+            return None
+        period = info.get("heartbeat_s")
+        period = min(max(float(period), 0.05), 600.0) if isinstance(period, (int, float)) else self.heartbeat_s
+        wait = max(1.5 * period, period + 1.0)
+        print(f"{self.path} is held by {info['host']} pid {info['pid']}: watching its heartbeat for {wait:.1f} s",
+              flush=True)
+        time.sleep(wait)
+        if self._read()[0] != raw:
+            return None
+        return f"its heartbeat (every {period:g} s from {info['host']}) did not advance in {wait:.1f} s{requeue}"
 
     def _acquire(self) -> str | None:
-        for attempt in range(2):
+        for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._write(self.owner, replace=False)
             except FileExistsError:
-                info = self._read()
-                try:
-                    age = time.time() - os.path.getmtime(self.path)
-                except OSError:
+                raw, info = self._read()
+                if raw is None:
                     continue  # removed meanwhile: try again
-                reason = self.stale_reason(info, age)
-                if reason is None or attempt:
-                    who = (f"{info.get('host')} pid {info.get('pid')} (started {info.get('started')}, command: "
-                           f"{info.get('command')})") if info else "another run"
-                    return (f"--output_dir {self.folder!r} is in use by {who}: its lock {self.path!r} is live. Use "
-                            f"another --output_dir, or wait for that run to end; if no run uses the folder, delete "
-                            f"the lock file")
+                if info is None:
+                    return (f"--output_dir {self.folder!r} holds a lock {self.path!r} that cannot be read (not a "
+                            f"run.lock of this code, or corrupt), so whether a run uses the folder is unknown. If no "
+                            f"run uses it, delete the lock file and rerun")
+                reason = self.stale_reason(info, raw)
+                if reason is None:
+                    return (f"--output_dir {self.folder!r} is in use by {info['host']} pid {info['pid']} (started "
+                            f"{info.get('started')}, command: {info.get('command')}): its lock {self.path!r} is "
+                            f"live. Use another --output_dir, or wait for that run to end; if no run uses the "
+                            f"folder, delete the lock file")
+                if self._read()[0] != raw:
+                    continue  # taken or refreshed meanwhile: judge again
                 print(f"WARNING: taking over the stale lock {self.path!r} ({reason}): {info}", flush=True)
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(self.path)
                 continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.owner, f)
             self._thread = threading.Thread(target=self._heartbeat, name="run-lock-heartbeat", daemon=True)
             self._thread.start()
             return None
-        return f"cannot create the lock {self.path!r}"
+        return f"cannot take the lock {self.path!r}: other runs are taking it at the same time"
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
+            if not self._is_mine():
+                print(f"WARNING: the lock {self.path!r} is no longer this run's (another run took it over): "
+                      f"stopping its heartbeat", file=sys.stderr, flush=True)
+                return
+            self.owner["beat"] += 1
             with contextlib.suppress(OSError):
-                os.utime(self.path)
+                self._write(self.owner, replace=True)
 
 
 def stop_signals(exit_signal: str) -> list[int]:

@@ -87,18 +87,44 @@ def test_llama_model_does_not_report_llama_keys_missing(tmp_path):
                                          "llama_dim_mapper1.weight", "llama_dim_mapper2.weight"]
 
 
-def test_prefixes_module_key_and_head_mismatch(tmp_path):
+def test_prefixes_module_key_and_head_mismatch(tmp_path, capsys):
     src = vit(num_classes=400)
     sd = {f"backbone.{k}": v for k, v in src.state_dict().items()}
     torch.save({"module": {f"net.{k}": v for k, v in sd.items()}}, tmp_path / "ck.pth")
     model = vit()
     report = load_finetune_weights(model, str(tmp_path / "ck.pth"), model_prefix="net.")
+    assert "  note: head: checkpoint has 400 classes, model 7: dropped (a new head is trained)\n" in \
+        capsys.readouterr().out
     assert set(report["dropped"]) == {"head.weight", "head.bias"}
     assert sorted(report["missing"]) == ["head.bias", "head.weight"]
     assert torch.equal(model.blocks[3].mlp.fc2.weight, src.blocks[3].mlp.fc2.weight)
     # A bare state dict (no 'model'/'module' key) loads too.
     torch.save(src.state_dict(), tmp_path / "bare.pth")
     assert load_finetune_weights(vit(), str(tmp_path / "bare.pth"))["missing"] == ["head.weight", "head.bias"]
+
+
+def test_a_head_that_fits_is_kept_and_said(tmp_path, capsys):
+    src = vit()
+    torch.save({"model": src.state_dict()}, tmp_path / "ck.pth")
+    model = vit()
+    report = load_finetune_weights(model, str(tmp_path / "ck.pth"))
+    assert report["notes"][0] == "head: checkpoint has 7 classes, model 7: kept" and "head.weight" not in \
+        report["dropped"]
+    assert torch.equal(model.head.weight, src.head.weight) and "note: head: checkpoint has 7" in capsys.readouterr().out
+
+
+def test_an_llm_block_checkpoint_into_a_plain_vit_is_refused_unless_allowed(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        src = create_model("vit_llama_tiny_patch16", **TINY)
+    torch.save({"model": src.state_dict()}, tmp_path / "llm.pth")
+    with pytest.raises(RuntimeError, match=r"llm.pth holds an LLM block \(llama.\*, llama_dim_mapper1.\*, "
+                                           r"llama_dim_mapper2.\*\) that the model has not.*--allow_arg_mismatch"):
+        load_finetune_weights(vit(), str(tmp_path / "llm.pth"))
+    model = vit()
+    report = load_finetune_weights(model, str(tmp_path / "llm.pth"), allow_arg_mismatch=True)
+    assert {k.split(".")[0] for k in report["unexpected"]} == {"llama", "llama_dim_mapper1", "llama_dim_mapper2"}
+    assert torch.equal(model.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
 
 
 def test_wrong_file_and_wrong_size_raise(tmp_path):

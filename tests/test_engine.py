@@ -174,7 +174,7 @@ CXX = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")  #
 
 @pytest.mark.skipif(shutil.which(CXX) is None, reason=f"torch.compile's CPU backend (inductor) runs the C++ compiler "
                     f"{CXX!r} (or $CXX), which is not on PATH here")
-def test_compile_two_steps_equal_eager(capsys):
+def test_compile_two_steps_equal_eager(capsys, tmp_path):
     """--compile as the entry wires it (run_class_finetuning.wrap_model), for two real training steps of the tiny ViT
     cut to one block (inductor's compile time grows with the blocks; ~20 s of CPU time for one): losses and
     weights equal eager mode within float tolerance; the first step is reported as compilation."""
@@ -182,7 +182,7 @@ def test_compile_two_steps_equal_eager(capsys):
     data = batches(2)
     out = {}
     for flag in ([], ["--compile"]):
-        args = run.parse_args(["--device", "cpu", *flag])
+        args = run.parse_args(["--device", "cpu", "--data_path", str(tmp_path), *flag])
         args.distributed = False
         model = tiny(depth=1)
         run_model = run.wrap_model(args, model, CPU)

@@ -1,13 +1,20 @@
-"""Runs that must stop: unreadable checkpoints, a live folder, a diverged epoch, a failing validation."""
+"""Runs that must stop: unreadable checkpoints, a live folder, a diverged epoch, a failing validation, a failing
+loader worker."""
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
 
 import pytest
+import torch
 
 import checkpoint
 import engine_for_finetuning as engine
+import run_class_finetuning as run
 
-from runs import base_argv, checkpoint_files, log_epochs, train
+from runs import ROOT, base_argv, checkpoint_files, free_ports, log_epochs, train
 
 
 def test_unreadable_checkpoints_stop_the_run_unless_no_auto_resume(data_dir, tmp_path, recorded):
@@ -76,3 +83,92 @@ def test_validation_failure_keeps_the_trained_epoch(data_dir, tmp_path, recorded
     train(argv)
     assert [(c["epoch"], c["first_step"]) for c in recorded["train"]] == [(1, 4)]  # no step left to train
     assert log_epochs(tmp_path) == [0, 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# An error raised in a DataLoader worker (a bad video) ends the whole job within seconds, with the worker's message
+# naming the video, although the workers ignore the stop signals (SIGTERM included). Each run is a real process: the
+# failure is a hang at interpreter exit.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _bad_lists(data_dir, folder, which: str, bad: int = 1) -> str:
+    """A copy of data_dir's lists (absolute video paths) whose ``which`` list starts with ``bad`` zero-byte videos."""
+    os.makedirs(folder / "videos", exist_ok=True)
+    for name in ("train", "val", "test"):
+        lines = [os.path.join(data_dir, line) for line in open(os.path.join(data_dir, f"{name}.csv"))]
+        if name == which:
+            for i in range(bad):
+                (folder / "videos" / f"empty{i}.mp4").write_bytes(b"")
+            lines = [f"{folder / 'videos' / f'empty{i}.mp4'} 1\n" for i in range(bad)] + lines
+        (folder / f"{name}.csv").write_text("".join(lines))
+    return str(folder)
+
+
+def _tiny_checkpoint(data_dir, tmp_path) -> str:
+    """The weights of the tiny run's model, untrained (what --eval and predict.py read)."""
+    args = run.parse_args(base_argv(data_dir, tmp_path, "--num_workers", "0"))
+    path = str(tmp_path / "model.pth")
+    torch.save({"model": run.build_model(args).state_dict()}, path)
+    return path
+
+
+def _run_until_exit(cmd, tmp_path, timeout=60):
+    """Run ``python cmd`` from the project's folder and return the completed process. A hang fails the test at
+    ``timeout``, after SIGTERM to what it started (torchrun passes it on) and, 40 s later, SIGKILL."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    with open(tmp_path / "stdout.txt", "w+") as out, open(tmp_path / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=env, stdout=out, stderr=err,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            pytest.fail(f"still running after {timeout} s: {' '.join(cmd)}\n{(tmp_path / 'stderr.txt').read_text()}")
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+
+
+@pytest.mark.parametrize("which, extra, message", [
+    ("train", ["--max_bad_videos", "0"], r"unreadable training videos this epoch \(more than max_bad_videos=0\); "
+                                         r"last: video file is empty \(0 bytes\): '[^']*empty\d\.mp4'"),
+    ("val", [], r"video file is empty \(0 bytes\): '[^']*empty0\.mp4'"),
+    ("test", ["--eval"], r"video file is empty \(0 bytes\): '[^']*empty0\.mp4'"),
+], ids=["training", "validation", "eval"])
+def test_a_failing_loader_worker_ends_the_run(data_dir, tmp_path, which, extra, message):
+    data = _bad_lists(data_dir, tmp_path / "data", which, bad=8 if which == "train" else 1)
+    if "--eval" in extra:
+        extra = extra + ["--resume", _tiny_checkpoint(data_dir, tmp_path)]
+    argv = base_argv(data, tmp_path / "out", "--epochs", "1", "--num_workers", "1", *extra)
+    res = _run_until_exit(["run_class_finetuning.py", *argv], tmp_path)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert re.search(message, res.stderr.strip().splitlines()[-1]), res.stderr[-3000:]
+    assert "killed by signal" not in res.stderr
+
+
+def test_predict_names_a_bad_video_and_exits(data_dir, tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    weights = _tiny_checkpoint(data_dir, tmp_path)
+    res = _run_until_exit(["predict.py", str(tmp_path / "empty.mp4"), "--resume", weights, "--model",
+                           "vit_llama_tiny_patch16", "--num_frames", "8", "--input_size", "32", "--short_side_size",
+                           "32", "--device", "cpu"], tmp_path)
+    assert res.returncode == 1
+    assert re.search(r"predict.py: video .*empty\.mp4: cannot be decoded .*empty \(0 bytes\)",
+                     res.stderr.strip().splitlines()[-1]), res.stderr[-3000:]
+
+
+def test_a_failing_loader_worker_ends_a_torchrun_job(data_dir, tmp_path):
+    """--dist_eval: the bad video is in rank 0's shard only; rank 1 finishes its shard and waits for rank 0, which
+    fails. Both processes end and torchrun exits non-zero, with the worker's message naming the video."""
+    data = _bad_lists(data_dir, tmp_path / "data", "test")
+    argv = base_argv(data, tmp_path / "out", "--eval", "--dist_eval", "--num_workers", "1", "--resume",
+                     _tiny_checkpoint(data_dir, tmp_path))
+    res = _run_until_exit(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_ports(1)[0]}",
+                           "run_class_finetuning.py", *argv], tmp_path, timeout=90)
+    assert res.returncode != 0, res.stderr[-3000:]
+    assert re.search(r"VideoDecodeError: video file is empty \(0 bytes\): '[^']*empty0\.mp4'", res.stderr), \
+        res.stderr[-3000:]

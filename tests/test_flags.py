@@ -4,6 +4,7 @@ import json
 import math
 import os
 import random
+import re
 from unittest import mock
 
 import numpy as np
@@ -300,10 +301,11 @@ def test_flag_acts(data_dir, tmp_path, extra, check):
 
 
 @pytest.mark.parametrize("argv, env, expect", [
-    (["--world_size", "2", "--local_rank", "1", "--dist_url", "tcp://127.0.0.1:1"], {}, (1, 2, "tcp://127.0.0.1:1")),
-    (["--world_size", "2", "--local-rank=1"], {}, (1, 2, "env://")),
+    (["--world_size", "2", "--local_rank", "1", "--dist_url", "tcp://127.0.0.1:1"], {},
+     (1, 2, "tcp://127.0.0.1:1", 10)),
+    (["--world_size", "2", "--local-rank=1", "--dist_timeout", "2.5"], {}, (1, 2, "env://", 2.5)),
     (["--dist_on_itp"], {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0"},
-     (3, 4, "env://")),
+     (3, 4, "env://", 10)),
 ])
 def test_distributed_flags_reach_init_process_group(data_dir, tmp_path, monkeypatch, argv, env, expect):
     import builtins
@@ -318,7 +320,8 @@ def test_distributed_flags_reach_init_process_group(data_dir, tmp_path, monkeypa
     monkeypatch.setattr(dist, "barrier", lambda: None)
     args = run.parse_args(base_argv(data_dir, tmp_path, *argv))
     distributed.init_distributed(args)
-    assert (calls[0]["rank"], calls[0]["world_size"], calls[0]["init_method"]) == expect and args.distributed
+    assert (calls[0]["rank"], calls[0]["world_size"], calls[0]["init_method"],
+            calls[0]["timeout"].total_seconds() / 60) == expect and args.distributed
 
 
 def test_compatibility_flags_take_only_their_default(data_dir, tmp_path, capsys):
@@ -357,6 +360,74 @@ def test_flag_fails_clearly(data_dir, tmp_path, extra, message):
         run.parse_args(base_argv(data_dir, tmp_path, *extra))
 
 
+# Impossible values: each is refused by parse_args (before any data or model is built) in one line that names the flag
+# and what it accepts.
+BAD_VALUES = [
+    (["--save_ckpt_freq", "0"], r"--save_ckpt_freq 0: takes an integer >= 1"),
+    (["--update_freq", "0"], r"--update_freq 0: takes an integer >= 1"),
+    (["--test_num_crop", "0"], r"--test_num_crop 0: takes an integer >= 1"),
+    (["--test_num_segment", "0"], r"--test_num_segment 0: takes an integer >= 1"),
+    (["--batch_size", "0"], r"--batch_size 0: takes an integer >= 1"),
+    (["--num_sample", "0"], r"--num_sample 0: takes an integer >= 1"),
+    (["--epochs", "0"], r"--epochs 0: takes an integer >= 1"),
+    (["--nb_classes", "0"], r"--nb_classes 0: takes an integer >= 1"),
+    (["--print_freq", "0"], r"--print_freq 0: takes an integer >= 1"),
+    (["--num_workers", "-1"], r"--num_workers -1: takes an integer >= 0"),
+    (["--max_bad_videos", "-2"], r"--max_bad_videos -2: takes an integer >= 0"),
+    (["--warmup_steps", "-5"], r"--warmup_steps -5: takes an integer >= 0, or -1 for --warmup_epochs"),
+    (["--num_frames", "7"], r"--num_frames 7: takes a multiple of --tubelet_size 2"),
+    (["--tubelet_size", "0"], r"--tubelet_size 0: takes an integer >= 1"),
+    (["--input_size", "40", "--short_side_size", "40"], r"--input_size 40: takes a multiple of "
+                                                        r"vit_llama_tiny_patch16's patch size 16"),
+    (["--short_side_size", "16"], r"--short_side_size 16: takes a size >= --input_size 32"),
+    (["--reprob", "1.5"], r"--reprob 1.5: takes a probability/fraction in \[0, 1\]"),
+    (["--mixup_prob", "-0.1"], r"--mixup_prob -0.1: takes a probability/fraction in \[0, 1\]"),
+    (["--mixup_switch_prob", "2"], r"--mixup_switch_prob 2.0: takes a probability"),
+    (["--smoothing", "1.1"], r"--smoothing 1.1: takes a probability"),
+    (["--drop_path", "-0.1"], r"--drop_path -0.1: takes a probability"),
+    (["--model_ema_decay", "1.5"], r"--model_ema_decay 1.5: takes a probability"),
+    (["--layer_decay", "2"], r"--layer_decay 2.0: takes a probability/fraction"),
+    (["--lr", "-1"], r"--lr -1.0: takes a number >= 0"),
+    (["--mixup", "-0.5"], r"--mixup -0.5: takes a number >= 0"),
+    (["--clip_grad", "0"], r"--clip_grad 0.0: takes a number > 0 \(leave --clip_grad out to clip nothing\)"),
+    (["--opt_eps", "0"], r"--opt_eps 0.0: takes a number > 0"),
+    (["--dist_timeout", "0"], r"--dist_timeout 0.0: takes a number > 0 \(minutes\)"),
+    (["--cutmix_minmax", "0.8", "0.2"], r"--cutmix_minmax 0.8 0.2: takes MIN MAX with 0 < MIN <= MAX <= 1"),
+    (["--batch_size", "3", "--num_sample", "1"], r"--batch_size 3 x --num_sample 1: mixup/cutmix takes an even "
+                                                 r"number of clips per batch \(or pass --mixup 0 --cutmix 0\)"),
+    (["--model", "vit_gigantic"], r"--model: unknown model 'vit_gigantic'; known: vit_base_patch16_224"),
+    (["--data_path", "{tmp}/none"], r"--data_path .*/none: takes the folder of train.csv/val.csv/test.csv, but no "
+                                    r"such folder"),
+    (["--eval_data_path", "{tmp}/none"], r"--eval_data_path .*/none: takes the folder of val.csv/test.csv"),
+    (["--data_root", "{tmp}/none"], r"--data_root .*/none: takes the folder relative video paths start from"),
+    (["--finetune", "{tmp}/none.pth"], r"--finetune .*/none.pth: takes the weights to fine-tune from, but no such "
+                                       r"file"),
+    (["--resume", "{tmp}/none.pth"], r"--resume .*/none.pth: takes the checkpoint to resume, but no such file"),
+    (["--labels", "{tmp}/none.json"], r"--labels .*/none.json: takes the labels json, but no such file"),
+    (["--llama_path", "{tmp}/none"], r"--llama_path .*/none: takes the LLM folder, but no such folder"),
+    (["--output_dir", "{tmp}/file"], r"--output_dir .*/file: takes a folder, but it is a file"),
+    (["--eval", "--finetune", "{tmp}/w.pth"], r"--eval with --finetune .*/w.pth: --finetune loads weights to train "
+                                              r"from .*pass it as --resume .*/w.pth"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_VALUES, ids=[" ".join(e) for e, _ in BAD_VALUES])
+def test_impossible_value_is_refused_before_any_work(data_dir, tmp_path, extra, message):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "w.pth").write_bytes(b"")
+    argv = base_argv(data_dir, tmp_path / "out", *[e.format(tmp=tmp_path) for e in extra])
+    with pytest.raises(SystemExit) as e:
+        run.parse_args(argv)
+    assert re.fullmatch(rf"error: {message}.*", str(e.value)) and "\n" not in str(e.value), str(e.value)
+    run.parse_args(base_argv(data_dir, tmp_path / "out"))  # the same command without the bad value is accepted
+
+
+def test_eval_reads_only_the_eval_data_path(data_dir, tmp_path):
+    args = run.parse_args(base_argv(data_dir, tmp_path, "--eval", "--data_path", str(tmp_path / "none"),
+                                    "--eval_data_path", data_dir))
+    assert args.eval_data_path == data_dir
+
+
 def test_llama_flags_on_plain_vit_fail(data_dir, tmp_path):
     for flag, value in (("--llama_path", str(tmp_path)), ("--llama_layer", "3"), ("--llama_dtype", "float32")):
         with pytest.raises(ValueError, match=f"vit_tiny_patch16 has no LLaMA block: {flag[2:]} apply only to"):
@@ -374,11 +445,12 @@ def test_llama_flags_and_finetune_flags_reach_the_model(data_dir, tmp_path, monk
     monkeypatch.setattr(models, "create_model", record)
     ref = real("vit_llama_tiny_patch16", num_classes=8, all_frames=8, img_size=32)
     torch.save({"weights": {"net." + k: v for k, v in ref.state_dict().items()}}, tmp_path / "ft.pth")
-    b = build(data_dir, tmp_path, ["--llama_path", "/llama", "--llama_layer", "3", "--use_checkpoint",
+    (tmp_path / "llm").mkdir()  # a folder the recorder never reads
+    b = build(data_dir, tmp_path, ["--llama_path", str(tmp_path / "llm"), "--llama_layer", "3", "--use_checkpoint",
                                    "--attn_drop_rate", "0.1", "--finetune", str(tmp_path / "ft.pth"),
                                    "--model_key", "other|weights", "--model_prefix", "net."])
     assert (seen["llama_path"], seen["llama_layer"], seen["use_checkpoint"], seen["attn_drop_rate"]) == \
-        ("/llama", "3", True, 0.1)
+        (str(tmp_path / "llm"), "3", True, 0.1)
     for k, v in ref.state_dict().items():
         assert torch.equal(b.model.state_dict()[k], v), k
 
