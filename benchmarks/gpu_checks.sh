@@ -2,11 +2,13 @@
 # Every check that needs a GPU, in one call of about 7 minutes on a bare GPU machine (torch and timm installed),
 # each under its own time limit; results and a compact table under OUT.
 #   1. install what is missing from the wheels in .whl/ (git-ignored), offline: PyAV (writes and decodes the data),
-#      decord (the production decoder), pytest, tensorboard, imageio-ffmpeg. Fetch them beforehand, on a machine with
-#      the same Python and network access, from the repository root:
-#        pip download -d .whl --only-binary=:all: --python-version 3.11 --implementation cp \
-#            --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux2010_x86_64 \
-#            av decord pytest tensorboard imageio-ffmpeg
+#      decord (the production decoder), and pytest/tensorboard where the image lacks them (no check needs ffmpeg's
+#      binary: the 68 MB imageio-ffmpeg wheel would not fit the 64 MiB carried). Fetch them beforehand, on a machine
+#      with network access, from the repository root, for the GPU machine's Python (3.12 on the H200 image; pytest
+#      and tensorboard are already there):
+#        pip download -d .whl --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#            --platform manylinux2010_x86_64 av decord      # 49 MB together
 #   2. synthetic SSv2-format videos at 240 rows and SSv2's mix of widths (320, 356, 400, 426)
 #   3. bench_train.py, ViT-S-LLaMA, bf16 + --compile, 6 videos x 2 clips, --augment_on device and workers:
 #      end-to-end and model-alone clips/s, their ratio, the data-wait share, peak memory, augmentation ms per batch
@@ -56,7 +58,7 @@ check() {  # check NAME SECONDS COMMAND...: runs COMMAND under a time limit, log
 
 install_missing() {  # pip installs, offline from .whl/, the packages whose module does not import
     local missing=() pair
-    for pair in av:av decord:decord pytest:pytest tensorboard:tensorboard imageio_ffmpeg:imageio-ffmpeg; do
+    for pair in av:av decord:decord pytest:pytest tensorboard:tensorboard; do
         python -c "import ${pair%%:*}" 2> /dev/null || missing+=("${pair##*:}")
     done
     if [ "${#missing[@]}" = 0 ]; then echo "nothing to install"; return 0; fi
