@@ -1,7 +1,8 @@
 """Fine-tune and evaluate video ViTs (VideoMAE recipe, optionally with a frozen LLM block) on SSv2, Kinetics-400,
 UCF101 or HMDB51.
 
-Flags keep VideoMAE's names and defaults (SSv2 ones where they differ; the dataset's own with --data_set). Launch with torchrun, srun, or plainly.
+Flags keep VideoMAE's names and defaults (SSv2 ones where they differ; the dataset's own with --data_set). Launch
+with torchrun, srun, or plainly.
 """
 from __future__ import annotations
 

@@ -195,7 +195,8 @@ class SSv2Dataset(Dataset):
                 with self._bad.get_lock():
                     self._bad.value += 1
                     count = self._bad.value
-                print(f"[{self.name}] bad training video {count}/{self.max_bad_videos}: {e}", file=sys.stderr, flush=True)
+                print(f"[{self.name}] bad training video {count}/{self.max_bad_videos}: {e}", file=sys.stderr,
+                      flush=True)
                 if count > self.max_bad_videos:
                     raise RuntimeError(f"{count} unreadable training videos this epoch (more than max_bad_videos="
                                        f"{self.max_bad_videos}); last: {e}. Run `python -m datasets.verify` on the "

@@ -67,7 +67,8 @@ def test_official_splits_read_their_lists(kinetics_data_dir, tmp_path, data_set)
         assert tuple(len(loaders[k].dataset) for k in ("train", "val", "test")) == sizes
         assert [os.path.basename(loaders[k].dataset.csv_path) for k in ("train", "val", "test")] == \
             [f"train_{n}.csv", f"val_{n}.csv", f"val_{n}.csv"]
-        assert type(loaders["train"].dataset).__name__ == "KineticsDataset" and loaders["train"].dataset.name == data_set
+        train_set = loaders["train"].dataset
+        assert type(train_set).__name__ == "KineticsDataset" and train_set.name == data_set
 
 
 def test_head_far_wider_than_the_lists_is_warned_at_startup(kinetics_data_dir, tmp_path, capsys):
