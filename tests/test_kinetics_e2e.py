@@ -86,3 +86,19 @@ def test_head_far_wider_than_the_lists_is_warned_at_startup(kinetics_data_dir, t
     with pytest.raises(ValueError, match=r"test.csv:\d+: label [4-7] outside \[0, 4\) \(nb_classes\)"):
         run.build_loaders(run.parse_args(base_argv(kinetics_data_dir, tmp_path, "--data_set", "Kinetics-400",
                                                    "--nb_classes", "4")), False)
+
+
+def test_predict_uses_the_checkpoints_dataset_protocol(kinetics_run, kinetics_data_dir):
+    """predict.py on a Kinetics-400 checkpoint, no data flags given: the saved data_set, sampling_rate and 5 x 3 views
+    make the probabilities the run's multi-view test gave the same videos."""
+    import predict
+    argv, out, _ = kinetics_run
+    tested = per_video(out)
+    paths = [os.path.join(kinetics_data_dir, line.rsplit(",", 1)[0])
+             for line in open(os.path.join(kinetics_data_dir, "test.csv")).read().splitlines()[:2]]
+    results = predict.main([*paths, "--resume", str(out / "checkpoint-5.pth"), "--device", "cpu"])
+    for path, result in zip(paths, results):
+        probs = tested["probs"][list(tested["video_ids"]).index(os.path.splitext(os.path.basename(path))[0])]
+        top = [(r["class_id"], r["prob"]) for r in result["top5"]]
+        assert [c for c, _ in top] == np.argsort(-probs)[:5].tolist()
+        np.testing.assert_allclose([p for _, p in top], np.sort(probs)[::-1][:5], rtol=0, atol=1e-5)
