@@ -130,8 +130,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--eval_data_path", default=None, type=str, help="folder with val.csv/test.csv if not --data_path")
     a("--data_root", default=None, help="prefix for relative video paths (default: the CSV's folder)")
     a("--data_split", default=1, type=int, help="official split 1-3 of UCF101/HMDB51 (its test is val_N.csv)")
-    a("--nb_classes", default=None, type=int, help="default per --data_set: SSV2 174, Kinetics-400 400, UCF101 101, "
-                                                   "HMDB51 51")
+    a("--nb_classes", default=None, type=int, help="default per --data_set: " + ", ".join(
+        f"{name} {spec.nb_classes}" for name, spec in DATASETS.items()))
     a("--num_frames", default=16, type=int)
     a("--sampling_rate", default=SAMPLING_RATE, type=int,
       help="stride between a clip's frames for Kinetics-400, UCF101 and HMDB51")

@@ -15,7 +15,7 @@ from datasets.ssv2 import (SSv2Dataset, load_class_names, multiple_samples_colla
                            video_id)
 from video_transforms import AugmentConfig
 
-__all__ = ["DATASETS", "TEST_NUM_SEGMENT", "TEST_NUM_CROP", "SAMPLING_RATE", "Dataset", "build_dataset",
+__all__ = ["DATASETS", "TEST_NUM_SEGMENT", "TEST_NUM_CROP", "SAMPLING_RATE", "DatasetSpec", "build_dataset",
            "dataset_spec", "list_paths", "read_test_views", "load_class_names", "multiple_samples_collate",
            "pack_videos_collate", "SSv2Dataset", "KineticsDataset", "ShardSampler", "TrainSampler", "read_video_list",
            "train_indices", "eval_indices", "val_indices", "video_id"]
@@ -25,7 +25,7 @@ SAMPLING_RATE = 4  # the Kinetics protocol's frame stride (VideoMAE's --sampling
 
 
 @dataclass(frozen=True)
-class Dataset:
+class DatasetSpec:
     """What differs between the datasets: the sampling protocol ('tsn': SSv2's segments; 'kinetics': dense clips at
     a stride), the head's classes, the temporal test views of the published recipe, the labels json the preparation
     tools write, and whether the lists come in official splits (train_N.csv / val_N.csv)."""
@@ -37,15 +37,15 @@ class Dataset:
 
 
 DATASETS = {
-    "SSV2": Dataset("tsn", 174, 2, "something-something-v2-labels.json"),
-    "Kinetics-400": Dataset("kinetics", 400, 5, "kinetics400-labels.json"),
-    "UCF101": Dataset("kinetics", 101, 5, "ucf101-labels.json", splits=True),
-    "HMDB51": Dataset("kinetics", 51, 5, "hmdb51-labels.json", splits=True),
+    "SSV2": DatasetSpec("tsn", 174, 2, "something-something-v2-labels.json"),
+    "Kinetics-400": DatasetSpec("kinetics", 400, 5, "kinetics400-labels.json"),
+    "UCF101": DatasetSpec("kinetics", 101, 5, "ucf101-labels.json", splits=True),
+    "HMDB51": DatasetSpec("kinetics", 51, 5, "hmdb51-labels.json", splits=True),
 }
 TEST_NUM_SEGMENT = DATASETS["SSV2"].test_num_segment  # the default dataset's
 
 
-def dataset_spec(data_set: str) -> Dataset:
+def dataset_spec(data_set: str) -> DatasetSpec:
     """DATASETS[data_set], or a ValueError naming the known ones."""
     if data_set not in DATASETS:
         raise ValueError(f"data_set {data_set!r} is not supported (one of {', '.join(DATASETS)})")
@@ -69,7 +69,7 @@ def _common(args) -> dict:
                 decode_threads=getattr(args, "decode_threads", 1))
 
 
-def _test_num_segment(args, spec: Dataset) -> int:
+def _test_num_segment(args, spec: DatasetSpec) -> int:
     value = getattr(args, "test_num_segment", None)
     return spec.test_num_segment if value is None else value
 

@@ -102,3 +102,9 @@ def test_predict_uses_the_checkpoints_dataset_protocol(kinetics_run, kinetics_da
         top = [(r["class_id"], r["prob"]) for r in result["top5"]]
         assert [c for c, _ in top] == np.argsort(-probs)[:5].tolist()
         np.testing.assert_allclose([p for _, p in top], np.sort(probs)[::-1][:5], rtol=0, atol=1e-5)
+
+
+def test_default_labels_files_are_the_ones_the_preparation_tools_write():
+    from datasets import DATASETS, prepare_kinetics, prepare_ssv2, prepare_ucf_hmdb
+    written = {"SSV2": prepare_ssv2.LABELS, "Kinetics-400": prepare_kinetics.LABELS, **prepare_ucf_hmdb.LABELS}
+    assert {name: spec.labels_file for name, spec in DATASETS.items()} == written
