@@ -127,7 +127,7 @@ def get_args_parser() -> argparse.ArgumentParser:
       help="SSV2 samples one frame per segment (TSN); the others take dense clips at --sampling_rate and flip")
     a("--data_path", default="data/ssv2", type=str,
       help="folder with train.csv, val.csv, test.csv (UCF101/HMDB51: train_N.csv, val_N.csv of --data_split N)")
-    a("--eval_data_path", default=None, type=str, help="folder with val.csv/test.csv if not --data_path")
+    a("--eval_data_path", default=None, type=str, help="folder with the validation and test lists if not --data_path")
     a("--data_root", default=None, help="prefix for relative video paths (default: the CSV's folder)")
     a("--data_split", default=1, type=int, help="official split 1-3 of UCF101/HMDB51 (its test is val_N.csv)")
     a("--nb_classes", default=None, type=int, help="default per --data_set: " + ", ".join(
