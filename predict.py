@@ -5,7 +5,9 @@
 
 Every video is decoded once into test_num_segment x test_num_crop views (the same pixels as the multi-view test);
 the softmaxes of its views are averaged, so a video gets the prediction `--eval` gives it. Data and model flags left
-out default to the checkpoint's saved args when it has them, else to the SSv2 recipe (16 x 224, 2 x 3 views).
+out default to the checkpoint's saved args when it has them, else to the SSv2 recipe (16 x 224, 2 x 3 views). The
+views follow the dataset's protocol (--data_set): SSv2's segments, or dense chunks at --sampling_rate for the others
+(5 x 3 views unless the checkpoint or a flag says otherwise).
 """
 import argparse
 import json
@@ -16,14 +18,14 @@ import warnings
 import torch
 
 import checkpoint
-from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, load_class_names, read_test_views
+from datasets import DATASETS, SAMPLING_RATE, TEST_NUM_CROP, dataset_spec, load_class_names, read_test_views
 from engine_for_finetuning import predict_views
 from llama import LLaMAConfig, layer_spec_arg
 from models import create_model, model_spec
 from video_transforms import normalize_clips
 
-DEFAULTS = dict(model=None, num_frames=16, input_size=224, short_side_size=224, test_num_segment=TEST_NUM_SEGMENT,
-                test_num_crop=TEST_NUM_CROP, tubelet_size=2)
+DEFAULTS = dict(model=None, data_set="SSV2", sampling_rate=SAMPLING_RATE, num_frames=16, input_size=224,
+                short_side_size=224, test_num_segment=None, test_num_crop=TEST_NUM_CROP, tubelet_size=2)
 LLAMA_FLAGS = ("llama_layer", "llama_dtype")  # default to the checkpoint's args for the models with an LLM block
 
 
@@ -41,8 +43,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--use_ema", action="store_true", help="use the checkpoint's model_ema weights")
     p.add_argument("--nb_classes", type=int, default=None, help="default: rows of the checkpoint's head.weight")
-    for name in ("num_frames", "input_size", "short_side_size", "test_num_segment", "test_num_crop", "tubelet_size"):
+    p.add_argument("--data_set", default=None, choices=list(DATASETS),
+                   help="the test views' protocol (default: checkpoint args, else SSV2)")
+    for name in ("sampling_rate", "num_frames", "input_size", "short_side_size", "test_num_crop", "tubelet_size"):
         p.add_argument(f"--{name}", type=int, default=None, help=f"default: checkpoint args, else {DEFAULTS[name]}")
+    p.add_argument("--test_num_segment", type=int, default=None,
+                   help="default: checkpoint args, else the dataset's (2 for SSV2, 5 for the others)")
     p.add_argument("--llama_layer", type=layer_spec_arg, default=None, help="default: checkpoint args")
     p.add_argument("--llama_dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--llama_path", default=None,
@@ -64,11 +70,18 @@ def _weights(args: argparse.Namespace, ckpt: dict) -> dict:
 
 
 def resolve_args(args: argparse.Namespace, ckpt: dict) -> argparse.Namespace:
-    """Fill flags left out from the checkpoint's saved args, then from DEFAULTS; nb_classes from head.weight."""
+    """Fill flags left out from the checkpoint's saved args, then from DEFAULTS (test_num_segment: the dataset's);
+    nb_classes from head.weight."""
     saved = checkpoint.saved_args(ckpt)
     for name, default in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, saved.get(name, default))
+    try:
+        spec = dataset_spec(args.data_set)
+    except ValueError as e:  # a checkpoint's saved data_set this code does not know
+        raise PredictError(f"checkpoint {args.resume}: {e}; pass --data_set") from None
+    if args.test_num_segment is None:
+        args.test_num_segment = spec.test_num_segment
     if args.model is None:
         raise PredictError(f"checkpoint {args.resume} does not record its model name: pass --model")
     try:

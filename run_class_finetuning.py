@@ -1,6 +1,8 @@
-"""Fine-tune and evaluate video ViTs (VideoMAE recipe, optionally with a frozen LLM block) on SSv2.
+"""Fine-tune and evaluate video ViTs (VideoMAE recipe, optionally with a frozen LLM block) on SSv2, Kinetics-400,
+UCF101 or HMDB51.
 
-Flags keep VideoMAE's names and defaults (SSv2 ones where they differ). Launch with torchrun, srun, or plainly.
+Flags keep VideoMAE's names and defaults (SSv2 ones where they differ; the dataset's own with --data_set). Launch
+with torchrun, srun, or plainly.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import optim_factory
 import reports
 import run_control
 import utils
-from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, load_class_names
+from datasets import DATASETS, SAMPLING_RATE, TEST_NUM_CROP, load_class_names
+from datasets.lists import few_classes_warning, labels_used
 from device_augment import DeviceAugment
 from models import model_spec
 from video_transforms import DEFAULT_AA, AugmentConfig
@@ -33,9 +36,7 @@ from video_transforms import DEFAULT_AA, AugmentConfig
 # VideoMAE flags that cannot act here: each is accepted at its default only. flag -> (default, type, why);
 # type bool: a switch that must stay off.
 COMPAT_FLAGS = {
-    "data_set": ("SSV2", str, "the SSv2 list format; other datasets in that format work as SSV2"),
     "num_segments": (1, int, "VideoMAE's SSv2 setting: one clip of --num_frames segments"),
-    "sampling_rate": (4, int, "Kinetics-only in VideoMAE; SSv2 takes one frame per segment"),
     "color_jitter": (0.4, float, "unused for video in VideoMAE too; colour augmentation comes from --aa"),
     "crop_pct": (None, float, "image-only; use --short_side_size / --input_size"),
     "resplit": (False, bool, "image-only; random erasing applies to every clip"),
@@ -57,7 +58,8 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}  # --
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("Video ViT (+LLM block) fine-tuning and evaluation on SSv2")
+    p = argparse.ArgumentParser("Video ViT (+LLM block) fine-tuning and evaluation on SSv2, Kinetics-400, UCF101 "
+                                "and HMDB51")
     a = p.add_argument
     a("--batch_size", default=64, type=int, help="videos per GPU per micro-step")
     a("--epochs", default=30, type=int)
@@ -104,7 +106,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--smoothing", default=0.1, type=float)
     a("--train_interpolation", default="bicubic", type=str)
     a("--short_side_size", default=224, type=int)
-    a("--test_num_segment", default=TEST_NUM_SEGMENT, type=int, help="temporal views per test video")
+    a("--test_num_segment", default=None, type=int,
+      help="temporal views per test video (default per --data_set: 2 for SSV2, 5 for the others)")
     a("--test_num_crop", default=TEST_NUM_CROP, type=int, help="spatial views per temporal view")
     a("--reprob", default=0.25, type=float)
     a("--remode", default="pixel", type=str)
@@ -122,15 +125,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--init_scale", default=0.001, type=float)
     a("--use_checkpoint", action="store_true", help="activation checkpointing")
     # data
-    a("--data_path", default="data/ssv2", type=str, help="folder with train.csv, val.csv, test.csv")
-    a("--eval_data_path", default=None, type=str, help="folder with val.csv/test.csv if not --data_path")
+    a("--data_set", default="SSV2", choices=list(DATASETS),
+      help="SSV2 samples one frame per segment (TSN); the others take dense clips at --sampling_rate and flip")
+    a("--data_path", default="data/ssv2", type=str,
+      help="folder with train.csv, val.csv, test.csv (UCF101/HMDB51: train_N.csv, val_N.csv of --data_split N)")
+    a("--eval_data_path", default=None, type=str, help="folder with the validation and test lists if not --data_path")
     a("--data_root", default=None, help="prefix for relative video paths (default: the CSV's folder)")
-    a("--nb_classes", default=174, type=int)
+    a("--data_split", default=1, type=int, help="official split 1-3 of UCF101/HMDB51 (its test is val_N.csv)")
+    a("--nb_classes", default=None, type=int, help="default per --data_set: " + ", ".join(
+        f"{name} {spec.nb_classes}" for name, spec in DATASETS.items()))
     a("--num_frames", default=16, type=int)
+    a("--sampling_rate", default=SAMPLING_RATE, type=int,
+      help="stride between a clip's frames for Kinetics-400, UCF101 and HMDB51")
     a("--decoder", default="auto", choices=["auto", "decord", "pyav"])
     a("--decode_threads", default=1, type=int)
     a("--max_bad_videos", default=10, type=int, help="unreadable training videos tolerated per epoch")
-    a("--labels", default=None, help="labels json (default <data_path>/something-something-v2-labels.json)")
+    a("--labels", default=None, help="labels json (default: the one the preparation tool writes in the data "
+      "folder, e.g. something-something-v2-labels.json or kinetics400-labels.json, when present)")
     # run
     a("--output_dir", default="", help="checkpoints, logs and test results; empty: save nothing")
     a("--log_dir", default=None, help="TensorBoard folder (default: output_dir)")
@@ -250,6 +261,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.weight_decay == 0 and args.weight_decay_end:
         bad.append(f"--weight_decay_end {args.weight_decay_end} with --weight_decay 0 decays nothing (the schedule "
                    f"updates only the groups built with weight decay): start from a --weight_decay above 0")
+    bad += dataset_problems(args)
     try:
         run_control.parse_signal(args.exit_signal)
     except ValueError as e:
@@ -265,10 +277,37 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         args.augment_on = "device" if args.device.startswith("cuda") else "workers"
     if args.log_dir is None and args.output_dir:
         args.log_dir = args.output_dir
-    if args.labels is None:
-        default = os.path.join(args.eval_data_path or args.data_path, "something-something-v2-labels.json")
-        args.labels = default if os.path.isfile(default) else None
+    fill_dataset_defaults(args)
     return args
+
+
+def dataset_problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the dataset flags: a stride for SSV2 (TSN segments), a split where there are none."""
+    bad = []
+    if args.data_set == "SSV2" and args.sampling_rate != SAMPLING_RATE:
+        bad.append(f"--sampling_rate {args.sampling_rate} does nothing for --data_set SSV2, which takes one frame in "
+                   f"each of --num_frames segments; the stride is for Kinetics-400, UCF101 and HMDB51")
+    elif args.sampling_rate < 1:
+        bad.append(f"--sampling_rate {args.sampling_rate}: the stride must be at least 1")
+    if DATASETS[args.data_set].splits:
+        if args.data_split not in (1, 2, 3):
+            bad.append(f"--data_split {args.data_split}: {args.data_set} has the official splits 1, 2 and 3")
+    elif args.data_split != 1:
+        bad.append(f"--data_split {args.data_split}: --data_set {args.data_set} has one split (train.csv, val.csv, "
+                   f"test.csv); splits are for UCF101 and HMDB51")
+    return bad
+
+
+def fill_dataset_defaults(args: argparse.Namespace) -> None:
+    """--nb_classes, --test_num_segment and --labels left out take the dataset's values (datasets.DATASETS)."""
+    spec = DATASETS[args.data_set]
+    if args.nb_classes is None:
+        args.nb_classes = spec.nb_classes
+    if args.test_num_segment is None:
+        args.test_num_segment = spec.test_num_segment
+    if args.labels is None:
+        default = os.path.join(args.eval_data_path or args.data_path, spec.labels_file)
+        args.labels = default if os.path.isfile(default) else None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -306,6 +345,9 @@ def build_loaders(args, eval_only: bool) -> dict:
     if eval_only:
         return out
     train_set, _ = build_dataset(is_train=True, test_mode=False, args=args)
+    warning = few_classes_warning(train_set.csv_path, labels_used(train_set.samples), args.nb_classes)
+    if warning and rank == 0:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     out["generator"] = torch.Generator()
     out["train"] = torch.utils.data.DataLoader(
         train_set, batch_size=args.batch_size, drop_last=True,

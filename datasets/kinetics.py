@@ -68,14 +68,15 @@ class KineticsDataset(SSv2Dataset):
     """SSv2Dataset's items, collates and bad-video policy with the Kinetics protocol (module docstring).
 
     ``sampling_rate``: the stride between a clip's frames (VideoMAE's --sampling_rate, 4 in its Kinetics recipe);
-    every other argument is SSv2Dataset's. Training clips come from a numpy Generator seeded with the item's seed
-    (TrainSampler), or, without one, with a draw from Python's global generator.
+    every other argument is SSv2Dataset's (``name`` defaults to Kinetics-400). Training clips come from a numpy
+    Generator seeded with the item's seed (TrainSampler), or, without one, with a draw from Python's global
+    generator.
     """
 
     def __init__(self, *args: Any, sampling_rate: int = 4, **kwargs: Any) -> None:
         if sampling_rate < 1:
             raise ValueError(f"sampling_rate must be >= 1, got {sampling_rate}")
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{"name": "Kinetics-400", **kwargs})
         self.sampling_rate = sampling_rate
 
     def sample_train(self, n: int, seed: int | None) -> list[int]:

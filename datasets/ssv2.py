@@ -35,7 +35,8 @@ AUGMENT_ON = ("workers", "device")
 
 
 def load_class_names(labels_json: str) -> list[str]:
-    """Official SSv2 labels json {template without brackets: "id"} -> names indexed by class id."""
+    """A labels json {class name: "id"} (the official SSv2 one, or one the preparation tools write) -> names indexed
+    by class id."""
     with open(labels_json) as f:
         mapping = json.load(f)
     ids = {}
@@ -108,13 +109,13 @@ class SSv2Dataset(Dataset):
     Validation/test never substitute: a missing or unreadable video raises with its path and the decoder's error;
     their lists are checked for missing files when the dataset is built.
     augment: the training recipe (its num_sample and flip act in train mode); its input_size is the clip size in
-    every mode.
+    every mode. name: the dataset's name in log lines.
     """
 
     def __init__(self, csv_path: str, mode: str = "train", data_root: str | None = None, nb_classes: int | None = None,
                  num_frames: int = 16, short_side_size: int = 224, augment: AugmentConfig = AugmentConfig(),
                  test_num_segment: int = 2, test_num_crop: int = 3, decoder: str = "auto", decode_threads: int = 1,
-                 max_bad_videos: int = 10, augment_on: str = "workers"):
+                 max_bad_videos: int = 10, augment_on: str = "workers", name: str = "SSV2"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if augment_on not in AUGMENT_ON:
@@ -125,12 +126,12 @@ class SSv2Dataset(Dataset):
         # Evaluation reads every listed video, once: a missing or repeated one stops the run now, not after an epoch.
         self.samples = read_video_list(csv_path, data_root, nb_classes, check_exists=mode != "train",
                                        unique=mode != "train")
-        self.mode, self.num_frames, self.input_size = mode, num_frames, input_size
+        self.csv_path, self.mode, self.num_frames, self.input_size = csv_path, mode, num_frames, input_size
         self.short_side_size, self.num_sample = short_side_size, augment.num_sample
         self.test_num_segment, self.test_num_crop = test_num_segment, test_num_crop
         self.decoder, self.decode_threads = resolve_decoder(decoder), decode_threads
         self.max_bad_videos = max_bad_videos
-        self.augment_on = augment_on
+        self.augment_on, self.name = augment_on, name
         self.transform = TrainTransform(augment) if mode == "train" and augment_on == "workers" else None
         # Shared memory: forked (and spawned) DataLoader workers inherit it, so the count is global to the run.
         self._bad = mp.Value("i", 0)
@@ -194,7 +195,8 @@ class SSv2Dataset(Dataset):
                 with self._bad.get_lock():
                     self._bad.value += 1
                     count = self._bad.value
-                print(f"[ssv2] bad training video {count}/{self.max_bad_videos}: {e}", file=sys.stderr, flush=True)
+                print(f"[{self.name}] bad training video {count}/{self.max_bad_videos}: {e}", file=sys.stderr,
+                      flush=True)
                 if count > self.max_bad_videos:
                     raise RuntimeError(f"{count} unreadable training videos this epoch (more than max_bad_videos="
                                        f"{self.max_bad_videos}); last: {e}. Run `python -m datasets.verify` on the "

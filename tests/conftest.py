@@ -7,7 +7,7 @@ import pytest
 
 import engine_for_finetuning as engine
 
-from datasets.synthetic import make_official_layout, make_synthetic_dataset
+from datasets.synthetic import make_kinetics_dataset, make_official_layout, make_synthetic_dataset
 from runs import DEVICE_ARGV, STRAIGHT_ARGV, base_argv, train
 
 
@@ -31,6 +31,14 @@ def official_current_dir(tmp_path_factory) -> str:
     2 test VP9 webm videos, 32 x 42 px."""
     return make_official_layout(str(tmp_path_factory.mktemp("official_current")), num_train=4, num_val=2, height=32,
                                 num_frames=12, seed=3, workers=2, layout="current", num_test=2)
+
+
+@pytest.fixture(scope="session")
+def kinetics_data_dir(tmp_path_factory) -> str:
+    """Kinetics-style appearance data (classes that survive a flip): 32 train + 16 val (= test) mp4s of 40-80 frames,
+    32 x 42 px, comma lists; long enough for clips at stride 4 and five different test chunks of 8 frames."""
+    return make_kinetics_dataset(str(tmp_path_factory.mktemp("kinetics_data")), num_train=32, num_val=16, height=32,
+                                 num_frames=(40, 80), seed=0, workers=2)
 
 
 @pytest.fixture(scope="session")

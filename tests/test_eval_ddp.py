@@ -82,19 +82,25 @@ def test_eval_refuses_a_checkpoint_of_another_llm_block(straight, data_dir, tmp_
 DDP_ARGV = ("--epochs", "1", "--batch_size", "2", "--dist_eval", "--num_workers", "1")  # 4 steps per rank
 
 
+KINETICS_DDP_ARGV = ("--data_set", "Kinetics-400", "--test_num_segment", "5", "--test_num_crop", "3")
+
+
 @pytest.fixture(scope="module")
-def ddp(data_dir, tmp_path_factory):
+def ddp(data_dir, kinetics_data_dir, tmp_path_factory):
     """One torchrun launch (2 processes, gloo; tests/ddp_driver.py) running, for the worker and the device
     augmentation paths: an uninterrupted epoch (ref), the same run stopped by SIGTERM sent to rank 1 only inside its
-    2nd optimizer step (stopped: exit 75), and its rerun (stopped again, now to the end)."""
+    2nd optimizer step (stopped: exit 75), and its rerun (stopped again, now to the end); then an epoch of
+    Kinetics-400 with its 5 x 3 test (kinetics)."""
     root = tmp_path_factory.mktemp("ddp")
-    ports = free_ports(7)
+    ports = free_ports(8)
     plan = []
     for path, extra in (("workers", ()), ("device", DEVICE_ARGV)):
         for name, signal_rank, code in (("ref", None, 0), ("stopped", 1, run_control.EXIT_PREEMPTED),
                                         ("stopped", None, 0)):
             plan.append({"argv": base_argv(data_dir, root / path / name, *extra, *DDP_ARGV), "port": ports[len(plan)],
                          "signal_rank": signal_rank, "signal_step": 2, "exit": code})
+    plan.append({"argv": base_argv(kinetics_data_dir, root / "kinetics", *KINETICS_DDP_ARGV, *DDP_ARGV),
+                 "port": ports[len(plan)]})
     (root / "plan.json").write_text(json.dumps(plan))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={ports[-1]}",
@@ -119,6 +125,23 @@ def test_torchrun_two_processes_matches_single_process(ddp, data_dir, tmp_path):
     assert np.array_equal(one["labels"], ddp_videos["labels"])
     np.testing.assert_allclose(one["probs"], ddp_videos["probs"], rtol=0, atol=1e-5)
     assert single["top1"] == ddp_summary["top1"] and single["top5"] == ddp_summary["top5"]
+
+
+def test_torchrun_kinetics_matches_single_process(ddp, kinetics_data_dir, tmp_path):
+    """Kinetics-400 under torchrun: 8 steps per rank over the 32 videos, validation and the 5 x 3 test sharded over
+    the ranks, each video once; the single-process test of its checkpoint gives the same probabilities."""
+    root, _ = ddp
+    out = root / "kinetics"
+    lines = [json.loads(x) for x in open(out / "log.txt")]
+    summary = json.load(open(out / "test_summary.json"))
+    assert lines[0]["val_videos"] == 16 and (summary["videos"], summary["views_per_video"]) == (16, 15)
+    args = json.load(open(out / "args.json"))
+    assert (args["data_set"], args["sampling_rate"], args["world_size"]) == ("Kinetics-400", 4, 2)
+    single = train(base_argv(kinetics_data_dir, tmp_path, *KINETICS_DDP_ARGV, "--eval", "--resume",
+                             str(out / "checkpoint-0.pth")))
+    np.testing.assert_allclose(per_video(tmp_path)["probs"], per_video(out)["probs"], rtol=0, atol=1e-5)
+    assert list(per_video(tmp_path)["video_ids"]) == list(per_video(out)["video_ids"])
+    assert (single["top1"], single["top5"]) == (summary["top1"], summary["top5"])
 
 
 @pytest.mark.parametrize("path", ["workers", "device"])

@@ -343,9 +343,14 @@ def test_compatibility_flags_take_only_their_default(data_dir, tmp_path, capsys)
     (["--crop_pct", "0.9"], "--crop_pct is not supported .*image-only"),
     (["--resplit"], "--resplit is not supported .*image-only"),
     (["--num_segments", "2"], "--num_segments 2: only 1 is supported"),
-    (["--sampling_rate", "2"], "--sampling_rate 2: only 4 is supported .*one frame per segment"),
+    (["--sampling_rate", "2"], "--sampling_rate 2 does nothing for --data_set SSV2, which takes one frame in each of "
+                               "--num_frames segments"),
+    (["--data_set", "Kinetics-400", "--sampling_rate", "0"], "--sampling_rate 0: the stride must be at least 1"),
+    (["--data_set", "UCF101", "--data_split", "4"], "--data_split 4: UCF101 has the official splits 1, 2 and 3"),
+    (["--data_set", "Kinetics-400", "--data_split", "2"], r"--data_split 2: --data_set Kinetics-400 has one split "
+                                                          r"\(train.csv, val.csv, test.csv\); splits are for UCF101"),
+    (["--data_split", "3"], "--data_split 3: --data_set SSV2 has one split"),
     (["--color_jitter", "0.2"], "--color_jitter 0.2: only 0.4 is supported .*unused for video"),
-    (["--data_set", "Kinetics-400"], "--data_set Kinetics-400: only SSV2 is supported"),
     (["--use_cls"], "--use_cls is not supported .*no CLS token"),
     (["--opt_betas", "0.9"], "two numbers"),
     (["--cutmix_minmax", "0.3"], "two numbers"),
@@ -426,6 +431,55 @@ def test_eval_reads_only_the_eval_data_path(data_dir, tmp_path):
     args = run.parse_args(base_argv(data_dir, tmp_path, "--eval", "--data_path", str(tmp_path / "none"),
                                     "--eval_data_path", data_dir))
     assert args.eval_data_path == data_dir
+
+
+@pytest.mark.parametrize("data_set, nb_classes, test_num_segment, labels", [
+    ("SSV2", 174, 2, "something-something-v2-labels.json"), ("Kinetics-400", 400, 5, "kinetics400-labels.json"),
+    ("UCF101", 101, 5, "ucf101-labels.json"), ("HMDB51", 51, 5, "hmdb51-labels.json")])
+def test_dataset_defaults(tmp_path, data_set, nb_classes, test_num_segment, labels):
+    """--nb_classes, --test_num_segment and --labels follow --data_set; the labels json only when it is there."""
+    argv = ["--data_set", data_set, "--data_path", str(tmp_path), "--device", "cpu"]
+    args = run.parse_args(argv)
+    assert (args.nb_classes, args.test_num_segment, args.labels) == (nb_classes, test_num_segment, None)
+    (tmp_path / labels).write_text("{}")
+    assert run.parse_args(argv).labels == str(tmp_path / labels)
+    (tmp_path / "x.json").write_text("{}")
+    given = run.parse_args([*argv, "--nb_classes", "7", "--test_num_segment", "1", "--labels", str(tmp_path / "x.json")])
+    assert (given.nb_classes, given.test_num_segment, given.labels) == (7, 1, str(tmp_path / "x.json"))
+
+
+def _flip_kinds(args) -> set[str]:
+    """How the run's training clips relate to the same draws without the flip: {'same'}, or {'same', 'mirrored'}
+    when the flip acts (per clip, on the path args.augment_on names)."""
+    from dataclasses import replace
+
+    from datasets import build_dataset, pack_videos_collate
+    from device_augment import DeviceAugment
+    from video_transforms import AugmentConfig
+    config = AugmentConfig.from_args(args)
+    pairs = []
+    if args.augment_on == "workers":
+        on, off = (build_dataset(True, False, args, c)[0] for c in (config, replace(config, flip=False)))
+        for seed in range(4):
+            pairs += zip(on[(0, seed)][0], off[(0, seed)][0])
+    else:
+        ds = build_dataset(True, False, args)[0]
+        batch = pack_videos_collate([ds[(i, 0)] for i in range(4)])
+        on, off = (DeviceAugment("cpu", c, seed=0)(batch)[0] for c in (config, replace(config, flip=False)))
+        pairs += zip(on, off)
+    return {"same" if torch.equal(a, b) else "mirrored" if torch.allclose(a, b.flip(-1), atol=1e-6) else "other"
+            for a, b in pairs}
+
+
+@pytest.mark.parametrize("path", ["workers", "device"])
+def test_flip_acts_for_kinetics_and_not_for_ssv2(kinetics_data_dir, data_dir, tmp_path, path):
+    """The same draws with and without the flip: Kinetics-400 clips are mirrored about half the time (one decision
+    per clip, all its frames), SSV2 clips never."""
+    for data, data_set, kinds in ((kinetics_data_dir, "Kinetics-400", {"same", "mirrored"}), (data_dir, "SSV2",
+                                                                                               {"same"})):
+        args = run.parse_args(base_argv(data, tmp_path, "--data_set", data_set, "--aa", "none", "--reprob", "0",
+                                        "--augment_on", path))
+        assert _flip_kinds(args) == kinds, data_set
 
 
 def test_llama_flags_on_plain_vit_fail(data_dir, tmp_path):

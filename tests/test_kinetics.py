@@ -185,3 +185,13 @@ def test_evaluation_lists_name_each_video_once_and_clashing_names_keep_distinct_
     with pytest.raises(ValueError, match=r"test.csv:3: '.*a/clip.mp4' is already listed at line 1"):
         KineticsDataset(str(tmp_path / "test.csv"), "test", num_frames=8, augment=AUG, short_side_size=32)
     assert len(KineticsDataset(str(tmp_path / "test.csv"), "train")) == 3  # training may oversample
+
+
+def test_bad_training_video_is_logged_under_the_dataset_name(kinetics_dir, tmp_path, capsys):
+    good = KineticsDataset(f"{kinetics_dir}/train.csv", "train").samples[0]
+    (tmp_path / "train.csv").write_text(f"/missing/clip.mp4,0\n{good[0]},{good[1]}\n")
+    ds = KineticsDataset(str(tmp_path / "train.csv"), "train", num_frames=8, augment=AUG, augment_on="device",
+                         name="UCF101")
+    frames, label = ds[(0, 1)]
+    assert label == good[1] and ds.bad_video_count() == 1
+    assert "[UCF101] bad training video 1/10: " in capsys.readouterr().err

@@ -278,8 +278,9 @@ def test_build_dataset_defaults_and_errors(synthetic_dir):
     args = argparse.Namespace(data_path=synthetic_dir, nb_classes=8)
     ds, nb = build_dataset(True, False, args)
     assert ds.num_frames == 16 and ds.input_size == 224 and ds.num_sample == 2 and len(ds) == 16
-    with pytest.raises(ValueError, match="data_set 'Kinetics-400'"):
-        build_dataset(True, False, argparse.Namespace(data_path=synthetic_dir, data_set="Kinetics-400"))
+    with pytest.raises(ValueError, match="data_set 'Kinetics' is not supported \\(one of SSV2, Kinetics-400, UCF101, "
+                                         "HMDB51\\)"):
+        build_dataset(True, False, argparse.Namespace(data_path=synthetic_dir, data_set="Kinetics"))
     with pytest.raises(ValueError, match=r"val.csv:\d+: label \d outside \[0, 4\)"):
         build_dataset(False, False, argparse.Namespace(data_path=synthetic_dir, nb_classes=4))
     test_set, _ = build_dataset(False, True, argparse.Namespace(data_path=synthetic_dir, nb_classes=8))
