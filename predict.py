@@ -4,7 +4,9 @@
                       [--json OUT.json] [--device cpu|cuda]
 
 Every video is decoded once into test_num_segment x test_num_crop views (the same pixels as the multi-view test);
-the softmaxes of its views are averaged, so a video gets the prediction `--eval` gives it. Data and model flags left
+the softmaxes of its views are averaged, so a video gets the prediction `--eval` gives it. A video that decodes fewer
+frames than its header promises (cut short) is predicted on the frames it has, with a warning (and "truncated" in
+the JSON). Data and model flags left
 out default to the checkpoint's saved args when it has them, else to the SSv2 recipe (16 x 224, 2 x 3 views).
 """
 import argparse
@@ -17,6 +19,7 @@ import torch
 
 import checkpoint
 from datasets import TEST_NUM_CROP, TEST_NUM_SEGMENT, load_class_names, read_test_views
+from datasets.decoding import check_truncated
 from engine_for_finetuning import predict_views
 from llama import LLaMAConfig, layer_spec_arg
 from models import create_model, model_spec
@@ -133,6 +136,19 @@ def predict_video(model: torch.nn.Module, path: str, args: argparse.Namespace) -
     return probs[0].cpu()
 
 
+def truncation_warning(path: str, args: argparse.Namespace) -> str | None:
+    """'N frames decode, its header promises P' for a cut video (printed as a warning), else None; a video that
+    cannot be decoded at all is left to decode_views to report."""
+    try:
+        cut = check_truncated(path, args.decoder)
+    except Exception:
+        return None
+    if cut:
+        print(f"WARNING: video {path} is truncated: {cut}; its views come from the frames it has",
+              file=sys.stderr, flush=True)
+    return cut
+
+
 def top5(probs: torch.Tensor, class_names: list[str] | None) -> list[dict]:
     values, ids = probs.topk(min(5, probs.numel()))
     return [{"class_id": int(c), "name": class_names[c] if class_names else None, "prob": float(v)}
@@ -179,8 +195,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             failed.append(str(e))
             print(f"SKIPPED {e}", file=sys.stderr, flush=True)
             continue
-        results.append({"video": path, "top5": ranked})
-        print(path)
+        cut = truncation_warning(path, args)
+        results.append({"video": path, "top5": ranked, "truncated": cut})
+        print(path + (f" (truncated: {cut})" if cut else ""))
         for i, r in enumerate(ranked, 1):
             label = f"{r['name']} ({r['class_id']})" if r["name"] is not None else f"class {r['class_id']}"
             print(f"  {i}. {r['prob']:.4f}  {label}")
