@@ -11,6 +11,7 @@ import torch
 
 import checkpoint
 import engine_for_finetuning as engine
+import run_class_finetuning as run
 import run_control
 
 from runs import base_argv, checkpoint_files, fake_val_accuracies, log_epochs, signal_at_step, train
@@ -188,3 +189,29 @@ def test_validation_failure_keeps_the_trained_epoch(data_dir, tmp_path, recorded
     train(argv)
     assert [(c["epoch"], c["first_step"]) for c in recorded["train"]] == [(1, 4)]  # no step left to train
     assert log_epochs(tmp_path) == [0, 1]
+
+
+def full_size_files(out) -> int:
+    """Distinct files (inodes) behind the checkpoint names of a run folder: what it costs on disk."""
+    return len({os.stat(out / f).st_ino for f in checkpoint_files(out)})
+
+
+@pytest.mark.parametrize("keep_last, numbered", [(None, [0, 1, 2, 3, 4, 5]), (2, [4, 5]), (0, [])])
+def test_keep_last_bounds_the_numbered_checkpoints_and_last_and_best_stay(
+        data_dir, tmp_path, recorded, monkeypatch, keep_last, numbered):
+    """6 epochs, a numbered file each, the best at epoch 1: --keep_last N keeps the N newest numbered files, and
+    last/best always; every name holding another epoch is a full-size file, so the folder holds N + 2 at most."""
+    fake_val_accuracies(monkeypatch, [10.0, 50.0, 20.0])
+    extra = ["--keep_last", str(keep_last)] if keep_last is not None else []
+    train(base_argv(data_dir, tmp_path, "--epochs", "6", "--save_ckpt_freq", "1", *extra))
+    assert checkpoint_files(tmp_path) == sorted(["checkpoint-best.pth", "checkpoint-last.pth",
+                                                 *[f"checkpoint-{e}.pth" for e in numbered]])
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-best.pth"))["epoch"] == 1
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-last.pth"))["epoch"] == 5
+    assert full_size_files(tmp_path) == len(set(numbered) | {1, 5})  # last is checkpoint-5.pth when that is kept
+
+
+def test_keep_last_takes_a_count(capsys):
+    with pytest.raises(SystemExit):
+        run.get_args_parser().parse_args(["--keep_last", "-1"])
+    assert "--keep_last: expected an integer >= 0, got -1" in capsys.readouterr().err
