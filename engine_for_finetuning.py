@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -245,7 +246,8 @@ class _Meter:
             torch.cat([self.window, health]).tolist()  # the host sync of the logging interval
         if bad_losses > 0 or bad_steps > 0:
             print(f"Epoch [{self.epoch}] [{i + 1}/{self.total}] diverged: {bad_losses:.0f} non-finite losses and "
-                  f"{bad_steps / self.world:.0f} optimizer steps with a non-finite gradient since the last log line",
+                  f"{math.ceil(round(bad_steps) / self.world)} optimizer steps with a non-finite gradient since the "
+                  f"last log line",
                   flush=True)
             self.diverged = True
         now = time.perf_counter()
@@ -280,8 +282,8 @@ class _Meter:
         over ranks (see stats); a collective in a distributed run."""
         sums = self.sums + self.window
         counts = distributed.all_reduce_sum(torch.stack([self.done_steps + self.steps - sums[3:].sum(), sums[1]]))
-        steps, losses = counts.tolist()
-        return int(round(steps / self.world)), int(round(losses))
+        steps, losses = counts.tolist()  # a step's norm is the same on every rank, unless one rank alone broke it
+        return math.ceil(round(steps) / self.world), int(round(losses))
 
     def stats(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> dict:
         """Epoch means over ranks: loss, grad_norm (finite steps), skipped_steps, nonfinite_steps (optimizer steps
