@@ -2,7 +2,9 @@
 saving, and finding, resuming and evaluating a run's checkpoints.
 
 Every load uses ``weights_only=True`` (with argparse.Namespace allowed, which the model-zoo files store under
-'args'), so a downloaded file cannot run code. The files read:
+'args'), so a downloaded file cannot run code. Every checkpoint written here records the sha256 of its bytes in its
+zip comment, and every load checks it (save_checkpoint, verify_content_hash): a flipped byte is an unreadable file,
+which auto-resume skips like a truncated one. The files read:
 - this project's training checkpoints: {'model', 'optimizer', 'scaler', 'model_ema', 'epoch', 'max_accuracy', 'args',
   'rng_states', 'llm' (which LLM block the model holds, or None)} plus any extra entries the caller adds
   (``training_state(..., **extra)``), among them 'best_epoch' and, in a checkpoint written partway through an
