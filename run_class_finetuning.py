@@ -5,7 +5,6 @@ Flags keep VideoMAE's names and defaults (SSv2 ones where they differ). Launch w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -430,8 +429,10 @@ def train_epochs(args, model: torch.nn.Module, run_model: torch.nn.Module, loade
                 try:
                     record.update(validate_all(args, run_model, loaders["val"], device, training))
                 except Exception:  # a rerun resumes the trained epoch (validation first), not the epoch before
-                    with contextlib.suppress(checkpoint.CheckpointWriteError):  # its error is printed; this one wins
+                    try:
                         save([checkpoint.LAST_CHECKPOINT], ranks, *trained, wait=False)
+                    except checkpoint.CheckpointWriteError as e:  # the validation error is the one raised
+                        print(f"WARNING: the trained epoch {epoch} is not saved: {e}", flush=True)
                     raise
                 print(f"Epoch {epoch}: val top-1 {record['val_acc1']:.2f}% top-5 {record['val_acc5']:.2f}% "
                       f"(best {max(max_acc, record['val_acc1']):.2f}%)", flush=True)

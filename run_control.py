@@ -238,11 +238,10 @@ def health_problems(record: dict) -> list[str]:
     return problems
 
 
-def stop_diverged(where: str, problems: list[str], kept: str | None, last_good: str | None,
-                  last_good_epoch: int) -> None:
-    """Stop a diverged run with EXIT_DIVERGED. ``where``: e.g. "epoch 3 at step 120 of 500"; its state was kept
-    only as ``kept`` (checkpoint-N.bad.pth, never resumed; otherwise why it was not kept); the message names the
-    last good checkpoint and what to change."""
+def stop_diverged(where: str, problems: list[str], kept: str, last_good: str | None, last_good_epoch: int) -> None:
+    """Stop a diverged run with EXIT_DIVERGED. ``where``: e.g. "epoch 3 (at step 120 of 500)"; ``kept``: where its
+    state was kept (checkpoint-N.bad.pth, never resumed) or why it was not; the message names the last good
+    checkpoint and what to change."""
     good = f"{last_good} (after epoch {last_good_epoch})" if last_good else "none (a rerun starts over)"
     print(f"error: {where} diverged: {'; '.join(problems)}. Its state is not saved as a checkpoint to resume "
           f"({kept}). The last good checkpoint is {good}; a rerun resumes it and, the run being deterministic, "
