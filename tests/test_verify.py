@@ -48,4 +48,5 @@ def test_verify_cli_lists_the_truncated_video(webms, tmp_path, monkeypatch, caps
     monkeypatch.setattr(sys, "argv", ["verify", str(csv), "--workers", "1"])
     assert verify.main() == 1
     out = capsys.readouterr().out
-    assert f"BAD {cut}: truncated: {present} frames decode, its header promises 36" in out and "1/2 videos OK, 1 bad" in out
+    assert f"BAD {cut}: truncated: {present} frames decode, its header promises 36" in out
+    assert "1/2 videos OK, 1 bad" in out
