@@ -74,10 +74,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--epochs", default=30, type=int)
     a("--update_freq", default=1, type=int, help="gradient accumulation micro-steps per optimizer step")
     a("--save_ckpt_freq", default=100, type=int)
-    a("--keep_last", default=None, type=non_negative_int,
-      help="keep only the N newest checkpoint-N.pth (default: all). checkpoint-last.pth and checkpoint-best.pth "
-           "are always kept; each name that holds another epoch is a full-size file, so the folder holds at most "
-           "N + 2 of them, plus one while a save is written")
+    a("--keep_last", default=None, type=non_negative_int, metavar="N",
+      help="keep only the N newest numbered checkpoint-<epoch>.pth (default: all of them). checkpoint-last.pth and "
+           "checkpoint-best.pth are always kept; each name that holds another epoch is a full-size file, so the "
+           "folder holds at most N + 2 of them, plus one while a save is written")
     # model
     a("--model", default="vit_base_patch16_224", type=str)
     a("--tubelet_size", default=2, type=int)
