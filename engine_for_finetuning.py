@@ -247,8 +247,7 @@ class _Meter:
         if bad_losses > 0 or bad_steps > 0:
             print(f"Epoch [{self.epoch}] [{i + 1}/{self.total}] diverged: {bad_losses:.0f} non-finite losses and "
                   f"{math.ceil(round(bad_steps) / self.world)} optimizer steps with a non-finite gradient since the "
-                  f"last log line",
-                  flush=True)
+                  f"last log line", flush=True)
             self.diverged = True
         now = time.perf_counter()
         elapsed = now - self.t_window
