@@ -2,7 +2,9 @@
 saving, and finding, resuming and evaluating a run's checkpoints.
 
 Every load uses ``weights_only=True`` (with argparse.Namespace allowed, which the model-zoo files store under
-'args'), so a downloaded file cannot run code. The files read:
+'args'), so a downloaded file cannot run code. Every checkpoint written here records the sha256 of its bytes in its
+zip comment, and every load checks it (save_checkpoint, verify_content_hash): a flipped byte is an unreadable file,
+which auto-resume skips like a truncated one. The files read:
 - this project's training checkpoints: {'model', 'optimizer', 'scaler', 'model_ema', 'epoch', 'max_accuracy', 'args',
   'rng_states', 'llm' (which LLM block the model holds, or None)} plus any extra entries the caller adds
   (``training_state(..., **extra)``), among them 'best_epoch' and, in a checkpoint written partway through an
@@ -15,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import math
 import os
 import re
+import shutil
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,12 +47,15 @@ PROGRESS = "train_progress"  # the extra entry of a mid-epoch checkpoint: {'epoc
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def safe_load(path: str, mmap: bool = False, what: str = "checkpoint") -> dict:
+def safe_load(path: str, mmap: bool = False, what: str = "checkpoint", verify: bool = True) -> dict:
     """torch.load on CPU with weights_only=True and argparse.Namespace allowlisted; RuntimeError naming the file.
 
-    The only torch.load of the project; ``what`` names the file in errors (e.g. "LLM weights")."""
+    The only torch.load of the project; ``what`` names the file in errors (e.g. "LLM weights"). With ``verify``, a
+    file that records its content hash (save_checkpoint) must match it (verify_content_hash)."""
     if not os.path.isfile(path):
         raise RuntimeError(f"cannot read {what} {path}: no such file")
+    if verify:
+        verify_content_hash(path, what)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -197,10 +204,133 @@ def check_llm_identity(recorded: Mapping | None, model: nn.Module, path: str) ->
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """torch.save ``state`` atomically (temporary file in the same folder, flush + fsync, rename): a reader sees the
-    old file or the new one, never a partial one."""
-    utils.atomic_write(path, lambda f: torch.save(state, f))
+# The content hash of a checkpoint: the zip archive's comment (which torch.load ignores) holds HASH_TAG and the
+# sha256 hex digest of the archive as torch.save wrote it, i.e. with an empty comment.
+HASH_TAG = b"sha256:"
+_HASH_COMMENT = len(HASH_TAG) + 64
+_EOCD = b"PK\x05\x06"  # signature of the zip's end-of-central-directory record (22 bytes + comment, the file's end)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint that could not be written (disk full, quota, I/O error); the message names the file, the size
+    it needs and the free space. The file's previous version, if any, is untouched."""
+
+
+class _HashingWriter:
+    """What torch.save writes to: passes the bytes on to ``f`` and hashes them; keeps the first OSError (torch may
+    wrap it in its own error)."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.error = f, hashlib.sha256(), None
+
+    def write(self, data) -> int:
+        try:
+            n = self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        self.sha.update(data)
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def write_checkpoint(f, state: dict) -> str:
+    """torch.save ``state`` into the seekable binary file ``f`` and record the sha256 of the archive in its zip
+    comment; returns the hex digest. Hashing while writing costs one sha256 pass over the bytes, no second read."""
+    writer = _HashingWriter(f)
+    try:
+        torch.save(state, writer)
+    except Exception as e:
+        if writer.error is not None and writer.error is not e:
+            raise writer.error from e
+        raise
+    digest = writer.sha.hexdigest()
+    comment = HASH_TAG + digest.encode()
+    f.seek(-2, os.SEEK_END)  # the comment length, 0 as written, ends the archive
+    f.write(len(comment).to_bytes(2, "little") + comment)
+    return digest
+
+
+def recorded_content_hash(path: str) -> str | None:
+    """The sha256 hex digest a checkpoint records (write_checkpoint), or None for a file without one (older
+    versions, other tools)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < 22 + _HASH_COMMENT:
+            return None
+        f.seek(-(22 + _HASH_COMMENT), os.SEEK_END)
+        tail = f.read()
+    if tail[:4] != _EOCD or tail[20:22] != _HASH_COMMENT.to_bytes(2, "little") or tail[22:29] != HASH_TAG:
+        return None
+    return tail[29:].decode("ascii", "replace")
+
+
+def verify_content_hash(path: str, what: str = "checkpoint") -> bool:
+    """Check a file's bytes against the content hash it records: False when it records none; RuntimeError naming
+    the file when they differ (a byte changed on disk or in a copy). Reads the file once (~1 s per GB)."""
+    recorded = recorded_content_hash(path)
+    if recorded is None:
+        return False
+    sha, left = hashlib.sha256(), os.path.getsize(path) - _HASH_COMMENT - 2
+    with open(path, "rb") as f:
+        while left > 0:
+            chunk = f.read(min(left, 1 << 23))
+            if not chunk:
+                break
+            sha.update(chunk)
+            left -= len(chunk)
+    sha.update(b"\x00\x00")
+    if sha.hexdigest() != recorded:
+        raise RuntimeError(f"cannot read {what} {path}: its content does not match the sha256 recorded when it was "
+                           f"written ({recorded[:16]}... vs {sha.hexdigest()[:16]}... now): the file changed on disk "
+                           f"or in a copy")
+    return True
+
+
+def _state_bytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint state: about its size on disk."""
+    seen, total, stack = set(), 0, [state]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            key = (x.untyped_storage().data_ptr(), x.device)
+            if key not in seen:
+                seen.add(key)
+                total += x.untyped_storage().nbytes()
+        elif isinstance(x, Mapping):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return total
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def save_checkpoint(path: str, state: dict) -> str:
+    """torch.save ``state`` atomically (temporary file in the same folder, flush + fsync, rename), with its content
+    hash (write_checkpoint): a reader sees the old file or the new one, never a partial one. Returns the sha256.
+    Any OSError (a full disk) raises CheckpointWriteError naming the file, its size and the free space."""
+    try:
+        return _atomic_checkpoint_write(path, state)
+    except OSError as e:
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            free = _gib(shutil.disk_usage(folder).free)
+        except OSError:
+            free = "unknown"
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {path}: {e.strerror or e}; it needs about {_gib(_state_bytes(state))} and "
+            f"{folder} has {free} free. Free some space (or --keep_last N, or another --output_dir) and rerun") from e
+
+
+def _atomic_checkpoint_write(path: str, state: dict) -> str:
+    digest = []
+    utils.atomic_write(path, lambda f: digest.append(write_checkpoint(f, state)))
+    return digest[0]
 
 
 def _ema_state(model_ema) -> dict | None:
@@ -232,19 +362,43 @@ def epoch_checkpoint_names(epoch: int, epochs: int, save_ckpt_freq: int, is_best
 
 def save_training_checkpoint(output_dir: str, names: Sequence[str], state: dict, wait: bool = True) -> list[str]:
     """On rank 0, atomically write output_dir/names[0], then make each other name a hard link to it (a copy where
-    links are not supported), also atomically; with ``wait`` every rank waits for that. Returns the paths.
+    links are not supported), also atomically; with ``wait`` every rank waits for that and a CheckpointWriteError
+    (save_checkpoint) reaches every rank. Returns the paths.
 
     A kill at any point leaves every name either its previous file or the new one, and the first name is complete
     before any other points to it."""
-    paths = [os.path.join(output_dir, n) for n in names]
+    paths, error = [os.path.join(output_dir, n) for n in names], None
     if distributed.is_main_process() and paths:
-        save_checkpoint(paths[0], state)
-        for p in paths[1:]:
-            utils.link_or_copy(paths[0], p)
-        print(f"Saved {', '.join(paths)}", flush=True)
-    if wait:
-        distributed.barrier()
+        try:
+            save_checkpoint(paths[0], state)
+            for p in paths[1:]:
+                try:
+                    utils.link_or_copy(paths[0], p)
+                except OSError as e:  # a copy (no hard links) on a full disk
+                    raise CheckpointWriteError(f"cannot write checkpoint {p}: {e.strerror or e}") from e
+            print(f"Saved {', '.join(paths)}", flush=True)
+        except CheckpointWriteError as e:
+            error = e
+    if wait and distributed.is_dist():  # rank 0's outcome, once it has written: every rank raises alike
+        outcome = [str(error) if error else None]
+        torch.distributed.broadcast_object_list(outcome, src=0)
+        error = error or (CheckpointWriteError(outcome[0]) if outcome[0] else None)
+    if error is not None:
+        raise error
     return paths
+
+
+def prune_epoch_checkpoints(output_dir: str, keep: int | None) -> list[str]:
+    """Delete all but the ``keep`` newest checkpoint-N.pth of output_dir (rank 0; None keeps all). checkpoint-last.pth
+    and checkpoint-best.pth are other names, so the files they hold stay. Returns the deleted paths."""
+    if keep is None or not distributed.is_main_process():
+        return []
+    removed = [path for _, path in list_epoch_checkpoints(output_dir)[keep:]]
+    for path in removed:
+        os.remove(path)
+    if removed:
+        print(f"Removed {', '.join(removed)} (--keep_last {keep})", flush=True)
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -276,9 +430,17 @@ def peek(path: str) -> dict:
     """A checkpoint's entries without reading its tensors (memory-mapped); a file too old to be memory-mapped
     (torch's legacy format) is read whole."""
     try:
-        return safe_load(path, mmap=True)
+        return safe_load(path, mmap=True, verify=False)
     except RuntimeError:
-        return safe_load(path)
+        return safe_load(path, verify=False)
+
+
+def is_readable(path: str | None) -> bool:
+    """Whether ``path`` is a checkpoint whose entries read (peek: its tensors are not read)."""
+    try:
+        return path is not None and isinstance(peek(path), dict)
+    except RuntimeError:
+        return False
 
 
 def _skip(path: str, error: Exception) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -107,13 +108,17 @@ class Training:
 
 @dataclass
 class EpochResult:
-    """One call of train_one_epoch: the epoch's numbers (_Meter.stats; empty when a stop ended it early), this
-    rank's meter state (continues the epoch's sums after a resume), the optimizer steps of the epoch done when a
-    stop ended it early (None: it ran to its end) and the steps that applied a non-finite gradient."""
+    """One call of train_one_epoch: the epoch's numbers (_Meter.stats; empty when a stop or a divergence ended it
+    early), this rank's meter state (continues the epoch's sums after a resume), the optimizer steps of the epoch
+    done when it ended early (None: it ran to its end), the optimizer steps that applied a non-finite gradient and
+    the non-finite losses (both summed over ranks), and whether a divergence ended it (at a log point, once a
+    non-finite loss or gradient was seen: the weights are then no longer trustworthy)."""
     stats: dict
     meter: dict
     stopped_at: int | None = None
     nonfinite_steps: int = 0
+    nonfinite_losses: int = 0
+    diverged: bool = False
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, run: Training, device: torch.device, epoch: int, *,
@@ -125,7 +130,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, run: Training, device: t
     steps_per_epoch); DDP all-reduces gradients on a step's last micro-batch only. A resumed epoch starts at
     ``first_step`` (the loader yields the remaining batches only) with the sums of its earlier steps
     (``meter_state``). ``stop`` is called after every optimizer step (on every rank); when it says True the epoch
-    ends there.
+    ends there. A non-finite loss or an applied non-finite gradient ends the epoch at the next log point (every
+    print_freq micro-steps and the last one, where the host reads the sums anyway; every rank decides alike).
     """
     check_device(model, device)
     model.train(True)
@@ -157,12 +163,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, run: Training, device: t
         if last_micro:
             grad_norm, skipped = optimizer_step(optimizer, scaler, params, run.clip_grad, run.model_ema)
         meter.update(i, loss.detach(), clips.shape[0], grad_norm, skipped, optimizer, scaler)
-        if last_micro and stop is not None and stop():
-            return EpochResult({}, meter.state_dict(), (i + 1) // update_freq, meter.nonfinite_steps())
+        if meter.diverged or (last_micro and stop is not None and stop()):
+            return EpochResult({}, meter.state_dict(), (i + 1) // update_freq, *meter.nonfinite_counts(),
+                               diverged=meter.diverged)
     if meter.micro + meter.done_micro == 0:
         raise RuntimeError("the training loader produced no batch")
     stats = {**meter.stats(optimizer, scaler), "bad_videos": _bad_videos(getattr(loader, "dataset", None), device)}
-    return EpochResult(stats, meter.state_dict(), None, stats["nonfinite_steps"])
+    return EpochResult(stats, meter.state_dict(), None, stats["nonfinite_steps"], stats["nonfinite_losses"])
 
 
 class _Meter:
@@ -171,6 +178,8 @@ class _Meter:
 
     Sums: loss, non-finite losses, grad norm over finite steps, finite steps, steps skipped by GradScaler.
     Host timers: data wait (from the end of one micro-step to the arrival of the next batch) and wall time.
+    ``diverged`` turns True at the log point that finds a non-finite loss or an applied non-finite gradient on any
+    rank (the log point's one collective in a distributed run).
     A resumed epoch continues the sums of its earlier part (state_dict / ``state``); rates and timers cover this
     process's part only.
     """
@@ -194,6 +203,7 @@ class _Meter:
         self.t_start = self.t_window = self.t_last = time.perf_counter()
         self.t_first = self.t_start  # end of the first micro-step: rates leave out worker start-up and compilation
         self.world = distributed.get_world_size()
+        self.diverged = False
 
     def data_ready(self) -> None:
         wait = time.perf_counter() - self.t_last
@@ -231,9 +241,14 @@ class _Meter:
             self._log(i, optimizer, scaler)
 
     def _log(self, i: int, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
-        loss, nonfinite, grad_sum, finite, skipped = self.window.tolist()  # the host sync of the logging interval
-        if nonfinite > 0:
-            raise FloatingPointError(f"non-finite loss in epoch {self.epoch} before iteration {i + 1}; stopping")
+        health = distributed.all_reduce_sum(torch.stack([self.window[1], self.win_steps - self.window[3:].sum()]))
+        loss, nonfinite, grad_sum, finite, skipped, bad_losses, bad_steps = \
+            torch.cat([self.window, health]).tolist()  # the host sync of the logging interval
+        if bad_losses > 0 or bad_steps > 0:
+            print(f"Epoch [{self.epoch}] [{i + 1}/{self.total}] diverged: {bad_losses:.0f} non-finite losses and "
+                  f"{math.ceil(round(bad_steps) / self.world)} optimizer steps with a non-finite gradient since the "
+                  f"last log line", flush=True)
+            self.diverged = True
         now = time.perf_counter()
         elapsed = now - self.t_window
         rec = {"loss": loss / self.win_micro, "lr": max(g["lr"] for g in optimizer.param_groups),
@@ -261,17 +276,20 @@ class _Meter:
         return {"sums": self.sums.cpu(), "window": self.window.cpu(), "micro": self.done_micro + self.micro,
                 "steps": self.done_steps + self.steps, "win_micro": self.win_micro, "win_steps": self.win_steps}
 
-    def nonfinite_steps(self) -> int:
-        """This rank's optimizer steps so far that applied a non-finite gradient norm (see stats)."""
-        _, _, _, finite, skipped = (self.sums + self.window).tolist()
-        return int(round(self.done_steps + self.steps - finite - skipped))
+    def nonfinite_counts(self) -> tuple[int, int]:
+        """(optimizer steps that applied a non-finite gradient norm, non-finite losses) of the epoch so far, summed
+        over ranks (see stats); a collective in a distributed run."""
+        sums = self.sums + self.window
+        counts = distributed.all_reduce_sum(torch.stack([self.done_steps + self.steps - sums[3:].sum(), sums[1]]))
+        steps, losses = counts.tolist()  # a step's norm is the same on every rank, unless one rank alone broke it
+        return math.ceil(round(steps) / self.world), int(round(losses))
 
     def stats(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> dict:
         """Epoch means over ranks: loss, grad_norm (finite steps), skipped_steps, nonfinite_steps (optimizer steps
-        taken with a non-finite gradient norm: not skipped by an fp16 GradScaler, so they reached the weights);
-        lr/wd now; this rank's clips/s (times world size), data-wait share and peak memory."""
+        taken with a non-finite gradient norm: not skipped by an fp16 GradScaler, so they reached the weights),
+        nonfinite_losses; lr/wd now; this rank's clips/s (times world size), data-wait share and peak memory."""
         sums = distributed.all_reduce_sum(self.sums + self.window)
-        loss, _, grad_sum, finite, skipped = sums.tolist()
+        loss, nonfinite_losses, grad_sum, finite, skipped = sums.tolist()
         micro, steps = self.done_micro + self.micro, self.done_steps + self.steps
         elapsed = time.perf_counter() - self.t_start
         rate_time = self.t_last - self.t_first if self.micro > 1 else self.t_last - self.t_start
@@ -282,6 +300,7 @@ class _Meter:
                 "grad_norm": grad_sum / finite if finite else None, "loss_scale": scaler.get_scale(),
                 "skipped_steps": int(round(skipped / self.world)),
                 "nonfinite_steps": int(round(steps - (finite + skipped) / self.world)),
+                "nonfinite_losses": int(round(nonfinite_losses)),
                 "clips_per_s": rate_clips * self.world / max(rate_time, 1e-9), "data_wait": self.wait / elapsed,
                 "peak_mem_gib": utils.peak_memory_gib(self.device), "time": elapsed}
 

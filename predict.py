@@ -7,7 +7,8 @@ Every video is decoded once into test_num_segment x test_num_crop views (the sam
 the softmaxes of its views are averaged, so a video gets the prediction `--eval` gives it. Data and model flags left
 out default to the checkpoint's saved args when it has them, else to the SSv2 recipe (16 x 224, 2 x 3 views). The
 views follow the dataset's protocol (--data_set): SSv2's segments, or dense chunks at --sampling_rate for the others
-(5 x 3 views unless the checkpoint or a flag says otherwise).
+(5 x 3 views unless the checkpoint or a flag says otherwise). A video that decodes fewer frames than its header
+promises (cut short) is predicted on the frames it has, with a warning (and "truncated" in the JSON).
 """
 import argparse
 import json
@@ -19,6 +20,7 @@ import torch
 
 import checkpoint
 from datasets import DATASETS, SAMPLING_RATE, TEST_NUM_CROP, dataset_spec, load_class_names, read_test_views
+from datasets.decoding import check_truncated
 from engine_for_finetuning import predict_views
 from llama import LLaMAConfig, layer_spec_arg
 from models import create_model, model_spec
@@ -146,6 +148,19 @@ def predict_video(model: torch.nn.Module, path: str, args: argparse.Namespace) -
     return probs[0].cpu()
 
 
+def truncation_warning(path: str, args: argparse.Namespace) -> str | None:
+    """'N frames decode, its header promises P' for a cut video (printed as a warning), else None; a video that
+    cannot be decoded at all is left to decode_views to report."""
+    try:
+        cut = check_truncated(path, args.decoder)
+    except Exception:
+        return None
+    if cut:
+        print(f"WARNING: video {path} is truncated: {cut}; its views come from the frames it has",
+              file=sys.stderr, flush=True)
+    return cut
+
+
 def top5(probs: torch.Tensor, class_names: list[str] | None) -> list[dict]:
     values, ids = probs.topk(min(5, probs.numel()))
     return [{"class_id": int(c), "name": class_names[c] if class_names else None, "prob": float(v)}
@@ -192,8 +207,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             failed.append(str(e))
             print(f"SKIPPED {e}", file=sys.stderr, flush=True)
             continue
-        results.append({"video": path, "top5": ranked})
-        print(path)
+        cut = truncation_warning(path, args)
+        results.append({"video": path, "top5": ranked, "truncated": cut})
+        print(path + (f" (truncated: {cut})" if cut else ""))
         for i, r in enumerate(ranked, 1):
             label = f"{r['name']} ({r['class_id']})" if r["name"] is not None else f"class {r['class_id']}"
             print(f"  {i}. {r['prob']:.4f}  {label}")

@@ -58,13 +58,21 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}  # --
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("Video ViT (+LLM block) fine-tuning and evaluation on SSv2, Kinetics-400, UCF101 "
-                                "and HMDB51")
+    p = argparse.ArgumentParser(
+        "Video ViT (+LLM block) fine-tuning and evaluation on SSv2, Kinetics-400, UCF101 and HMDB51",
+        epilog=f"exit status: 0 done; {run_control.EXIT_PREEMPTED} stopped by a signal with its state saved (rerun "
+               f"the command to continue); {run_control.EXIT_DIVERGED} diverged (a non-finite loss or gradient: the "
+               f"state is kept as checkpoint-N.bad.pth, never resumed; the message names the last good checkpoint); "
+               f"1 any other error")
     a = p.add_argument
     a("--batch_size", default=64, type=int, help="videos per GPU per micro-step")
     a("--epochs", default=30, type=int)
     a("--update_freq", default=1, type=int, help="gradient accumulation micro-steps per optimizer step")
     a("--save_ckpt_freq", default=100, type=int)
+    a("--keep_last", default=None, type=int, metavar="N",
+      help="keep only the N newest numbered checkpoint-<epoch>.pth (default: all of them). checkpoint-last.pth and "
+           "checkpoint-best.pth are always kept; each name that holds another epoch is a full-size file, so the "
+           "folder holds at most N + 2 of them, plus one while a save is written")
     # model
     a("--model", default="vit_base_patch16_224", type=str)
     a("--tubelet_size", default=2, type=int)
@@ -191,7 +199,8 @@ VALUE_BOUNDS = [
     (("batch_size", "epochs", "update_freq", "save_ckpt_freq", "num_sample", "test_num_segment", "test_num_crop",
       "num_frames", "tubelet_size", "input_size", "short_side_size", "nb_classes", "print_freq", "decode_threads",
       "recount"), lambda v: v >= 1, "an integer >= 1"),
-    (("num_workers", "max_bad_videos", "warmup_epochs", "start_epoch"), lambda v: v >= 0, "an integer >= 0"),
+    (("num_workers", "max_bad_videos", "warmup_epochs", "start_epoch", "keep_last"), lambda v: v >= 0,
+     "an integer >= 0"),
     (("warmup_steps",), lambda v: v >= -1, "an integer >= 0, or -1 for --warmup_epochs"),
     (("reprob", "mixup_prob", "mixup_switch_prob", "smoothing", "drop", "attn_drop_rate", "drop_path",
       "fc_drop_rate", "model_ema_decay", "layer_decay"), lambda v: 0 <= v <= 1, "a probability/fraction in [0, 1]"),
@@ -489,7 +498,8 @@ def train_epochs(args, model: torch.nn.Module, run_model: torch.nn.Module, loade
                  training: engine.Training, state: checkpoint.ResumeState, stop: run_control.StopSignal,
                  device: torch.device) -> str | None:
     """The epoch loop from ``state``: train, validate, log, save; returns the last checkpoint (the resumed one when
-    nothing was saved). A diverged epoch and a stop signal each end the run at one place."""
+    nothing was saved). A divergence (at any step, in validation, or found at a stop), a stop signal and a failed
+    save each end the run at one place."""
     saving = bool(args.output_dir and args.save_ckpt)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     max_acc, best_epoch, last_ckpt, last_epoch = state.max_accuracy, state.best_epoch, state.path, state.epoch - 1
@@ -508,7 +518,7 @@ def train_epochs(args, model: torch.nn.Module, run_model: torch.nn.Module, loade
         result = engine.train_one_epoch(run_model, loaders["train"], training, device, epoch, first_step=first_step,
                                         meter_state=meter_state, stop=stop.requested)
         first_step, meter_state = 0, None
-        stopped_at = result.stopped_at
+        stopped_at = result.stopped_at  # a stop signal or a divergence ended the epoch early
         if stopped_at is None and stop.requested(now=True):  # a signal late in the last step: save, then stop
             stopped_at = training.steps_per_epoch
         ranks = gather_rank_states(training, result.meter) if saving else None  # the epoch's one collective
@@ -520,7 +530,10 @@ def train_epochs(args, model: torch.nn.Module, run_model: torch.nn.Module, loade
                 try:
                     record.update(validate_all(args, run_model, loaders["val"], device, training))
                 except Exception:  # a rerun resumes the trained epoch (validation first), not the epoch before
-                    save([checkpoint.LAST_CHECKPOINT], ranks, *trained, wait=False)
+                    try:
+                        save([checkpoint.LAST_CHECKPOINT], ranks, *trained, wait=False)
+                    except checkpoint.CheckpointWriteError as e:  # the validation error is the one raised
+                        print(f"WARNING: the trained epoch {epoch} is not saved: {e}", flush=True)
                     raise
                 print(f"Epoch {epoch}: val top-1 {record['val_acc1']:.2f}% top-5 {record['val_acc5']:.2f}% "
                       f"(best {max(max_acc, record['val_acc1']):.2f}%)", flush=True)
@@ -528,16 +541,30 @@ def train_epochs(args, model: torch.nn.Module, run_model: torch.nn.Module, loade
                 max_acc, best_epoch = record["val_acc1"], epoch
             log_epoch(args, {**record, "n_parameters": n_parameters}, training.log_writer)  # before its checkpoint
         position = (epoch, None) if stopped_at is None else trained
-        problems = run_control.health_problems({**record, "train_nonfinite_steps": result.nonfinite_steps})
+        problems = run_control.health_problems({**record, "train_nonfinite_steps": result.nonfinite_steps,
+                                                "train_nonfinite_losses": result.nonfinite_losses})
         if problems:
-            kept = save([f"checkpoint-{epoch}.bad.pth"], ranks, *position)
-            run_control.stop_diverged(epoch, problems, kept[0] if kept else None, last_ckpt, last_epoch)
+            where = f"epoch {epoch}" + ("" if stopped_at is None else
+                                        f" (at step {steps_done} of {training.steps_per_epoch})")
+            kept = "not kept: the run saves no checkpoint (no --output_dir, or --no_save_ckpt)"
+            if saving:
+                try:
+                    kept = f"kept for inspection as {save([f'checkpoint-{epoch}.bad.pth'], ranks, *position)[0]}"
+                except checkpoint.CheckpointWriteError as e:
+                    kept = f"not kept: {e}"
+            run_control.stop_diverged(where, problems, kept, last_ckpt, last_epoch)
         names = [checkpoint.LAST_CHECKPOINT] if stopped_at is not None else checkpoint.epoch_checkpoint_names(
             epoch, args.epochs, args.save_ckpt_freq, best_epoch == epoch)
-        saved = save(names, ranks, *position)  # checkpoint-last.pth; checkpoint-N.pth and -best.pth link to it
+        try:
+            saved = save(names, ranks, *position)  # checkpoint-last.pth; checkpoint-N.pth and -best.pth link to it
+        except checkpoint.CheckpointWriteError as e:
+            if stopped_at is not None or stop.requested(now=True):
+                run_control.stop_unsaved(stop, str(e), last_ckpt if checkpoint.is_readable(last_ckpt) else None)
+            raise SystemExit(f"error: {e}") from e
         if saved and stopped_at is None:
             last_ckpt = next((p for p in saved if checkpoint.EPOCH_CHECKPOINT.fullmatch(os.path.basename(p))), saved[0])
             last_epoch = epoch
+            checkpoint.prune_epoch_checkpoints(args.output_dir, args.keep_last)
         if stopped_at is not None or stop.requested(now=True):
             run_control.stop_run(stop, saved)
     return last_ckpt

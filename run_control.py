@@ -26,6 +26,7 @@ import torch.distributed as dist
 from distributed import is_dist, is_main_process
 
 EXIT_PREEMPTED = 75  # exit status after a stop signal: the state is saved, rerunning the command continues it
+EXIT_DIVERGED = 65  # exit status of a diverged run (non-finite loss or gradient): rerunning it diverges again
 
 
 def parse_signal(name: str) -> signal.Signals:
@@ -308,26 +309,29 @@ def stop_signals(exit_signal: str) -> list[int]:
 
 def health_problems(record: dict) -> list[str]:
     """Why an epoch's state must not become a checkpoint: optimizer steps that applied a non-finite gradient (an
-    fp16 GradScaler skips those; bf16/fp32 apply them), or a non-finite validation loss."""
+    fp16 GradScaler skips those; bf16/fp32 apply them), non-finite training losses, or a non-finite validation
+    loss."""
     problems = []
     if record.get("train_nonfinite_steps"):
         problems.append(f"{record['train_nonfinite_steps']} optimizer steps applied a non-finite gradient "
                         f"(grad_norm inf/NaN)")
+    if record.get("train_nonfinite_losses"):
+        problems.append(f"{record['train_nonfinite_losses']} training losses were not finite")
     problems += [f"{k} {record[k]}" for k in ("val_loss", "val_ema_loss") if k in record
                  and not math.isfinite(record[k])]
     return problems
 
 
-def stop_diverged(epoch: int, problems: list[str], kept: str | None, last_good: str | None,
-                  last_good_epoch: int) -> None:
-    """Stop a diverged run: its state was kept only as ``kept`` (checkpoint-N.bad.pth, never resumed, or None);
-    the message names the last good checkpoint and what to change."""
-    kept_note = f" (kept for inspection as {kept})" if kept else ""
+def stop_diverged(where: str, problems: list[str], kept: str, last_good: str | None, last_good_epoch: int) -> None:
+    """Stop a diverged run with EXIT_DIVERGED. ``where``: e.g. "epoch 3 (at step 120 of 500)"; ``kept``: where its
+    state was kept (checkpoint-N.bad.pth, never resumed) or why it was not; the message names the last good
+    checkpoint and what to change."""
     good = f"{last_good} (after epoch {last_good_epoch})" if last_good else "none (a rerun starts over)"
-    raise SystemExit(f"error: epoch {epoch} diverged: {'; '.join(problems)}. Its state is not saved as a checkpoint "
-                     f"to resume{kept_note}. The last good checkpoint is {good}; a rerun resumes it and, the run "
-                     f"being deterministic, diverges again: lower --lr, set --clip_grad, or train with --amp bf16 or "
-                     f"none")
+    print(f"error: {where} diverged: {'; '.join(problems)}. Its state is not saved as a checkpoint to resume "
+          f"({kept}). The last good checkpoint is {good}; a rerun resumes it and, the run being deterministic, "
+          f"diverges again: lower --lr, set --clip_grad, or train with --amp bf16 or none. Exit status "
+          f"{EXIT_DIVERGED}.", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_DIVERGED)
 
 
 def stop_run(stop: StopSignal, paths: list[str]) -> None:
@@ -335,4 +339,16 @@ def stop_run(stop: StopSignal, paths: list[str]) -> None:
     saved = f"saved {', '.join(paths)}" if paths else "nothing saved (no --output_dir, or --no_save_ckpt)"
     print(f"Stopping on {stop.received or 'a signal received by another rank'}: {saved}; exit status "
           f"{EXIT_PREEMPTED}. Rerun the same command to continue.", flush=True)
+    raise SystemExit(EXIT_PREEMPTED)
+
+
+def stop_unsaved(stop: StopSignal, error: str, previous: str | None) -> None:
+    """After a stop signal whose checkpoint could not be written (``error``, e.g. a full disk): exit with
+    EXIT_PREEMPTED when an intact ``previous`` checkpoint remains (a rerun continues from it, redoing the steps
+    since), else (None) stop with the error (exit status 1)."""
+    who = stop.received or "a signal received by another rank"
+    if previous is None:
+        raise SystemExit(f"error: stopping on {who}: {error}; no intact earlier checkpoint to continue from")
+    print(f"Stopping on {who}: {error}. The previous checkpoint {previous} is intact: rerunning the same command "
+          f"continues from it (redoing the steps since); exit status {EXIT_PREEMPTED}.", flush=True)
     raise SystemExit(EXIT_PREEMPTED)

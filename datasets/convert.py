@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
+from datasets.decoding import promised_frames, truncation
+
 STATUSES = ("converted", "skipped", "missing", "failed")
 
 
@@ -62,17 +64,6 @@ def scale_short_side(short_side: int) -> str:
     return f"scale='if(gt(iw,ih),-2,{short_side})':'if(gt(iw,ih),{short_side},-2)'"
 
 
-def promised_frames(path: str) -> int | None:
-    """Frames the container's header promises (duration x frame rate); None when it states no duration."""
-    import av
-
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        if container.duration and stream.average_rate:
-            return round(container.duration / av.time_base * stream.average_rate)
-    return None
-
-
 def present_frames(path: str) -> int:
     """Frames really there: the mp4 index's count, else a count of the demuxed packets."""
     import av
@@ -103,9 +94,9 @@ def convert(src: str | None, dst: str, ffmpeg: str, video_filter: str) -> str:
         problem = f"{src!r} is truncated (ffmpeg: {next(x for x in err if 'ended prematurely' in x).strip()})"
     else:
         promised = promised_frames(src)
-        written = present_frames(tmp) if promised is not None else None
-        if written is not None and written < promised - 1:
-            problem = f"{src!r} is truncated: {written} frames decode, its header promises {promised}"
+        cut = truncation(present_frames(tmp), promised) if promised is not None else None
+        if cut:
+            problem = f"{src!r} is truncated: {cut}"
     if problem:
         if os.path.exists(tmp):
             os.remove(tmp)

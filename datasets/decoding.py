@@ -137,3 +137,28 @@ def read_frames(path: str, sample_indices, decoder: str = "auto", num_threads: i
 def count_frames(path: str, decoder: str = "auto") -> int:
     """Number of frames that really decode (sequential decode; used by datasets.verify)."""
     return open_video(path, decoder).exact_count()
+
+
+def promised_frames(path: str) -> int | None:
+    """Frames the container's header promises (duration x frame rate); None when it states no duration."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        if container.duration and stream.average_rate:
+            return round(container.duration / av.time_base * stream.average_rate)
+    return None
+
+
+def truncation(present: int, promised: int | None) -> str | None:
+    """'N frames decode, its header promises P' when a video holds fewer frames than its header promises (one frame
+    of rounding allowed: duration x rate is not exact), else None. The one truncation rule of the project
+    (datasets.verify, predict.py, the preparation tools)."""
+    if promised is None or present >= promised - 1:
+        return None
+    return f"{present} frames decode, its header promises {promised}"
+
+
+def check_truncated(path: str, decoder: str = "auto") -> str | None:
+    """truncation of a video file: its frames decoded sequentially (count_frames) against its header."""
+    return truncation(count_frames(path, decoder), promised_frames(path))

@@ -2,7 +2,8 @@
 
   python -m datasets.verify CSV [--data_root DIR] [--workers N] [--min_frames N] [--decoder auto|decord|pyav]
 
-Each video is fully decoded (sequentially), so truncated files and wrong container frame counts are caught.
+Each video is fully decoded (sequentially), so unreadable files are caught, and a video that decodes fewer frames
+than its container's header promises (a cut download or copy) is reported as truncated.
 --min_frames defaults to 1: shorter videos are still usable (their frames are spread over the clip), so pass e.g.
 --min_frames 16 to list the videos that cannot fill a 16-frame clip with distinct frames.
 """
@@ -10,16 +11,20 @@ import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from datasets.decoding import count_frames
+from datasets.decoding import count_frames, promised_frames, truncation
 from datasets.ssv2 import read_video_list
 
 
 def check(path: str, min_frames: int = 1, decoder: str = "auto") -> str | None:
-    """None if the video decodes with >= min_frames frames, else the reason."""
+    """None if the video decodes whole (as many frames as its header promises) with >= min_frames frames, else
+    the reason."""
     try:
         n = count_frames(path, decoder)
+        cut = truncation(n, promised_frames(path))
     except Exception as e:
         return f"{type(e).__name__}: {e}"
+    if cut:
+        return f"truncated: {cut}"
     return None if n >= min_frames else f"only {n} frames (< {min_frames})"
 
 

@@ -10,6 +10,7 @@ import engine_for_finetuning as engine
 import run_class_finetuning as run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REAL_FINAL_TEST = engine.final_test  # the multi-view test, for tests that replace only the training (recorded)
 
 
 def base_argv(data_dir, out, *extra):

@@ -3,6 +3,7 @@ import argparse
 import math
 import os
 import pickle
+import re
 import warnings
 from unittest import mock
 
@@ -455,3 +456,76 @@ def test_find_resume_takes_the_furthest_of_last_numbered_and_best(tmp_path):
     os.remove(tmp_path / "checkpoint-2.pth")
     os.remove(tmp_path / "checkpoint-last.pth")
     assert find_resume_checkpoint(str(tmp_path))[0].endswith("checkpoint-best.pth")  # an older version's folder
+
+
+def flip_tensor_byte(path: str) -> None:
+    """Flip one byte in the middle of the largest tensor record of a torch zip archive (its structure intact)."""
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
+        at = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0x01]))
+
+
+def test_a_saved_checkpoint_records_the_sha256_of_its_archive_and_loading_checks_it(tmp_path):
+    """The zip comment holds 'sha256:' + the digest of the bytes torch.save wrote (comment length 0), computed here
+    independently; torch.load still reads the file; one flipped tensor byte, which torch.load alone accepts, is
+    refused by name; a file without a hash (another tool's) loads unchecked."""
+    import hashlib
+    import zipfile
+    path = str(tmp_path / "checkpoint-last.pth")
+    state = {"model": {"w": torch.arange(1000, dtype=torch.float32)}, "epoch": 3}
+    digest = save_checkpoint(path, state)
+    data = open(path, "rb").read()
+    assert data[-71:] == b"sha256:" + digest.encode() and zipfile.ZipFile(path).comment == data[-71:]
+    assert hashlib.sha256(data[:-73] + b"\x00\x00").hexdigest() == digest
+    assert checkpoint.verify_content_hash(path) and torch.equal(safe_load(path)["model"]["w"], state["model"]["w"])
+    flip_tensor_byte(path)
+    assert not torch.equal(torch.load(path, weights_only=True)["model"]["w"], state["model"]["w"])  # loads silently
+    with pytest.raises(RuntimeError, match=rf"cannot read checkpoint {path}: its content does not match the sha256 "
+                                           rf"recorded when it was written \({digest[:16]}\.\.\. vs"):
+        safe_load(path)
+    plain = str(tmp_path / "plain.pth")
+    torch.save(state, plain)
+    assert checkpoint.recorded_content_hash(plain) is None and safe_load(plain)["epoch"] == 3
+
+
+def test_a_write_error_that_torch_wraps_surfaces_as_the_os_error(monkeypatch):
+    """/dev/full gives ENOSPC on every write; torch's writer may wrap it in its own RuntimeError ([enforce fail at
+    inline_container.cc]): write_checkpoint raises the OSError itself, which save_checkpoint turns into one line."""
+    import errno
+    real = torch.save
+
+    def wrapping_save(obj, f, *a, **k):
+        try:
+            real(obj, f, *a, **k)
+        except OSError as e:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing "
+                               "file data/0: file write failed") from e
+    monkeypatch.setattr(torch, "save", wrapping_save)
+    with open("/dev/full", "wb", buffering=0) as full, pytest.raises(OSError) as raised:
+        checkpoint.write_checkpoint(full, {"w": torch.ones(10_000)})
+    assert raised.value.errno == errno.ENOSPC
+
+
+def test_resume_falls_back_from_a_flipped_byte_with_a_warning(data_dir, tmp_path, recorded, capsys):
+    """checkpoint-last.pth (and checkpoint-1.pth, its hard link) with one tensor byte flipped: the rerun skips both,
+    saying why, and resumes checkpoint-0.pth."""
+    from runs import base_argv, train
+    train(base_argv(data_dir, tmp_path, "--epochs", "2", "--save_ckpt_freq", "1"))
+    flip_tensor_byte(str(tmp_path / "checkpoint-last.pth"))
+    recorded["train"].clear()
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint .*checkpoint-last.pth: .*does not match the "
+                                         "sha256"):
+        train(base_argv(data_dir, tmp_path, "--epochs", "3", "--save_ckpt_freq", "1"))
+    out = capsys.readouterr().out
+    assert re.search(r"auto-resume skips damaged checkpoint .*checkpoint-1.pth: .*does not match the sha256", out)
+    assert re.search(r"Resuming from .*checkpoint-0.pth", out)
+    assert [c["epoch"] for c in recorded["train"]] == [1, 2]

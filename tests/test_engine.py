@@ -104,12 +104,13 @@ def test_fp16_scaler_skips_the_overflow_step_and_logs_finite_numbers(capsys):
 
 
 def test_a_step_that_applies_a_non_finite_gradient_is_counted():
-    """fp32 (no GradScaler to skip it): an inf gradient in the last of 3 steps reaches the weights; the epoch's
-    nonfinite_steps says so (the run then refuses to save the epoch), while the loss stayed finite."""
+    """fp32 (no GradScaler to skip it): an inf gradient in the last of 3 steps reaches the weights; the epoch ends
+    diverged with nonfinite_steps 1 (the run then refuses to save the epoch), while the loss stayed finite."""
     model, calls = tiny(), []
     model.head.bias.register_hook(lambda g: (calls.append(1), g if len(calls) < 3 else g * float("inf"))[1])
-    stats = run_epoch(model, batches(3), 3, print_freq=100)
-    assert stats["nonfinite_steps"] == 1 and np.isfinite(stats["loss"]) and not torch.isfinite(model.head.bias).all()
+    result = engine.train_one_epoch(model, batches(3), sgd_training(model, 3, print_freq=100), CPU, 0)
+    assert (result.diverged, result.stopped_at, result.nonfinite_steps, result.nonfinite_losses) == (True, 3, 1, 0)
+    assert not torch.isfinite(model.head.bias).all()
 
 
 def test_an_epoch_stopped_and_resumed_gives_the_uninterrupted_numbers():
@@ -130,11 +131,17 @@ def test_an_epoch_stopped_and_resumed_gives_the_uninterrupted_numbers():
         assert torch.equal(a, b)
 
 
-def test_non_finite_loss_stops_the_run():
-    data = batches(2)
+def test_a_non_finite_loss_ends_the_epoch_at_the_next_log_point(capsys):
+    """A NaN clip in step 2 of 5 (print_freq 2): the epoch ends at that log point, saying so, with the counts of
+    the non-finite loss and of the NaN gradient it applied; steps 3-5 never run."""
+    data = batches(5)
     data[1] = (torch.full_like(data[1][0], float("nan")), data[1][1])
-    with pytest.raises(FloatingPointError, match="non-finite loss in epoch 0 before iteration 2"):
-        run_epoch(tiny(), data, 2, print_freq=2)
+    model = tiny()
+    result = engine.train_one_epoch(model, data, sgd_training(model, 5, print_freq=2), CPU, 0)
+    assert (result.diverged, result.stopped_at, result.nonfinite_losses, result.nonfinite_steps) == (True, 2, 1, 1)
+    assert result.stats == {} and result.meter["steps"] == 2
+    assert "Epoch [0] [2/5] diverged: 1 non-finite losses and 1 optimizer steps with a non-finite gradient" in \
+        capsys.readouterr().out
 
 
 def test_every_log_line_shows_data_wait_and_peak_memory(capsys):

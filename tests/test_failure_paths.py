@@ -1,5 +1,7 @@
-"""Runs that must stop: unreadable checkpoints, a live folder, a diverged epoch, a failing validation, a failing
-loader worker."""
+"""Runs that must stop: unreadable checkpoints, a live folder, a diverged epoch (at any step, in validation, at a
+stop), a failing validation, a full disk, a failing loader worker; and what the checkpoints cost on disk."""
+import errno
+import io
 import json
 import os
 import re
@@ -13,8 +15,10 @@ import torch
 import checkpoint
 import engine_for_finetuning as engine
 import run_class_finetuning as run
+import run_control
 
-from runs import ROOT, base_argv, checkpoint_files, free_ports, log_epochs, train
+from runs import (ROOT, base_argv, checkpoint_files, fake_val_accuracies, free_ports, log_epochs,
+                  signal_at_step, train)
 
 
 def test_unreadable_checkpoints_stop_the_run_unless_no_auto_resume(data_dir, tmp_path, recorded):
@@ -49,7 +53,7 @@ def test_a_second_run_into_a_live_folder_stops_and_stale_temp_files_go(data_dir,
     (0, float("nan"), r"val_loss nan"),
 ])
 def test_a_diverged_epoch_is_not_saved_and_the_run_names_the_last_good_checkpoint(
-        data_dir, tmp_path, recorded, monkeypatch, nonfinite, val_loss, problem):
+        data_dir, tmp_path, recorded, monkeypatch, capsys, nonfinite, val_loss, problem):
     """Epoch 1 diverges (weights hit by inf/NaN gradients, or a NaN validation loss): its state goes to
     checkpoint-1.bad.pth only, checkpoint-last.pth keeps epoch 0, and the run stops naming it."""
     def fake_train(model, loader, training, device, epoch, **kw):
@@ -59,12 +63,120 @@ def test_a_diverged_epoch_is_not_saved_and_the_run_names_the_last_good_checkpoin
     losses = iter([1.0, val_loss, 1.0])
     monkeypatch.setattr(engine, "validate", lambda *a, **kw: {"acc1": 10.0, "acc5": 50.0, "loss": next(losses),
                                                               "videos": 7})
-    with pytest.raises(SystemExit, match=rf"epoch 1 diverged: {problem}.*kept for inspection as .*checkpoint-1.bad.pth"
-                                         rf".*last good checkpoint is .*checkpoint-last.pth \(after epoch 0\)"):
+    with pytest.raises(SystemExit) as stopped:
         train(base_argv(data_dir, tmp_path, "--epochs", "3"))
+    assert stopped.value.code == run_control.EXIT_DIVERGED
+    assert re.search(rf"epoch 1 diverged: {problem}.*kept for inspection as .*checkpoint-1.bad.pth.*last good "
+                     rf"checkpoint is .*checkpoint-last.pth \(after epoch 0\)", capsys.readouterr().err)
     assert checkpoint.safe_load(str(tmp_path / "checkpoint-last.pth"))["epoch"] == 0  # the good one, kept
     assert "checkpoint-1.bad.pth" in os.listdir(tmp_path) and log_epochs(tmp_path) == [0, 1]
     assert checkpoint.find_resume_checkpoint(str(tmp_path))[0].endswith("checkpoint-last.pth")  # never .bad
+
+
+def poison_step(monkeypatch, step: int) -> None:
+    """The ``step``-th optimizer step (1-based, counted over the runs that follow) applies a NaN gradient."""
+    real, calls = engine.optimizer_step, []
+
+    def nan_step(optimizer, scaler, params, *a, **k):
+        calls.append(1)
+        if len(calls) == step:
+            params[0].grad.fill_(float("nan"))
+        return real(optimizer, scaler, params, *a, **k)
+    monkeypatch.setattr(engine, "optimizer_step", nan_step)
+
+
+@pytest.mark.parametrize("nan_step, signal_step, stopped_at, problems", [
+    (5, None, 2, r"2 optimizer steps applied a non-finite gradient \(grad_norm inf/NaN\); 1 training losses were not "
+                 r"finite"),  # epoch 1's first step: seen at the next log point, step 2 of 4
+    (8, None, 4, r"1 optimizer steps applied a non-finite gradient \(grad_norm inf/NaN\)\."),  # the epoch's last
+    (5, 5, 1, r"1 optimizer steps applied a non-finite gradient \(grad_norm inf/NaN\)\."),  # a stop at that step
+])
+def test_a_non_finite_gradient_at_any_step_keeps_bad_pth_names_the_last_good_and_exits_diverged(
+        data_dir, tmp_path, monkeypatch, capsys, nan_step, signal_step, stopped_at, problems):
+    """Real training, 4 steps per epoch, a log point every 2 steps: a NaN gradient in epoch 1 ends the run at the
+    log point (or the stop) that sees it, with checkpoint-1.bad.pth at that step, checkpoint-last.pth still epoch
+    0's, a message naming it, and EXIT_DIVERGED."""
+    poison_step(monkeypatch, nan_step)
+    if signal_step:
+        signal_at_step(monkeypatch, signal_step)
+    with pytest.raises(SystemExit) as stopped:
+        train(base_argv(data_dir, tmp_path, "--disable_eval_during_finetuning"))
+    assert stopped.value.code == run_control.EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert re.search(rf"error: epoch 1 \(at step {stopped_at} of 4\) diverged: {problems}.*kept for inspection as "
+                     rf".*checkpoint-1.bad.pth\). The last good checkpoint is .*checkpoint-last.pth \(after epoch 0\)"
+                     rf".*Exit status {run_control.EXIT_DIVERGED}", err), err
+    bad = checkpoint.safe_load(str(tmp_path / "checkpoint-1.bad.pth"))
+    assert bad["train_progress"]["step"] == stopped_at and bad["epoch"] == 0
+    assert not torch.isfinite(bad["model"][next(iter(bad["model"]))]).all()  # the poisoned weights, for inspection
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-last.pth"))["epoch"] == 0
+
+
+def test_a_diverged_run_without_checkpoints_says_why_nothing_is_kept(data_dir, tmp_path, monkeypatch, capsys):
+    poison_step(monkeypatch, 1)
+    with pytest.raises(SystemExit) as stopped:
+        train(base_argv(data_dir, tmp_path, "--disable_eval_during_finetuning", "--no_save_ckpt", "--epochs", "1"))
+    assert stopped.value.code == run_control.EXIT_DIVERGED
+    assert re.search(r"epoch 0 \(at step 2 of 4\) diverged: .*not kept: the run saves no checkpoint .*The last good "
+                     r"checkpoint is none", capsys.readouterr().err)
+
+
+def disk_full_from(monkeypatch, call: int) -> dict:
+    """torch.save into a file (not the in-memory buffers of pickled tensors) fails with ENOSPC from its ``call``-th
+    use on (1-based), after writing a few bytes, until the returned dict's "full" is set False."""
+    real, disk = torch.save, {"calls": 0, "full": True}
+
+    def save(obj, f, *a, **k):
+        if isinstance(f, io.BytesIO):
+            return real(obj, f, *a, **k)
+        disk["calls"] += 1
+        if disk["calls"] < call or not disk["full"]:
+            return real(obj, f, *a, **k)
+        f.write(b"PK" * 512)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(torch, "save", save)
+    return disk
+
+
+def test_a_full_disk_stops_with_one_line_naming_the_file_and_the_space(data_dir, tmp_path, recorded, monkeypatch):
+    """Epoch 1's save hits a full disk: one line names checkpoint-last.pth, the size it needs and the free space;
+    no temporary file is left and checkpoint-last.pth still holds epoch 0."""
+    disk_full_from(monkeypatch, 2)
+    with pytest.raises(SystemExit) as stopped:
+        train(base_argv(data_dir, tmp_path, "--epochs", "3"))
+    message = str(stopped.value.code)
+    assert "\n" not in message and re.fullmatch(
+        rf"error: cannot write checkpoint {re.escape(str(tmp_path))}/checkpoint-last.pth: No space left on device; "
+        rf"it needs about [0-9.]+ MiB and {re.escape(str(tmp_path))} has [0-9.]+ [MG]iB free\. .*", message), message
+    assert checkpoint_files(tmp_path) == ["checkpoint-best.pth", "checkpoint-last.pth"]  # no temporary file
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-last.pth"))["epoch"] == 0
+
+
+def test_a_stop_signal_on_a_full_disk_exits_preempted_when_the_previous_checkpoint_is_intact(
+        data_dir, tmp_path, recorded, monkeypatch, capsys):
+    """SIGTERM in epoch 1 (of the first run), whose checkpoint finds the disk full: exit 75, the message says that
+    epoch 0's checkpoint is intact, and the rerun continues from it."""
+    real_train, signalled = engine.train_one_epoch, []
+
+    def train_then_signal(model, loader, training, device, epoch, **kw):
+        result = real_train(model, loader, training, device, epoch, **kw)
+        if epoch == 1 and not signalled:
+            signalled.append(epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return engine.EpochResult({}, {}, stopped_at=2)
+        return result
+    monkeypatch.setattr(engine, "train_one_epoch", train_then_signal)
+    disk = disk_full_from(monkeypatch, 2)
+    with pytest.raises(SystemExit) as stopped:
+        train(base_argv(data_dir, tmp_path, "--epochs", "3"))
+    assert stopped.value.code == run_control.EXIT_PREEMPTED
+    assert re.search(r"Stopping on SIGTERM: cannot write checkpoint .*checkpoint-last.pth: No space left on device.*"
+                     r"The previous checkpoint .*checkpoint-last.pth is intact: rerunning the same command continues "
+                     r"from it", capsys.readouterr().out)
+    recorded["train"].clear()
+    disk["full"] = False
+    train(base_argv(data_dir, tmp_path, "--epochs", "3"))
+    assert [c["epoch"] for c in recorded["train"]] == [1, 2]  # continued from epoch 0's checkpoint
 
 
 def test_validation_failure_keeps_the_trained_epoch(data_dir, tmp_path, recorded, monkeypatch):
@@ -172,3 +284,25 @@ def test_a_failing_loader_worker_ends_a_torchrun_job(data_dir, tmp_path):
     assert res.returncode != 0, res.stderr[-3000:]
     assert re.search(r"VideoDecodeError: video file is empty \(0 bytes\): '[^']*empty0\.mp4'", res.stderr), \
         res.stderr[-3000:]
+
+
+def full_size_files(out) -> int:
+    """Distinct files (inodes) behind the checkpoint names of a run folder: what it costs on disk."""
+    return len({os.stat(out / f).st_ino for f in checkpoint_files(out)})
+
+
+@pytest.mark.parametrize("keep_last, numbered", [(None, [0, 1, 2, 3, 4, 5]), (2, [4, 5]), (0, [])])
+def test_keep_last_bounds_the_numbered_checkpoints_and_last_and_best_stay(
+        data_dir, tmp_path, recorded, monkeypatch, keep_last, numbered):
+    """6 epochs, a numbered file each, the best at epoch 1: --keep_last N keeps the N newest numbered files, and
+    last/best always; every name holding another epoch is a full-size file, so the folder holds N + 2 at most."""
+    fake_val_accuracies(monkeypatch, [10.0, 50.0, 20.0])
+    extra = ["--keep_last", str(keep_last)] if keep_last is not None else []
+    train(base_argv(data_dir, tmp_path, "--epochs", "6", "--save_ckpt_freq", "1", *extra))
+    assert checkpoint_files(tmp_path) == sorted(["checkpoint-best.pth", "checkpoint-last.pth",
+                                                 *[f"checkpoint-{e}.pth" for e in numbered]])
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-best.pth"))["epoch"] == 1
+    assert checkpoint.safe_load(str(tmp_path / "checkpoint-last.pth"))["epoch"] == 5
+    assert full_size_files(tmp_path) == len(set(numbered) | {1, 5})  # last is checkpoint-5.pth when that is kept
+
+

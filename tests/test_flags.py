@@ -379,6 +379,7 @@ BAD_VALUES = [
     (["--print_freq", "0"], r"--print_freq 0: takes an integer >= 1"),
     (["--num_workers", "-1"], r"--num_workers -1: takes an integer >= 0"),
     (["--max_bad_videos", "-2"], r"--max_bad_videos -2: takes an integer >= 0"),
+    (["--keep_last", "-1"], r"--keep_last -1: takes an integer >= 0"),
     (["--warmup_steps", "-5"], r"--warmup_steps -5: takes an integer >= 0, or -1 for --warmup_epochs"),
     (["--num_frames", "7"], r"--num_frames 7: takes a multiple of --tubelet_size 2"),
     (["--tubelet_size", "0"], r"--tubelet_size 0: takes an integer >= 1"),

@@ -288,3 +288,28 @@ def test_frames_or_size_other_than_the_checkpoints_are_refused(trained):
                                                    r"--allow_arg_mismatch"):
         predict.main(argv)
     assert len(predict.main(argv + ["--allow_arg_mismatch"])) == 1
+
+
+def test_a_truncated_video_is_predicted_with_a_warning(trained, tmp_path, capsys):
+    """A webm cut to 60% of its bytes (its header promises 36 frames, fewer decode): predicted on the frames it has,
+    with a warning naming it and "truncated" in the JSON; a whole video says nothing."""
+    import av
+
+    from datasets.synthetic import write_video as write_webm
+    whole, cut = str(tmp_path / "whole.webm"), str(tmp_path / "cut.webm")
+    rng = np.random.default_rng(0)
+    frames = np.clip(np.asarray(COLOURS["green"]) + rng.integers(-30, 30, (36, 40, 56, 3)), 0, 255).astype(np.uint8)
+    write_webm(whole, frames, codec="libvpx-vp9")
+    data = open(whole, "rb").read()
+    open(cut, "wb").write(data[: len(data) * 6 // 10])
+    with av.open(cut) as container:  # independently: the frames PyAV decodes
+        present = sum(1 for _ in container.decode(video=0))
+    assert present < 35
+    out_json = tmp_path / "pred.json"
+    results = predict.main([whole, cut, "--resume", trained["checkpoint"], "--json", str(out_json)])
+    captured = capsys.readouterr()
+    note = f"{present} frames decode, its header promises 36"
+    assert [r["truncated"] for r in results] == [None, note]
+    assert f"WARNING: video {cut} is truncated: {note}" in captured.err
+    assert "whole.webm is truncated" not in captured.err and f"{cut} (truncated: {note})" in captured.out
+    assert json.loads(out_json.read_text()) == results and results[1]["top5"][0]["class_id"] == 1

@@ -165,3 +165,35 @@ def test_cli_rebuilds_reports_from_test_per_video(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(sys, "argv", ["reports.py", str(tmp_path / "direct")])
     with pytest.raises(SystemExit, match="test_per_video.npz not found"):
         runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(__file__)), "reports.py"), run_name="__main__")
+
+
+def test_two_test_videos_with_one_file_name_stay_two_videos_end_to_end(data_dir, tmp_path, recorded, monkeypatch):
+    """8 test lines, two of them the same file name in two folders with other labels and other pixels: the run's
+    multi-view test counts 8 videos (test_summary.json), each with its own label, its own views and its own
+    per-video row; nothing merges them by name."""
+    import shutil
+
+    import engine_for_finetuning as engine
+    from runs import REAL_FINAL_TEST, base_argv, train
+    monkeypatch.setattr(engine, "final_test", REAL_FINAL_TEST)  # the real test after the recorded training
+    lines = open(os.path.join(data_dir, "test.csv")).read().split()
+    listed = [(os.path.join(data_dir, p), int(l)) for p, l in zip(lines[::2], lines[1::2])]
+    for folder, (src, _) in zip("ab", listed[:2]):
+        os.makedirs(tmp_path / "eval" / folder)
+        shutil.copy(src, tmp_path / "eval" / folder / "same.mp4")
+    listed = listed[1:] + [(str(tmp_path / "eval" / folder / "same.mp4"), label) for folder, label in (("a", 3),
+                                                                                                       ("b", 6))]
+    assert len(listed) == 8
+    for name in ("val.csv", "test.csv"):
+        (tmp_path / "eval" / name).write_text("".join(f"{p} {l}\n" for p, l in listed))
+    out = tmp_path / "out"
+    train(base_argv(data_dir, out, "--epochs", "1", "--eval_data_path", str(tmp_path / "eval")))
+    summary = json.load(open(out / "test_summary.json"))
+    assert (summary["videos"], summary["views_per_video"]) == (8, 4)
+    with np.load(out / "test_per_video.npz") as z:
+        ids, labels = list(z["video_ids"]), list(z["labels"])
+    assert len(set(ids)) == 8 and sorted(labels) == sorted(label for _, label in listed)
+    same = {label for vid, label in zip(ids, labels) if os.path.basename(vid) == "same"}
+    assert same == {3, 6}
+    with np.load(out / "test_per_view.npz") as z:
+        assert len(z["video_ids"]) == 8 * 4 and len(set(z["video_ids"])) == 8
