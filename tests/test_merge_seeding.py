@@ -22,8 +22,8 @@ def _epoch_clips(data_dir, tmp_path, epoch, fresh=None):
     for split in ("val.csv", "test.csv"):
         shutil.copy(os.path.join(data_dir, split), same / split)
     loaders = fresh or run.build_loaders(run.parse_args(base_argv(  # val/test list relative paths: --data_root
-        str(same), tmp_path, "--num_workers", "2", "--batch_size", "1", "--num_sample", "1", "--data_root",
-        data_dir)), eval_only=False)
+        str(same), tmp_path, "--num_workers", "2", "--batch_size", "1", "--num_sample", "1", "--mixup", "0",
+        "--cutmix", "0", "--data_root", data_dir)), eval_only=False)
     run.set_train_epoch(loaders, run.parse_args(base_argv(str(same), tmp_path)), epoch)
     clips = {0: [], 1: []}
     for i, (x, _) in enumerate(loaders["train"]):
