@@ -490,11 +490,14 @@ def checkpoint_to_load(args) -> tuple[str, dict] | tuple[None, None]:
 
 
 def check_eval_args(args, ckpt: Mapping, path: str) -> None:
-    """Refuse --num_frames / --input_size (and --model, for this project's checkpoints) other than the ones the
-    checkpoint was trained with, unless args.allow_arg_mismatch: the weights would load (the position table is
-    fixed, not stored) and give wrong predictions silently. Model-zoo files (args as argparse.Namespace) are not
-    checked for the model name, which the published code spells its own way: the strict key check decides."""
-    keys = ["num_frames", "input_size"] + (["model"] if isinstance(ckpt.get("args"), Mapping) else [])
+    """Refuse --num_frames / --input_size / --data_set (--sampling_rate for the Kinetics protocol; --model for this
+    project's checkpoints) other than the ones the checkpoint was trained with, unless args.allow_arg_mismatch: the
+    weights would load (the position table is fixed, not stored) and give wrong predictions silently. Model-zoo files
+    (args as argparse.Namespace) are not checked for the model name, which the published code spells its own way: the
+    strict key check decides."""
+    keys = ["num_frames", "input_size", "data_set"]
+    keys += ["sampling_rate"] if getattr(args, "data_set", "SSV2") != "SSV2" else []  # SSv2 samples segments
+    keys += ["model"] if isinstance(ckpt.get("args"), Mapping) else []
     changes = changed_args(saved_args(ckpt), vars(args), keys)
     if changes and not getattr(args, "allow_arg_mismatch", False):
         raise RuntimeError(f"checkpoint {path} was trained with other settings: {'; '.join(changes)} (saved -> "

@@ -6,7 +6,7 @@ Runs DeviceAugment on the `meta` device (shapes only, no data) under DeviceOpRec
 every aten op: it counts the ops that launch a device kernel (views and bare allocations launch none), records every
 host->device copy and every op that reads a device value back to the host (each one a synchronisation on CUDA), and
 follows the device storages alive after each op, whose maximum is the peak memory. Batches are SSv2-like: videos of
---height rows and widths drawn from SSv2's 320-427, the recipe's defaults (RandAugment rand-m7-n4-mstd0.5-inc1,
+--height rows and widths drawn from SSv2's 320-427, the recipe's defaults (RandAugment --aa's default,
 erasing 0.25). Prints the mean, 95th percentile and maximum over --batches batches.
 """
 from __future__ import annotations

@@ -11,14 +11,13 @@ import torch
 from datasets.kinetics import KineticsDataset, chunk_indices
 from datasets.samplers import ShardSampler, TrainSampler
 from datasets.ssv2 import (SSv2Dataset, load_class_names, multiple_samples_collate, pack_videos_collate,
-                           read_indexed_views, read_video_list, read_views, train_indices, eval_indices, val_indices,
-                           video_id)
+                           read_indexed_views, read_video_list, read_views, train_indices, eval_indices, val_indices)
 from video_transforms import AugmentConfig
 
 __all__ = ["DATASETS", "TEST_NUM_SEGMENT", "TEST_NUM_CROP", "SAMPLING_RATE", "DatasetSpec", "build_dataset",
            "dataset_spec", "list_paths", "read_test_views", "load_class_names", "multiple_samples_collate",
            "pack_videos_collate", "SSv2Dataset", "KineticsDataset", "ShardSampler", "TrainSampler", "read_video_list",
-           "train_indices", "eval_indices", "val_indices", "video_id"]
+           "train_indices", "eval_indices", "val_indices"]
 
 TEST_NUM_CROP = 3  # spatial test views in every published recipe
 SAMPLING_RATE = 4  # the Kinetics protocol's frame stride (VideoMAE's --sampling_rate default)

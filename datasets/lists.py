@@ -9,6 +9,7 @@ Files are UTF-8 (a byte-order mark is ignored); every error names file:line.
 """
 import os
 import re
+from collections import Counter
 
 LABEL = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
 FORMS = {" ": "'<video path> <integer label>' (ASCII digits) separated by one space",
@@ -95,12 +96,13 @@ def read_video_list(csv_path: str, data_root: str | None = None, nb_classes: int
 
 def video_ids(paths: list[str]) -> list[str]:
     """An id per listed video for reports and view merging: the file name without its extension, or, for videos
-    whose file names clash (the same name in two class folders), the whole path without its extension."""
+    whose file names clash (the same name in two class folders), the whole path without its extension (with it, when
+    only the extension tells two videos apart)."""
     names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    return [name if counts[name] == 1 else os.path.splitext(p)[0] for name, p in zip(names, paths)]
+    counts = Counter(names)
+    ids = [name if counts[name] == 1 else os.path.splitext(p)[0] for name, p in zip(names, paths)]
+    counts = Counter(ids)
+    return [i if counts[i] == 1 else p for i, p in zip(ids, paths)]  # one folder, one name, two formats: the path
 
 
 def labels_used(samples: list[tuple[str, int]]) -> list[int]:

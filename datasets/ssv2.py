@@ -16,7 +16,6 @@ import contextlib
 import functools
 import json
 import multiprocessing as mp
-import os
 import random
 import sys
 from typing import Callable
@@ -48,11 +47,6 @@ def load_class_names(labels_json: str) -> list[str]:
     if sorted(ids) != list(range(len(mapping))):
         raise ValueError(f"{labels_json}: class ids must be 0..{len(mapping) - 1} without gaps or repeats")
     return [ids[i] for i in range(len(ids))]
-
-
-def video_id(path: str) -> str:
-    """The file name without its extension."""
-    return os.path.splitext(os.path.basename(path))[0]
 
 
 def train_indices(n: int, num_segments: int, rng: random.Random | None = None) -> list[int]:

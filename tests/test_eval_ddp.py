@@ -38,6 +38,10 @@ def test_eval_refuses_frames_other_than_the_checkpoints(straight, data_dir, tmp_
                                            r"Pass the saved values, or --allow_arg_mismatch"):
         train(argv)
     assert train(argv + ["--allow_arg_mismatch"])["videos"] == 7
+    kinetics = base_argv(data_dir, tmp_path, "--eval", "--resume", os.path.join(straight[0], "checkpoint-1.pth"),
+                         "--data_set", "Kinetics-400")  # another protocol's views: refused the same way
+    with pytest.raises(RuntimeError, match=r"--data_set 'SSV2' -> 'Kinetics-400'"):
+        train(kinetics)
 
 
 def test_eval_model_zoo_checkpoint(straight, data_dir, tmp_path):

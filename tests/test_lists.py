@@ -90,6 +90,7 @@ def test_same_file_name_in_two_folders_gives_two_ids():
     paths = ["/k/abseiling/v1.mp4", "/k/archery/v1.mp4", "/k/archery/v2.webm"]
     assert video_ids(paths) == ["/k/abseiling/v1", "/k/archery/v1", "v2"]
     assert video_ids(["/s/1.webm", "/s/2.webm"]) == ["1", "2"]  # unique names stay bare (SSv2's numeric ids)
+    assert video_ids(["/a/x.mp4", "/a/x.webm"]) == ["/a/x.mp4", "/a/x.webm"]  # one folder, two formats
 
 
 def test_labels_used_and_the_few_classes_warning():
