@@ -23,6 +23,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; fi
+if ! command -v python > /dev/null; then  # images that have only python3 (timeout needs a program, not a function)
+    mkdir -p /tmp/gpu_checks_bin && ln -sf "$(command -v python3)" /tmp/gpu_checks_bin/python
+    export PATH="/tmp/gpu_checks_bin:${PATH}"
+fi
+SITE=${SITE:-/tmp/gpu_checks_site}  # where the carried wheels go (the image's own environment stays as it is)
+export PYTHONPATH="${SITE}${PYTHONPATH:+:${PYTHONPATH}}"
 OUT=${OUT:-gpu_checks}
 mkdir -p "${OUT}"
 : > "${OUT}/status.txt"
@@ -63,9 +69,9 @@ install_missing() {  # pip installs, offline from .whl/, the packages whose modu
     done
     if [ "${#missing[@]}" = 0 ]; then echo "nothing to install"; return 0; fi
     echo "installing ${missing[*]} from .whl/"
-    python -m pip install --no-index --find-links .whl "${missing[@]}"
+    python -m pip install -q --no-index --no-deps --no-compile --find-links .whl --target "${SITE}" "${missing[@]}"
 }
-export -f install_missing
+export -f install_missing; export SITE
 check install 40 bash -c install_missing
 
 make_data() {  # 24 videos per width (96 in all), the train list repeated so that no epoch ends mid-measurement
