@@ -198,7 +198,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 VALUE_BOUNDS = [
     (("batch_size", "epochs", "update_freq", "save_ckpt_freq", "num_sample", "test_num_segment", "test_num_crop",
       "num_frames", "tubelet_size", "input_size", "short_side_size", "nb_classes", "print_freq", "decode_threads",
-      "recount"), lambda v: v >= 1, "an integer >= 1"),
+      "recount", "sampling_rate"), lambda v: v >= 1, "an integer >= 1"),
     (("num_workers", "max_bad_videos", "warmup_epochs", "start_epoch", "keep_last"), lambda v: v >= 0,
      "an integer >= 0"),
     (("warmup_steps",), lambda v: v >= -1, "an integer >= 0, or -1 for --warmup_epochs"),
@@ -291,13 +291,12 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def dataset_problems(args: argparse.Namespace) -> list[str]:
-    """What is wrong with the dataset flags: a stride for SSV2 (TSN segments), a split where there are none."""
+    """What is wrong with the dataset flags together: a stride for SSV2 (TSN segments), a split where there are none
+    (a stride below 1 is one of the VALUE_BOUNDS)."""
     bad = []
     if args.data_set == "SSV2" and args.sampling_rate != SAMPLING_RATE:
         bad.append(f"--sampling_rate {args.sampling_rate} does nothing for --data_set SSV2, which takes one frame in "
                    f"each of --num_frames segments; the stride is for Kinetics-400, UCF101 and HMDB51")
-    elif args.sampling_rate < 1:
-        bad.append(f"--sampling_rate {args.sampling_rate}: the stride must be at least 1")
     if DATASETS[args.data_set].splits:
         if args.data_split not in (1, 2, 3):
             bad.append(f"--data_split {args.data_split}: {args.data_set} has the official splits 1, 2 and 3")

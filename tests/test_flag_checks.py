@@ -31,7 +31,7 @@ def test_compatibility_flags_take_only_their_default(data_dir, tmp_path, capsys)
     (["--num_segments", "2"], "--num_segments 2: only 1 is supported"),
     (["--sampling_rate", "2"], "--sampling_rate 2 does nothing for --data_set SSV2, which takes one frame in each of "
                                "--num_frames segments"),
-    (["--data_set", "Kinetics-400", "--sampling_rate", "0"], "--sampling_rate 0: the stride must be at least 1"),
+    (["--data_set", "Kinetics-400", "--sampling_rate", "0"], "--sampling_rate 0: takes an integer >= 1"),
     (["--data_set", "UCF101", "--data_split", "4"], "--data_split 4: UCF101 has the official splits 1, 2 and 3"),
     (["--data_set", "Kinetics-400", "--data_split", "2"], r"--data_split 2: --data_set Kinetics-400 has one split "
                                                           r"\(train.csv, val.csv, test.csv\); splits are for UCF101"),
