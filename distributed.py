@@ -12,8 +12,6 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 
-import utils
-
 
 def resolve_dist_env(environ: Mapping[str, str], dist_on_itp: bool = False, world_size: int = 1,
                      local_rank: int = -1) -> dict:
@@ -155,8 +153,3 @@ def gather_to_main(obj: Any) -> list | None:
     out = [None] * get_world_size() if get_rank() == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out
-
-
-def gather_rng_states() -> list[dict] | None:
-    """Every rank's RNG state on rank 0 (None on the other ranks); a one-element list in a single process."""
-    return gather_to_main(utils.capture_rng_state())

@@ -561,9 +561,10 @@ def train_epochs(args, model: torch.nn.Module, run_model: torch.nn.Module, loade
                 run_control.stop_unsaved(stop, str(e), last_ckpt if checkpoint.is_readable(last_ckpt) else None)
             raise SystemExit(f"error: {e}") from e
         if saved and stopped_at is None:
-            last_ckpt = next((p for p in saved if checkpoint.EPOCH_CHECKPOINT.fullmatch(os.path.basename(p))), saved[0])
-            last_epoch = epoch
             checkpoint.prune_epoch_checkpoints(args.output_dir, args.keep_last)
+            last_ckpt = next((p for p in saved if checkpoint.EPOCH_CHECKPOINT.fullmatch(os.path.basename(p))
+                              and os.path.exists(p)), saved[0])  # checkpoint-last.pth if --keep_last pruned it
+            last_epoch = epoch
         if stopped_at is not None or stop.requested(now=True):
             run_control.stop_run(stop, saved)
     return last_ckpt

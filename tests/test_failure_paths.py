@@ -286,7 +286,8 @@ def test_keep_last_bounds_the_numbered_checkpoints_and_last_and_best_stay(
     last/best always; every name holding another epoch is a full-size file, so the folder holds N + 2 at most."""
     fake_val_accuracies(monkeypatch, [10.0, 50.0, 20.0])
     extra = ["--keep_last", str(keep_last)] if keep_last is not None else []
-    train(base_argv(data_dir, tmp_path, "--epochs", "6", "--save_ckpt_freq", "1", *extra))
+    summary = train(base_argv(data_dir, tmp_path, "--epochs", "6", "--save_ckpt_freq", "1", *extra))
+    assert os.path.isfile(summary["checkpoint"])  # the tested checkpoint is one the run kept
     assert checkpoint_files(tmp_path) == sorted(["checkpoint-best.pth", "checkpoint-last.pth",
                                                  *[f"checkpoint-{e}.pth" for e in numbered]])
     assert checkpoint.safe_load(str(tmp_path / "checkpoint-best.pth"))["epoch"] == 1
