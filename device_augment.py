@@ -503,7 +503,8 @@ class DeviceAugment:
         index, rows = up.get(f"{key}/histogram/clips"), up.get(f"{key}/histogram/rows")
         invalid, pos, equalize = (up.get(f"{key}/histogram/{k}") for k in ("invalid", "pos", "equalize"))
         for s, e in _chunks(len(clips), self._chunk(x, 9)):
-            hist = _histograms(_take(x, clips, index, s, e)[0], invalid[s:e], rows[s * t * c:e * t * c], self.one)
+            hist = _histograms(_take(x, clips, index, s, e)[0], invalid[s:e], rows[:(e - s) * t * c],  # own rows
+                              self.one)
             if kinds == {"Equalize"}:
                 made = _equalize_tables(hist, self.levels, self.none)
             elif kinds == {"AutoContrast"}:

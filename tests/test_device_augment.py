@@ -376,3 +376,26 @@ def test_kernels_per_batch_one_grid_sample_per_geometric_layer():
         assert rec.readbacks == [] and all(u[3] for u in rec.uploads)
         counts.append(rec.kernel_count)
     assert np.mean(counts) <= 200, counts
+
+
+def test_chunked_work_equals_the_whole_group(monkeypatch):
+    """Every stage that works in chunks of clips (bounded by _WORK_BYTES) gives the same clips with one clip per
+    chunk as with the whole group at once: several clips draw each op (the histogram ops too) in one layer."""
+    import device_augment
+    videos = [render_video(s, 7, 40, w, 4) for s, w in enumerate((56, 48, 52, 60, 50, 44))]
+    t = 4
+    x = torch.zeros(len(videos), t, 3, 40, 60, dtype=torch.uint8)
+    for i, v in enumerate(videos):
+        x[i, :, :, :, :v.shape[2]] = torch.from_numpy(v).permute(0, 3, 1, 2)
+    hw = np.array([[40, v.shape[2]] for v in videos])
+    ops = [[("Equalize", None), ("Rotate", 12.0)], [("AutoContrast", None), ("ShearX", 0.1)],
+           [("Equalize", None), ("ContrastIncreasing", 1.4)], [("AutoContrast", None), ("SharpnessIncreasing", 1.6)],
+           [("Equalize", None), ("ColorIncreasing", 0.5)], [("AutoContrast", None), ("Rotate", -7.0)]]
+    whole = DeviceAugment("cpu").rand_augment(x.clone(), hw, ops)
+    monkeypatch.setattr(device_augment, "_WORK_BYTES", 1)  # one clip per chunk
+    torch.testing.assert_close(DeviceAugment("cpu").rand_augment(x.clone(), hw, ops), whole, rtol=0, atol=0)
+    config = AugmentConfig(input_size=32, num_sample=2, reprob=1, remode="const")
+    batch = (x.permute(0, 1, 3, 4, 2).contiguous(), torch.from_numpy(hw), torch.arange(len(videos)))
+    chunked = DeviceAugment("cpu", config, seed=3)(batch)[0]
+    monkeypatch.setattr(device_augment, "_WORK_BYTES", 160 * 2**20)
+    torch.testing.assert_close(chunked, DeviceAugment("cpu", config, seed=3)(batch)[0], rtol=0, atol=0)
