@@ -86,8 +86,7 @@ def identify(path: str) -> ZooCheckpoint:
     state = checkpoint.model_state(ckpt, path=path)
     if "head.weight" not in state:
         raise ValueError(f"{path}: no head.weight: not a fine-tuned classifier (a pre-training checkpoint?)")
-    saved = ckpt.get("args")
-    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved if isinstance(saved, dict) else {}
+    saved = checkpoint.saved_args(ckpt)
     model = saved.get("model")
     if model not in list_models():
         model = model_from_keys(state, path)
