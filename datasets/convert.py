@@ -105,10 +105,10 @@ def convert(src: str | None, dst: str, ffmpeg: str, video_filter: str) -> str:
     return "converted"
 
 
-def prepare_videos(items: list[Item], dst: str, video_filter: str, workers: int = 4, ffmpeg: str | None = None,
-                   desc: str = "videos -> mp4") -> dict:
-    """Converts every distinct output of `items` once, writes dst/<list>.csv per list and dst/failed.txt (removed
-    when nothing failed). Returns {list: {"listed", "converted", "skipped", "missing", "failed", "in_csv"},
+def prepare_videos(items: list[Item], list_names: list[str], dst: str, video_filter: str, workers: int = 4,
+                   ffmpeg: str | None = None, desc: str = "videos -> mp4") -> dict:
+    """Converts every distinct output of `items` once, writes dst/<list>.csv for each of `list_names` (empty for a
+    list with no item) and dst/failed.txt (removed when nothing failed). Returns {list: {"listed", "converted", "skipped", "missing", "failed", "in_csv"},
     "failed": [(list, key, reason)]}; a video in several lists counts as converted in the first only."""
     from tqdm import tqdm
 
@@ -133,11 +133,12 @@ def prepare_videos(items: list[Item], dst: str, video_filter: str, workers: int 
         for rel, status, err in tqdm(pool.map(run, jobs.items()), total=len(jobs), desc=desc, unit="video"):
             results[rel] = (status, err)
 
-    summary: dict = {"failed": []}
+    summary: dict = {name: dict.fromkeys(("listed",) + STATUSES + ("in_csv",), 0) for name in list_names}
+    summary["failed"] = []
     lines: dict[str, list[str]] = {}
     counted = set()
     for item in items:
-        counts = summary.setdefault(item.list_name, dict.fromkeys(("listed",) + STATUSES + ("in_csv",), 0))
+        counts = summary[item.list_name]
         status, err = results[item.rel]
         counts["listed"] += 1
         if status == "converted" and item.rel in counted:
@@ -149,7 +150,7 @@ def prepare_videos(items: list[Item], dst: str, video_filter: str, workers: int 
         else:
             counts["in_csv"] += 1
             lines.setdefault(item.list_name, []).append(f"{item.rel} {item.label}\n")
-    for name in {item.list_name for item in items}:
+    for name in list_names:
         with open(os.path.join(dst, f"{name}.csv"), "w") as f:
             f.writelines(lines.get(name, []))
     failed_path = os.path.join(dst, "failed.txt")

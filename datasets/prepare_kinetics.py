@@ -27,10 +27,11 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from datasets import DATASETS
 from datasets.convert import (Item, add_conversion_args, find_video, index_videos, prepare_videos, report,
                               run_prepare, scale_short_side, write_labels_json)
 
-LABELS = "kinetics400-labels.json"
+LABELS = DATASETS["Kinetics-400"].labels_file
 ANNOTATIONS = (("train", "train.csv"), ("val", "validate.csv"))
 COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 
@@ -80,7 +81,8 @@ def prepare(annotations: str, videos: str, dst: str, short_side: int = 320, work
     items = [Item(split, name, find_video(index, name), f"videos/{name}.mp4", ids[cls])
              for split, rows in splits.items() for name, cls in rows]
     os.makedirs(dst, exist_ok=True)
-    summary = prepare_videos(items, dst, scale_short_side(short_side), workers, ffmpeg, desc="Kinetics -> mp4")
+    summary = prepare_videos(items, list(splits), dst, scale_short_side(short_side), workers, ffmpeg,
+                             desc="Kinetics -> mp4")
     shutil.copyfile(os.path.join(dst, "val.csv"), os.path.join(dst, "test.csv"))
     write_labels_json(os.path.join(dst, LABELS), classes)
     summary["classes"] = classes

@@ -28,9 +28,10 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from datasets import DATASETS
 from datasets.convert import Item, add_conversion_args, prepare_videos, report, run_prepare, scale_to_height
 
-LABELS = "something-something-v2-labels.json"
+LABELS = DATASETS["SSV2"].labels_file
 # role -> (current download's path, 20BN name), both relative to the download folder
 FILES = {"labels": ("labels/labels.json", LABELS),
          "train": ("labels/train.json", "something-something-v2-train.json"),
@@ -112,7 +113,7 @@ def prepare(src: str, dst: str, workers: int = 4, ffmpeg: str | None = None, hei
         video_dir = src
     items = [Item(split, vid, os.path.join(video_dir, f"{vid}.webm"), f"videos/{vid}.mp4", label)
              for split, pairs in splits.items() for vid, label in pairs]
-    summary = prepare_videos(items, dst, scale_to_height(height), workers, ffmpeg, desc="SSv2 -> mp4")
+    summary = prepare_videos(items, list(splits), dst, scale_to_height(height), workers, ffmpeg, desc="SSv2 -> mp4")
     shutil.copyfile(os.path.join(dst, "val.csv"), os.path.join(dst, "test.csv"))
     shutil.copyfile(find_file(src, "labels"), os.path.join(dst, LABELS))
     return summary

@@ -29,11 +29,12 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from datasets import DATASETS
 from datasets.convert import (Item, add_conversion_args, find_video, index_videos, prepare_videos, report,
                               run_prepare, scale_short_side, write_labels_json)
 
 SPLITS = (1, 2, 3)
-LABELS = {"UCF101": "ucf101-labels.json", "HMDB51": "hmdb51-labels.json"}
+LABELS = {name: DATASETS[name].labels_file for name in ("UCF101", "HMDB51")}
 HMDB_FILE = re.compile(r"^(.+)_test_split([123])\.txt$")
 
 
@@ -113,7 +114,8 @@ def prepare(dataset: str, splits_dir: str, videos: str, dst: str, short_side: in
                   f"videos/{cls}/{stem}.mp4", label)
              for name, rows in lists.items() for cls, stem, label in rows]
     os.makedirs(dst, exist_ok=True)
-    summary = prepare_videos(items, dst, scale_short_side(short_side), workers, ffmpeg, desc=f"{dataset} -> mp4")
+    summary = prepare_videos(items, list(lists), dst, scale_short_side(short_side), workers, ffmpeg,
+                             desc=f"{dataset} -> mp4")
     write_labels_json(os.path.join(dst, LABELS[dataset]), names)
     return summary
 

@@ -153,6 +153,24 @@ def test_current_download_layout_with_the_labelled_test_split(official_current_d
     assert open_video(os.path.join(dst, _csv(dst, "test_official.csv")[0][0]), "pyav").num_frames == 12
 
 
+def test_an_empty_official_list_gives_an_empty_csv(official_current_dir, tmp_path, capsys):
+    """An official list with no video (test.json [] with --with_test): its csv is written empty (no stale one left)
+    and the summary counts it as 0, as the other lists."""
+    src = str(tmp_path / "src")
+    shutil.copytree(official_current_dir, src)
+    _rewrite(os.path.join(src, "labels", "test.json"), lambda items: [])
+    open(os.path.join(src, "labels", "test-answers.csv"), "w").close()
+    dst = str(tmp_path / "out")
+    os.makedirs(dst)
+    open(os.path.join(dst, "test_official.csv"), "w").write("videos/stale.mp4 0\n")
+    summary = prepare_ssv2.prepare(src, dst, workers=2, height=HEIGHT, with_test=True)
+    assert summary["test_official"] == dict.fromkeys(("listed", "converted", "skipped", "missing", "failed",
+                                                      "in_csv"), 0)
+    assert _csv(dst, "test_official.csv") == [] and len(_csv(dst, "train.csv")) == 4
+    assert convert.report(summary, dst, ["train", "val", "test_official"]) == 0
+    assert "test_official: 0 listed" in capsys.readouterr().out
+
+
 def test_missing_annotation_file_is_one_line_naming_both_names(official_current_dir, tmp_path, monkeypatch, capsys):
     src = shutil.copytree(official_current_dir, tmp_path / "src")
     os.remove(src / "labels" / "validation.json")
