@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+import utils
 from distributed import is_dist, is_main_process
 
 EXIT_PREEMPTED = 75  # exit status after a stop signal: the state is saved, rerunning the command continues it
@@ -214,27 +215,24 @@ class RunLock:
         info = self._read()[1]
         return info is not None and info.get("token") == self.owner["token"]
 
-    def _write(self, content: dict, replace: bool) -> None:
-        """Write ``content`` to a temporary file, then rename it over the lock (``replace``) or hard-link it to the
-        lock name (FileExistsError when a lock exists): the lock never exists without its content."""
+    def _create(self, content: dict) -> None:
+        """Write ``content`` to a temporary file, then hard-link it to the lock name (FileExistsError when a lock
+        exists): the lock never exists without its content. (The heartbeat rewrites it with utils.atomic_write.)"""
         tmp = f"{self.path}.{self.owner['token']}.tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(content, f)
                 f.flush()
                 os.fsync(f.fileno())
-            if replace:
-                os.replace(tmp, self.path)
-            else:
-                try:
-                    os.link(tmp, self.path)
-                except FileExistsError:
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                raise
+            except OSError as e:  # a file system without hard links: exclusive create, then write
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
                     raise
-                except OSError as e:  # a file system without hard links: exclusive create, then write
-                    if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
-                        raise
-                    with open(self.path, "x", encoding="utf-8") as f:
-                        json.dump(content, f)
+                with open(self.path, "x", encoding="utf-8") as f:
+                    json.dump(content, f)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
@@ -265,7 +263,7 @@ class RunLock:
     def _acquire(self) -> str | None:
         for _ in range(3):
             try:
-                self._write(self.owner, replace=False)
+                self._create(self.owner)
             except FileExistsError:
                 raw, info = self._read()
                 if raw is None:
@@ -299,7 +297,7 @@ class RunLock:
                 return
             self.owner["beat"] += 1
             with contextlib.suppress(OSError):
-                self._write(self.owner, replace=True)
+                utils.atomic_write_bytes(self.path, json.dumps(self.owner).encode())
 
 
 def stop_signals(exit_signal: str) -> list[int]:
