@@ -4,7 +4,7 @@
 # on all GPUs (torchrun) or on the CPU, runs the multi-view test, draws the token maps of one validation video
 # (analyze_tokens.py) and says where everything is.
 # 8 epochs: 6-8.5 min on a 2-core CPU shared with other jobs (README, "Quick start"). Multi-view top-1 on the
-# synthetic validation videos: 86.50-88.50% measured in five runs (chance 12.5%; >= 80% expected).
+# synthetic validation videos: 86.50-88.50% measured in six runs (chance 12.5%; >= 80% expected).
 #   bash scripts/demo.sh                      (env: DEMO_DIR [demo_output], LLAMA_PATH, EPOCHS, SKIP_INSTALL=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
